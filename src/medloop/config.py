@@ -1,0 +1,186 @@
+"""Frozen dataclass configs built from YAML, validated on construction.
+
+Unknown keys are errors with a did-you-mean; nothing live (modules, devices) sits in a config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from medloop.errors import ConfigError
+from medloop.registry import did_you_mean
+
+__all__ = ["Config", "DataConfig", "parse_overrides"]
+
+C = TypeVar("C", bound="Config")
+
+
+def _check_type(owner: str, name: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a simple annotation; coerce int->float. Raises ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(annotation):
+            try:
+                return _check_type(owner, name, value, arm)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"The '{name}' parameter of {owner} has the wrong type; got {value!r} instead")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"The '{name}' parameter of {owner} must be None; got {value!r} instead")
+    if origin is typing.Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            hint = did_you_mean(str(value), [str(a) for a in allowed])
+            raise ConfigError(
+                f"The '{name}' parameter of {owner} must be one of {list(allowed)}; got {value!r} instead{hint}"
+            )
+        return value
+    if origin in (dict, typing.Mapping) or annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"The '{name}' parameter of {owner} must be a mapping; got {value!r} instead")
+        return dict(value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"The '{name}' parameter of {owner} must be a list; got {value!r} instead")
+        args = typing.get_args(annotation)
+        arm = args[0] if args else Any
+        return tuple(_check_type(owner, name, v, arm) for v in value)
+    if annotation is Any:
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"The '{name}' parameter of {owner} must be a number; got {value!r} instead")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"The '{name}' parameter of {owner} must be an integer; got {value!r} instead")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"The '{name}' parameter of {owner} must be true or false; got {value!r} instead")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"The '{name}' parameter of {owner} must be a string; got {value!r} instead")
+        return value
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base of all configs: typed fields, ``from_dict``/``from_yaml``/``to_dict``/``to_yaml``."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            checked = _check_type(type(self).__name__, field.name, value, hints[field.name])
+            object.__setattr__(self, field.name, checked)
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; subclasses raise ConfigError naming the field."""
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
+        data = dict(data or {})
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                prefix = f"{where}: " if where else ""
+                raise ConfigError(
+                    f"{prefix}unknown key '{key}' for {cls.__name__}{did_you_mean(key, names)}; "
+                    f"allowed keys: {', '.join(names)}"
+                )
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls: type[C], path: str | Path) -> C:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found; check the path") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of keys to values")
+        return cls.from_dict(data, where=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(v: Any) -> Any:
+            if isinstance(v, tuple):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Config):
+    """Where the images come from and how they are prepared.
+
+    Args:
+        source: ``builtin:NAME`` or a folder path.
+        layout: reader name; ``None`` detects it from the folder contents.
+        size: working size in pixels (square); ``None`` keeps the native size (all images must then
+            share one size to be batched).
+        channels: 1 (grayscale) or 3 (RGB replicated/kept).
+        normalize: ``percentile`` (clip to the 0.5-99.5 percentiles, scale to [0, 1]; per image, per
+            volume for 3D), ``minmax`` or ``none``.
+        on_error: ``raise`` stops at the first bad file; ``skip`` skips it with a one-line warning and
+            counts it in the summary.
+        cache: keep prepared samples in memory (otherwise files are re-read on access).
+        seed: seed for built-in phantoms and splits.
+        options: layout-specific options (see ``medloop data list``).
+    """
+
+    source: str = "builtin:chest-xray"
+    layout: str | None = None
+    size: int | None = None
+    channels: int = 1
+    normalize: typing.Literal["percentile", "minmax", "none"] = "percentile"
+    on_error: typing.Literal["raise", "skip"] = "raise"
+    cache: bool = True
+    seed: int = 0
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.size is not None and not 8 <= self.size <= 4096:
+            raise ConfigError(f"The 'size' parameter of DataConfig must be in [8, 4096]; got {self.size} instead")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"The 'channels' parameter of DataConfig must be 1 or 3; got {self.channels} instead")
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` strings (values read as YAML scalars) into a dict.
+
+    Example: ``["n_cases=32", "rv=class"] -> {"n_cases": 32, "rv": "class"}``.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"option '{item}' must look like key=value (e.g. n_cases=32)")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out

@@ -1,0 +1,101 @@
+"""Built-in phantom datasets, addressed as ``builtin:chest-xray`` and ``builtin:cardiac-mr``.
+
+Each case is rendered from its own generator seeded by ``(seed, case index)``, so a case does not
+depend on how many cases are asked for, and the same seed always gives the same pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from medloop.data.layouts.base import BUILTINS, Layout, Option
+from medloop.data.phantoms.cardiac_mr import render_cardiac_volume
+from medloop.data.phantoms.chest_xray import render_chest_xray
+from medloop.data.record import DatasetInfo, Entry, RawItem
+from medloop.errors import ConfigError
+
+__all__ = ["ChestXrayPhantom", "CardiacMRPhantom"]
+
+_CHEST_STREAM, _CARDIAC_STREAM = 0xC4E5, 0xCA4D  # separate random streams per phantom family
+
+
+def _positive(layout: str, **values: int) -> None:
+    for key, value in values.items():
+        if value < 0:
+            raise ConfigError(f"The '{key}' option of builtin:{layout} must be >= 0; got {value} instead")
+
+
+@BUILTINS.register("chest-xray")
+class ChestXrayPhantom(Layout):
+    name = "chest-xray"
+    summary = "radiograph phantom, 247 cases (93 normal / 154 nodule, like JSRT), lung masks; 256 px by default"
+    tree = "builtin:chest-xray   (rendered on the fly; no files)"
+    options = {
+        "n_normal": Option(93, "number of normal cases"),
+        "n_nodule": Option(154, "number of nodule cases (1-3 faint nodules inside the lungs)"),
+        "lung_labels": Option("binary", "binary lung mask, or left-right (1 right lung, 2 left lung)", ("binary", "left-right")),
+    }
+    default_size = 256
+
+    def __init__(self, root, seed: int = 0, **options):
+        super().__init__(root, seed, **options)
+        _positive(self.name, n_normal=self.opts["n_normal"], n_nodule=self.opts["n_nodule"])
+        if self.opts["n_normal"] + self.opts["n_nodule"] == 0:
+            raise ConfigError("builtin:chest-xray needs at least one case; set n_normal or n_nodule > 0")
+
+    def info(self) -> DatasetInfo:
+        labels = {0: "background", 1: "lung"} if self.opts["lung_labels"] == "binary" else {
+            0: "background", 1: "right lung", 2: "left lung"}
+        return DatasetInfo(self.name, f"builtin:{self.name}", ("normal", "nodule"), labels)
+
+    def scan(self) -> Iterator[Entry]:
+        n_normal, n_nodule = self.opts["n_normal"], self.opts["n_nodule"]
+        n = n_normal + n_nodule
+        labels = np.zeros(n, dtype=int)
+        labels[np.random.default_rng([self.seed, _CHEST_STREAM]).permutation(n)[:n_nodule]] = 1
+        for i in range(n):
+            yield Entry(f"cxr-{i + 1:04d}", f"cxr-{i + 1:04d}", None, (), int(labels[i]), index=i)
+
+    def load(self, entry: Entry, size: int | None) -> RawItem:
+        rng = np.random.default_rng([self.seed, _CHEST_STREAM, entry.index])
+        image, mask, meta = render_chest_xray(rng, size or self.default_size, nodule=entry.label == 1)
+        if self.opts["lung_labels"] == "binary":
+            mask = (mask > 0).astype(np.int64)
+        return RawItem(image[:, :, None], mask, f"builtin:{self.name}/{entry.entry_id}", meta=meta)
+
+
+@BUILTINS.register("cardiac-mr")
+class CardiacMRPhantom(Layout):
+    name = "cardiac-mr"
+    summary = "short-axis cine MR phantom, 10 volumes x 10-20 slices (like HVSMR 2016); 0 bg, 1 myocardium, 2 blood pool"
+    tree = "builtin:cardiac-mr   (rendered on the fly; no files)"
+    options = {
+        "n_volumes": Option(10, "number of volumes"),
+        "min_slices": Option(10, "fewest short-axis slices per volume"),
+        "max_slices": Option(20, "most short-axis slices per volume"),
+    }
+    volumetric = True
+    default_size = 128
+
+    def __init__(self, root, seed: int = 0, **options):
+        super().__init__(root, seed, **options)
+        lo, hi = self.opts["min_slices"], self.opts["max_slices"]
+        if self.opts["n_volumes"] < 1:
+            raise ConfigError(f"The 'n_volumes' option of builtin:cardiac-mr must be >= 1; got {self.opts['n_volumes']} instead")
+        if not 1 <= lo <= hi:
+            raise ConfigError(f"builtin:cardiac-mr needs 1 <= min_slices <= max_slices; got {lo} and {hi}")
+
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(self.name, f"builtin:{self.name}", (), {0: "background", 1: "myocardium", 2: "blood pool"}, True)
+
+    def scan(self) -> Iterator[Entry]:
+        for i in range(self.opts["n_volumes"]):
+            yield Entry(f"cmr-{i + 1:02d}", f"cmr-{i + 1:02d}", None, (), None, index=i)
+
+    def load(self, entry: Entry, size: int | None) -> RawItem:
+        rng = np.random.default_rng([self.seed, _CARDIAC_STREAM, entry.index])
+        n_slices = int(rng.integers(self.opts["min_slices"], self.opts["max_slices"], endpoint=True))
+        image, mask, meta = render_cardiac_volume(rng, size or self.default_size, n_slices)
+        return RawItem(image[..., None], mask, f"builtin:{self.name}/{entry.entry_id}", meta=meta)
