@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from medloop.cache import cached_arrays
 from medloop.data.layouts.base import BUILTINS, Layout, Option
 from medloop.data.phantoms.cardiac_mr import render_cardiac_volume
 from medloop.data.phantoms.chest_xray import render_chest_xray
@@ -19,6 +20,8 @@ from medloop.errors import ConfigError
 __all__ = ["ChestXrayPhantom", "CardiacMRPhantom"]
 
 _CHEST_STREAM, _CARDIAC_STREAM = 0xC4E5, 0xCA4D  # separate random streams per phantom family
+# Bump when a renderer changes, so cached cases are rendered again.
+RENDER_VERSION = 1
 
 
 def _positive(layout: str, **values: int) -> None:
@@ -59,8 +62,15 @@ class ChestXrayPhantom(Layout):
             yield Entry(f"cxr-{i + 1:04d}", f"cxr-{i + 1:04d}", None, (), int(labels[i]), index=i)
 
     def load(self, entry: Entry, size: int | None) -> RawItem:
-        rng = np.random.default_rng([self.seed, _CHEST_STREAM, entry.index])
-        image, mask, meta = render_chest_xray(rng, size or self.default_size, nodule=entry.label == 1)
+        def render():
+            rng = np.random.default_rng([self.seed, _CHEST_STREAM, entry.index])
+            image, mask, meta = render_chest_xray(rng, size or self.default_size, nodule=entry.label == 1)
+            return {"image": image, "mask": mask}, meta
+
+        key = {"phantom": self.name, "v": RENDER_VERSION, "seed": self.seed, "i": entry.index,
+               "size": size or self.default_size, "nodule": entry.label == 1}
+        arrays, meta = cached_arrays(key, render)
+        image, mask = arrays["image"], arrays["mask"]
         if self.opts["lung_labels"] == "binary":
             mask = (mask > 0).astype(np.int64)
         return RawItem(image[:, :, None], mask, f"builtin:{self.name}/{entry.entry_id}", meta=meta)
@@ -95,7 +105,14 @@ class CardiacMRPhantom(Layout):
             yield Entry(f"cmr-{i + 1:02d}", f"cmr-{i + 1:02d}", None, (), None, index=i)
 
     def load(self, entry: Entry, size: int | None) -> RawItem:
-        rng = np.random.default_rng([self.seed, _CARDIAC_STREAM, entry.index])
-        n_slices = int(rng.integers(self.opts["min_slices"], self.opts["max_slices"], endpoint=True))
-        image, mask, meta = render_cardiac_volume(rng, size or self.default_size, n_slices)
+        def render():
+            rng = np.random.default_rng([self.seed, _CARDIAC_STREAM, entry.index])
+            n_slices = int(rng.integers(self.opts["min_slices"], self.opts["max_slices"], endpoint=True))
+            image, mask, meta = render_cardiac_volume(rng, size or self.default_size, n_slices)
+            return {"image": image, "mask": mask}, meta
+
+        key = {"phantom": self.name, "v": RENDER_VERSION, "seed": self.seed, "i": entry.index,
+               "size": size or self.default_size, "slices": [self.opts["min_slices"], self.opts["max_slices"]]}
+        arrays, meta = cached_arrays(key, render)
+        image, mask = arrays["image"], arrays["mask"]
         return RawItem(image[..., None], mask, f"builtin:{self.name}/{entry.entry_id}", meta=meta)

@@ -124,10 +124,17 @@ def _pick(ds: MedDataset, n: int, seed: int) -> list[int]:
     rng = np.random.default_rng(seed)
     labels, has_mask = ds.labels, ds.has_mask
     if ds.info.volumetric:
-        by_case: dict[str, list[int]] = collections.defaultdict(list)
+        by_volume: dict[str, list[int]] = collections.defaultdict(list)
         for i, sid in enumerate(ds.sample_ids):
-            by_case[sid.split(":z")[0]].append(i)
-        volumes = list(by_case.values())
+            by_volume[sid.split(":z")[0]].append(i)
+        # one volume per case first (e.g. ED of every patient), then the other volumes of each case
+        rank: collections.Counter[str] = collections.Counter()
+        keyed = []
+        for order, idx in enumerate(by_volume.values()):
+            case = ds.case_ids[idx[0]]
+            keyed.append((rank[case], order, idx))
+            rank[case] += 1
+        volumes = [idx for _, _, idx in sorted(keyed)]
         picks = []
         offsets = [0.5, 0.25, 0.75, 0.1, 0.9]
         for off in offsets:

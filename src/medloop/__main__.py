@@ -1,0 +1,5 @@
+"""``python -m medloop`` runs the CLI."""
+
+from medloop.cli import main
+
+main()

@@ -1,0 +1,119 @@
+"""The `medloop` command line: parses arguments, loads configs, calls the library. No logic here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from medloop.errors import MedloopError
+
+app = typer.Typer(
+    name="medloop",
+    help="Active learning for medical images: pick and synthesize the images that teach a model most.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets: built-in phantoms and readers for real layouts.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_time=False, show_path=False, markup=False)],
+        force=True,
+    )
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from medloop import __version__
+
+        console.print(f"medloop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False,
+) -> None:
+    _setup_logging(verbose)
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List built-in datasets and supported folder layouts (with their options)."""
+    from medloop.report.console import layout_tables
+
+    for table in layout_tables():
+        console.print(table)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    source: Annotated[str, typer.Argument(help="builtin:NAME or a dataset folder.")],
+    layout: Annotated[Optional[str], typer.Option(help="Layout name (auto-detected when omitted).")] = None,
+    preview: Annotated[Optional[Path], typer.Option(help="Write a preview montage with mask overlays (PNG).")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Working size in pixels (native when omitted).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed (built-in phantoms).")] = 0,
+    on_error: Annotated[str, typer.Option(help="raise: stop at the first bad file; skip: skip it with a warning.")] = "raise",
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Layout option key=value (repeatable).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary as JSON.")] = None,
+) -> None:
+    """Counts per class and label value, sizes, intensities, mask coverage, cases without masks."""
+    from medloop.config import DataConfig, parse_overrides
+    from medloop.data import load_dataset, save_preview, summarize
+    from medloop.report.console import summary_table
+
+    config = DataConfig.from_dict(
+        {"source": source, "layout": layout, "size": size, "seed": seed, "on_error": on_error, "options": parse_overrides(option)}
+    )
+    ds = load_dataset(config)
+    summary = summarize(ds)
+    console.print(summary_table(summary))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(summary.to_dict(), indent=2))
+        console.print(f"summary written to {json_out}")
+    if preview is not None:
+        console.print(f"preview written to {save_preview(ds, preview, seed=seed)}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("medloop-demo"),
+    seed: Annotated[int, typer.Option(help="Seed for everything in the demo.")] = 0,
+    size: Annotated[int, typer.Option(help="Working size of the phantoms.")] = 128,
+) -> None:
+    """Run medloop's main job on the built-in phantoms (offline, CPU)."""
+    from medloop.demo import run_demo
+
+    run_demo(out, seed=seed, size=size, console=console)
+
+
+def main() -> None:
+    """Entry point: user errors print one clear line and exit with status 2 (no traceback)."""
+    try:
+        app()
+    except MedloopError as exc:
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

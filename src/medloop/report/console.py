@@ -1,0 +1,62 @@
+"""Rich tables for the terminal."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from medloop.data.inspect import DatasetSummary
+from medloop.data.layouts.base import BUILTINS, LAYOUTS, Layout
+
+__all__ = ["summary_table", "layout_tables"]
+
+
+def _options_text(cls: type[Layout]) -> str:
+    return "\n".join(f"{k}={o.default!r}: {o.help}" for k, o in cls.options.items()) or "-"
+
+
+def layout_tables() -> list[Table]:
+    """Tables of built-in datasets and supported file layouts (for `medloop data list`)."""
+    builtin = Table(title="Built-in datasets (SOURCE = builtin:NAME)", show_lines=True)
+    for col in ("name", "what", "options (--option key=value)"):
+        builtin.add_column(col)
+    for name in BUILTINS:
+        cls = BUILTINS.get(name)
+        builtin.add_row(f"builtin:{name}", cls.summary, _options_text(cls))
+    layouts = Table(title="Folder layouts (SOURCE = a folder; detected in this order, or --layout NAME)", show_lines=True)
+    for col in ("layout", "what", "tree", "options"):
+        layouts.add_column(col)
+    for cls in sorted((LAYOUTS.get(n) for n in LAYOUTS), key=lambda c: c.priority):
+        layouts.add_row(cls.name, cls.summary, cls.tree, _options_text(cls))
+    return [builtin, layouts]
+
+
+def summary_table(summary: DatasetSummary) -> Table:
+    """One table with everything `medloop data inspect` reports."""
+    t = Table(title=f"{summary.root}  [{summary.name}]", show_header=False, show_lines=False)
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    unit = "volumes" if summary.volumetric else "images"
+    t.add_row("samples", f"{summary.n_samples} 2D samples from {summary.n_entries} {unit}, {summary.n_cases} cases")
+    t.add_row("classes", ", ".join(f"{k}: {v}" for k, v in summary.class_counts.items()))
+    if summary.label_values:
+        rows = [f"{v} {d['name']}: in {d['samples']} samples, {100 * d['pixel_fraction']:.2f}% of mask pixels"
+                for v, d in summary.label_values.items()]
+        t.add_row("mask labels", "\n".join(rows))
+    t.add_row("native sizes", ", ".join(f"{k} ({v})" for k, v in list(summary.native_sizes.items())[:6])
+              + (" ..." if len(summary.native_sizes) > 6 else ""))
+    if summary.working_size:
+        t.add_row("working size", "x".join(map(str, summary.working_size)))
+    t.add_row("intensity (native)", f"{summary.native_range[0]:g} .. {summary.native_range[1]:g}  "
+              f"({', '.join(summary.native_dtypes)}); normalized: {summary.normalized['method']}, mean {summary.normalized['mean']}")
+    cov = summary.mask_coverage
+    if cov["samples_with_mask"]:
+        t.add_row("mask coverage", f"foreground {100 * cov['mean']:.1f}% mean (min {100 * cov['min']:.1f}%, "
+                  f"max {100 * cov['max']:.1f}%) over {cov['samples_with_mask']} samples")
+    missing = summary.cases_without_mask
+    shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+    t.add_row("without mask", f"{summary.samples_without_mask} samples; {len(missing)} cases" + (f" ({shown})" if missing else ""))
+    if summary.skipped:
+        t.add_row("[red]skipped[/red]", ", ".join(f"{k}: {v}" for k, v in summary.skipped.items()))
+    for note, count in summary.notes.items():
+        t.add_row("note", f"{note}: {count}")
+    return t
