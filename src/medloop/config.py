@@ -145,7 +145,8 @@ class DataConfig(Config):
         layout: reader name; ``None`` detects it from the folder contents.
         size: working size in pixels (square); ``None`` keeps the native size (all images must then
             share one size to be batched).
-        channels: 1 (grayscale) or 3 (RGB replicated/kept).
+        channels: 1 (grayscale; RGB is converted to luminance), 3 (grayscale replicated, RGB kept), or the
+            number of modalities of a multi-modal NIfTI.
         normalize: ``percentile`` (clip to the 0.5-99.5 percentiles, scale to [0, 1]; per image, per
             volume for 3D), ``minmax`` or ``none``.
         on_error: ``raise`` stops at the first bad file; ``skip`` skips it with a one-line warning and
@@ -168,8 +169,8 @@ class DataConfig(Config):
     def validate(self) -> None:
         if self.size is not None and not 8 <= self.size <= 4096:
             raise ConfigError(f"The 'size' parameter of DataConfig must be in [8, 4096]; got {self.size} instead")
-        if self.channels not in (1, 3):
-            raise ConfigError(f"The 'channels' parameter of DataConfig must be 1 or 3; got {self.channels} instead")
+        if self.channels < 1:
+            raise ConfigError(f"The 'channels' parameter of DataConfig must be >= 1; got {self.channels} instead")
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

@@ -111,8 +111,8 @@ def _to_channels(volume: np.ndarray, channels: int, where: str) -> np.ndarray:
 
 
 def _fmt_shape(shape: Sequence[int], volumetric: bool) -> str:
-    # volumes are held [Z, H, W]; show them as the files store them, H x W x Z
-    dims = (*shape[1:], shape[0]) if volumetric else tuple(shape)
+    """``[Z, H, W]`` as users know it: volumes H x W x Z as stored, 2D images width x height."""
+    dims = (*shape[1:], shape[0]) if volumetric else (shape[2], shape[1])
     return "x".join(str(d) for d in dims)
 
 
@@ -140,7 +140,8 @@ def prepare_item(raw: RawItem, entry: Entry, layout: Layout, config: DataConfig)
             noun = "label volume shape" if volumetric else "size"
             raise DataError(
                 f"{noun} {_fmt_shape(mask_vol.shape, volumetric)} does not match image "
-                f"{_fmt_shape(volume.shape[:3], volumetric)} ({where}); resample the mask to the image grid or remove it",
+                f"{_fmt_shape(volume.shape[:3], volumetric)} ({Path(where).name}); resample the mask to the image grid "
+                "or remove it",
                 mask_where,
                 "mask-size",
             )

@@ -128,7 +128,7 @@ def _organ_of(folder_name: str) -> str | None:
 @LAYOUTS.register("jsrt")
 class JSRTLayout(Layout):
     name = "jsrt"
-    priority = 60
+    priority = 45
     summary = "JSRT: JPCLN*/JPCNN* .IMG (2048x2048 12-bit big-endian) or PNG, SCR masks in per-organ folders"
     tree = """\
 JSRT/
@@ -145,9 +145,12 @@ JSRT/
 
     @classmethod
     def detect(cls, root: Path) -> bool:
+        # specific evidence only: raw JSRT .IMG files, or SCR per-organ mask folders (a folder layout
+        # that merely contains PNGs named JPCLN* stays a folder layout)
         for path in root.rglob("*"):
-            if path.is_file() and _JSRT_NAME.match(strip_suffix(path)) and path.suffix.lower() in (".img", ".png"):
-                return True
+            if path.is_file() and _JSRT_NAME.match(strip_suffix(path)):
+                if path.suffix.lower() == ".img" or _organ_of(path.parent.name):
+                    return True
         return False
 
     def info(self) -> DatasetInfo:
