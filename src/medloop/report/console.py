@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from medloop.data.inspect import DatasetSummary
@@ -21,42 +22,45 @@ def layout_tables() -> list[Table]:
         builtin.add_column(col)
     for name in BUILTINS:
         cls = BUILTINS.get(name)
-        builtin.add_row(f"builtin:{name}", cls.summary, _options_text(cls))
+        builtin.add_row(f"builtin:{name}", escape(cls.summary), escape(_options_text(cls)))
     layouts = Table(title="Folder layouts (SOURCE = a folder; detected in this order, or --layout NAME)", show_lines=True)
     for col in ("layout", "what", "tree", "options"):
         layouts.add_column(col)
     for cls in sorted((LAYOUTS.get(n) for n in LAYOUTS), key=lambda c: c.priority):
-        layouts.add_row(cls.name, cls.summary, cls.tree, _options_text(cls))
+        layouts.add_row(cls.name, escape(cls.summary), escape(cls.tree), escape(_options_text(cls)))
     return [builtin, layouts]
 
 
 def summary_table(summary: DatasetSummary) -> Table:
     """One table with everything `medloop data inspect` reports."""
-    t = Table(title=f"{summary.root}  [{summary.name}]", show_header=False, show_lines=False)
+    t = Table(title=escape(f"{summary.root}  [{summary.name}]"), show_header=False, show_lines=False)
     t.add_column("what", style="bold")
     t.add_column("value")
+
+    def row(what: str, value: str) -> None:
+        t.add_row(what, escape(value))  # values hold file names and paths: never rich markup
     unit = "volumes" if summary.volumetric else "images"
-    t.add_row("samples", f"{summary.n_samples} 2D samples from {summary.n_entries} {unit}, {summary.n_cases} cases")
-    t.add_row("classes", ", ".join(f"{k}: {v}" for k, v in summary.class_counts.items()))
+    row("samples", f"{summary.n_samples} 2D samples from {summary.n_entries} {unit}, {summary.n_cases} cases")
+    row("classes", ", ".join(f"{k}: {v}" for k, v in summary.class_counts.items()))
     if summary.label_values:
         rows = [f"{v} {d['name']}: in {d['samples']} samples, {100 * d['pixel_fraction']:.2f}% of mask pixels"
                 for v, d in summary.label_values.items()]
-        t.add_row("mask labels", "\n".join(rows))
-    t.add_row("native sizes", ", ".join(f"{k} ({v})" for k, v in list(summary.native_sizes.items())[:6])
+        row("mask labels", "\n".join(rows))
+    row("native sizes", ", ".join(f"{k} ({v})" for k, v in list(summary.native_sizes.items())[:6])
               + (" ..." if len(summary.native_sizes) > 6 else ""))
     if summary.working_size:
-        t.add_row("working size", "x".join(map(str, summary.working_size)))
-    t.add_row("intensity (native)", f"{summary.native_range[0]:g} .. {summary.native_range[1]:g}  "
+        row("working size", "x".join(map(str, summary.working_size)))
+    row("intensity (native)", f"{summary.native_range[0]:g} .. {summary.native_range[1]:g}  "
               f"({', '.join(summary.native_dtypes)}); normalized: {summary.normalized['method']}, mean {summary.normalized['mean']}")
     cov = summary.mask_coverage
     if cov["samples_with_mask"]:
-        t.add_row("mask coverage", f"foreground {100 * cov['mean']:.1f}% mean (min {100 * cov['min']:.1f}%, "
+        row("mask coverage", f"foreground {100 * cov['mean']:.1f}% mean (min {100 * cov['min']:.1f}%, "
                   f"max {100 * cov['max']:.1f}%) over {cov['samples_with_mask']} samples")
     missing = summary.cases_without_mask
     shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-    t.add_row("without mask", f"{summary.samples_without_mask} samples; {len(missing)} cases" + (f" ({shown})" if missing else ""))
+    row("without mask", f"{summary.samples_without_mask} samples; {len(missing)} cases" + (f" ({shown})" if missing else ""))
     if summary.skipped:
-        t.add_row("[red]skipped[/red]", ", ".join(f"{k}: {v}" for k, v in summary.skipped.items()))
+        row("[red]skipped[/red]", ", ".join(f"{k}: {v}" for k, v in summary.skipped.items()))
     for note, count in summary.notes.items():
-        t.add_row("note", f"{note}: {count}")
+        row("note", f"{note}: {count}")
     return t

@@ -1,0 +1,83 @@
+"""The CLI end to end on tiny inputs: data list, data inspect (phantoms and folders), demo, error exits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from medloop.cli import app
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def test_data_list_shows_builtins_and_layouts():
+    result = runner.invoke(app, ["data", "list"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for name in ("builtin:chest-xray", "builtin:cardiac-mr", "folder", "montgomery", "shenzhen", "jsrt", "acdc", "nifti", "dicom"):
+        assert name in result.output
+
+
+def test_inspect_builtin_with_preview_and_json(tmp_path):
+    preview, js = tmp_path / "p.png", tmp_path / "s.json"
+    result = runner.invoke(app, ["data", "inspect", "builtin:cardiac-mr", "--size", "32", "-o", "n_volumes=2",
+                                 "--preview", str(preview), "--json", str(js)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "myocardium" in result.output and "blood pool" in result.output
+    summary = json.loads(js.read_text())
+    assert summary["n_cases"] == 2 and summary["working_size"] == [32, 32]
+    assert preview.stat().st_size > 10_000
+
+
+def test_inspect_folder_autodetects_layout(folder_tree):
+    result = runner.invoke(app, ["data", "inspect", str(folder_tree)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "[folder]" in result.output and "4 2D samples from 4 images" in result.output
+    assert "1 samples; 1 cases (003)" in result.output  # the case without a mask is named
+
+
+def test_inspect_skip_mode_reports_skips(folder_tree):
+    (folder_tree / "images" / "000.png").write_bytes(b"broken")
+    result = runner.invoke(app, ["data", "inspect", str(folder_tree), "--on-error", "skip"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.output and "corrupt: 1" in result.output
+
+
+def _cli(*args, cwd=None):
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "medloop", *args], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_user_errors_exit_2_with_one_clear_line_and_no_traceback(folder_tree):
+    (folder_tree / "images" / "001.png").write_bytes(b"broken")
+    proc = _cli("data", "inspect", str(folder_tree))
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "001.png" in proc.stderr and "re-export" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = _cli("data", "inspect", "builtin:chest", "--size", "32")
+    assert proc.returncode == 2 and "did you mean 'chest-xray'" in proc.stderr
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("medloop ")
+
+
+def test_demo_writes_previews_summaries_splits_and_run_record(tmp_path):
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--size", "32", "--seed", "3"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "run.json").read_text())
+    assert record["seed"] == 3 and record["medloop_version"] and record["config"]["chest-xray"]["size"] == 32
+    for name in ("chest-xray", "cardiac-mr"):
+        assert (out / name / "preview.png").stat().st_size > 10_000
+        summary = json.loads((out / name / "summary.json").read_text())
+        splits = json.loads((out / name / "splits.json").read_text())
+        assert sum(len(v) for v in splits.values()) == summary["n_samples"]
+    chest = json.loads((out / "chest-xray" / "summary.json").read_text())
+    assert chest["class_counts"] == {"normal": 93, "nodule": 154}

@@ -1,0 +1,72 @@
+"""Dataset mechanics: normalization, collation, subsets, inspection summary and preview."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medloop.data import collate_samples, load_dataset, save_preview, summarize
+from medloop.errors import DataError
+from tests.conftest import gray, write_png
+
+
+def test_percentile_normalization_is_robust_to_a_hot_pixel(tmp_path):
+    arr = np.tile(np.linspace(0, 1000, 64, dtype=np.float32), (64, 1)).astype(np.uint16)
+    arr[0, 0] = 65535  # one saturated pixel
+    write_png(tmp_path / "d" / "images" / "x.png", arr)
+    pct = load_dataset(str(tmp_path / "d"), progress=False)[0].image
+    mm = load_dataset(str(tmp_path / "d"), normalize="minmax", progress=False)[0].image
+    assert float(pct.min()) == 0.0 and float(pct.max()) == 1.0
+    assert float(pct[0, 5, 32]) > 0.4  # mid-gray stays mid-gray
+    assert float(mm[0, 5, 32]) < 0.02  # min-max squashes everything under the hot pixel
+
+
+def test_collate_batches_with_missing_masks_and_labels(folder_tree):
+    ds = load_dataset(str(folder_tree), size=16, progress=False)
+    batch = collate_samples([ds[i] for i in range(4)])
+    assert batch["image"].shape == (4, 1, 16, 16) and batch["mask"].shape == (4, 16, 16)
+    assert batch["has_mask"].tolist() == [True, True, True, False]
+    assert (batch["mask"][3] == -1).all() and batch["label"].tolist() == [0, 1, 0, 1]
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_samples)
+    assert sum(b["image"].shape[0] for b in loader) == 4
+
+
+def test_collate_different_native_sizes_asks_for_a_working_size(tmp_path):
+    write_png(tmp_path / "d" / "images" / "a.png", gray(16, 16, 0))
+    write_png(tmp_path / "d" / "images" / "b.png", gray(20, 16, 1))
+    ds = load_dataset(str(tmp_path / "d"), progress=False)
+    with pytest.raises(DataError, match="set a working size"):
+        collate_samples([ds[0], ds[1]])
+
+
+def test_subset_is_a_view_with_consistent_ids(acdc_tree):
+    ds = load_dataset(str(acdc_tree), progress=False)
+    sub = ds.subset([5, 0])
+    assert len(sub) == 2 and sub.sample_ids == [ds.sample_ids[5], ds.sample_ids[0]]
+    assert torch.equal(sub[0].image, ds[5].image)
+
+
+def test_summary_counts(folder_tree):
+    summary = summarize(load_dataset(str(folder_tree), progress=False))
+    assert summary.n_samples == 4 and summary.class_counts == {"0": 2, "1": 2}
+    assert summary.samples_without_mask == 1 and summary.cases_without_mask == ["003"]
+    assert summary.native_sizes == {"32x32": 4} and summary.native_dtypes == {"uint8": 4}
+    assert summary.label_values["1"]["samples"] == 3
+    assert 0.1 < summary.mask_coverage["mean"] < 0.5
+    assert summary.to_dict()["n_cases"] == 4
+
+
+def test_summary_of_volumes_counts_volumes_and_cases(acdc_tree):
+    summary = summarize(load_dataset(str(acdc_tree), progress=False))
+    assert summary.n_entries == 4 and summary.n_cases == 2 and summary.native_sizes == {"32x28x3": 4}
+    assert summary.samples_without_mask == 3 and summary.cases_without_mask == []  # patient002 has other masks
+
+
+def test_preview_is_written(tmp_path, acdc_tree):
+    from PIL import Image
+
+    ds = load_dataset(str(acdc_tree), progress=False)
+    path = save_preview(ds, tmp_path / "out" / "preview.png", n=4)
+    with Image.open(path) as img:
+        assert img.size[0] > 300 and img.size[1] > 300
