@@ -39,6 +39,7 @@ def summary_table(summary: DatasetSummary) -> Table:
 
     def row(what: str, value: str) -> None:
         t.add_row(what, escape(value))  # values hold file names and paths: never rich markup
+
     unit = "volumes" if summary.volumetric else "images"
     row("samples", f"{summary.n_samples} 2D samples from {summary.n_entries} {unit}, {summary.n_cases} cases")
     row("classes", ", ".join(f"{k}: {v}" for k, v in summary.class_counts.items()))
@@ -60,7 +61,7 @@ def summary_table(summary: DatasetSummary) -> Table:
     shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
     row("without mask", f"{summary.samples_without_mask} samples; {len(missing)} cases" + (f" ({shown})" if missing else ""))
     if summary.skipped:
-        row("[red]skipped[/red]", ", ".join(f"{k}: {v}" for k, v in summary.skipped.items()))
+        t.add_row("[red]skipped[/red]", ", ".join(f"{k}: {v}" for k, v in summary.skipped.items()))
     for note, count in summary.notes.items():
         row("note", f"{note}: {count}")
     return t

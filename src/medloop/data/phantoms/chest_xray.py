@@ -38,8 +38,8 @@ class ChestXrayParams:
     0.9 (see README, `benchmarks/phantom_difficulty.py`).
     """
 
-    nodule_radius: tuple[float, float] = (0.010, 0.026)
-    nodule_contrast: tuple[float, float] = (0.025, 0.065)
+    nodule_radius: tuple[float, float] = (0.028, 0.055)
+    nodule_contrast: tuple[float, float] = (0.09, 0.18)
     n_nodules: tuple[int, int] = (1, 3)
     n_vessels: tuple[int, int] = (14, 22)  # per lung
     n_endon_vessels: tuple[int, int] = (8, 18)  # per lung: round cross-sections, the nodule look-alikes
