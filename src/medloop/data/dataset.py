@@ -96,7 +96,8 @@ def _normalize(volume: np.ndarray, mode: str) -> np.ndarray:
             lo, hi = float(volume.min()), float(volume.max())
     else:
         lo, hi = float(volume.min()), float(volume.max())
-    return np.clip((volume - lo) / (hi - lo), 0.0, 1.0)
+    scaled = (volume - lo) / (hi - lo)
+    return np.clip(scaled, 0.0, 1.0, out=scaled)
 
 
 def _to_channels(volume: np.ndarray, channels: int, where: str) -> np.ndarray:
@@ -165,7 +166,8 @@ def prepare_item(raw: RawItem, entry: Entry, layout: Layout, config: DataConfig)
         images = F.interpolate(images, size=target, mode="bilinear", align_corners=False, antialias=shrinking)
         if masks is not None:
             masks = F.interpolate(masks[:, None].float(), size=target, mode="nearest-exact")[:, 0].long()
-    images = images.clamp_(0.0, 1.0) if config.normalize != "none" else images
+        if config.normalize != "none":
+            images = images.clamp_(0.0, 1.0)  # bilinear/anti-aliased resampling can overshoot slightly
     meta = {
         **entry.meta,
         **raw.meta,
