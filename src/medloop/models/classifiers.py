@@ -1,0 +1,124 @@
+"""Bayesian classifiers in the two families of Mahapatra et al. (2018): ResNet-18 and VGG-16.
+
+Each has a deterministic trunk (``forward_features``) and a stochastic head (``forward_head``): MC dropout
+followed by a logit layer and a second layer giving per-logit log-variance (heteroscedastic
+classification, Kendall & Gal 2017). ``forward(x) = forward_head(forward_features(x))`` returns
+``(logits [N, K], log_var [N, K])``.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import ResNet
+from torch import nn
+
+from medloop.models.dropout import MCDropout
+
+__all__ = ["ResNet18Classifier", "VGG16Classifier", "VGG16_CFG"]
+
+
+def _widths(base: tuple[int, ...], width: int) -> list[int]:
+    return [max(1, round(c * width / 64)) for c in base]
+
+
+class _HeteroscedasticHead(nn.Module):
+    def __init__(self, in_features: int, num_classes: int, dropout: float, heteroscedastic: bool):
+        super().__init__()
+        self.dropout = MCDropout(dropout)
+        self.fc = nn.Linear(in_features, num_classes)
+        self.fc_logvar = nn.Linear(in_features, num_classes) if heteroscedastic else None
+        if self.fc_logvar is not None:
+            nn.init.zeros_(self.fc_logvar.weight)
+            nn.init.constant_(self.fc_logvar.bias, -4.0)  # start with small aleatoric variance
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.dropout(feats)
+        return self.fc(h), (self.fc_logvar(h) if self.fc_logvar is not None else None)
+
+
+class ResNet18Classifier(nn.Module):
+    """ResNet-18 (MONAI's ResNet, torchvision layer names) with an MC-dropout heteroscedastic head.
+
+    Args:
+        in_channels: 1 or 3.
+        num_classes: number of image classes.
+        width: channels of the first stage (64 = standard ResNet-18; 16 or 32 for practical CPU runs).
+        dropout: rate of the MC dropout before the head.
+        heteroscedastic: add the log-variance head.
+
+    Shape: ``x [N, C, H, W] -> logits [N, K], log_var [N, K]``.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 64, dropout: float = 0.5,
+                 heteroscedastic: bool = True):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width)):
+            if value < 1:
+                raise ValueError(f"The '{name}' parameter of ResNet18Classifier must be >= 1; got {value} instead")
+        planes = _widths((64, 128, 256, 512), width)
+        self.backbone = ResNet("basic", [2, 2, 2, 2], planes, spatial_dims=2, n_input_channels=in_channels,
+                               conv1_t_size=7, conv1_t_stride=2, bias_downsample=False, feed_forward=False)
+        self.head = _HeteroscedasticHead(planes[-1], num_classes, dropout, heteroscedastic)
+        self.num_features = planes[-1]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)  # [N, F] after global average pooling
+
+    def forward_head(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.head(feats)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.forward_head(self.forward_features(x))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+
+# torchvision's configuration "D" (VGG-16): numbers are 3x3 conv widths, "M" a 2x2 max pool.
+VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG16Classifier(nn.Module):
+    """VGG-16 features (torchvision layer indices, with or without batch norm) + an MC-dropout head.
+
+    The head is global average pooling, MC dropout and the heteroscedastic linear layers (instead of
+    VGG's two 4096-unit layers, which make CPU runs impractical); ImageNet weights load into ``features``.
+
+    Shape: ``x [N, C, H, W] -> logits [N, K], log_var [N, K]``.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 64, dropout: float = 0.5,
+                 heteroscedastic: bool = True, batch_norm: bool = True):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width)):
+            if value < 1:
+                raise ValueError(f"The '{name}' parameter of VGG16Classifier must be >= 1; got {value} instead")
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for v in VGG16_CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                continue
+            c_out = max(1, round(int(v) * width / 64))
+            layers.append(nn.Conv2d(c_in, c_out, 3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.ReLU(inplace=True))
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = _HeteroscedasticHead(c_in, num_classes, dropout, heteroscedastic)
+        self.batch_norm = batch_norm
+        self.num_features = c_in
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.features(x)), 1)
+
+    def forward_head(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.head(feats)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.forward_head(self.forward_features(x))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())

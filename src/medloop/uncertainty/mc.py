@@ -1,0 +1,148 @@
+"""Fast MC-dropout sampling and streaming pool scoring.
+
+The deterministic trunk (everything before the first dropout) runs once per input; only the stochastic
+head runs T times, batched as T stacked copies. Masks come from one generator per pass (see
+``medloop.models.dropout``), so the samples equal those of T naive full passes under the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medloop.data.dataset import MedDataset, collate_samples
+from medloop.models.dropout import mc_dropout_layers, mc_generators, mc_sampling
+from medloop.progress import track
+from medloop.uncertainty.measures import REDUCTIONS, all_measures, reduce_map
+
+__all__ = ["mc_forward", "naive_mc_forward", "score_pool", "PoolScores"]
+
+
+def _repeat(feats: Any, times: int) -> Any:
+    if isinstance(feats, torch.Tensor):
+        return feats.repeat(times, *([1] * (feats.dim() - 1)))  # t-major: [T * N, ...]
+    return [_repeat(f, times) for f in feats]
+
+
+def _split(out: torch.Tensor | None, times: int) -> torch.Tensor | None:
+    if out is None:
+        return None
+    return out.reshape(times, -1, *out.shape[1:]).transpose(0, 1)  # [N, T, ...]
+
+
+@torch.no_grad()
+def mc_forward(model: nn.Module, x: torch.Tensor, generators: Sequence[torch.Generator],
+               max_head_batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """T = len(generators) MC-dropout samples of ``model`` on ``x``, trunk computed once.
+
+    Args:
+        max_head_batch: at most this many stacked copies per head call (bounds memory for dense heads
+            such as a UNet decoder); the samples do not change with it.
+
+    Returns:
+        ``mc_logits [N, T, C, ...]`` and ``mc_log_var`` (same shape) or None.
+    """
+    model.eval()
+    feats = model.forward_features(x)
+    n = x.shape[0]
+    per_call = len(generators) if max_head_batch is None else max(1, max_head_batch // max(n, 1))
+    logits, log_vars = [], []
+    for start in range(0, len(generators), per_call):
+        gens = generators[start:start + per_call]
+        with mc_sampling(model, gens):
+            lo, lv = model.forward_head(_repeat(feats, len(gens)))
+        logits.append(_split(lo, len(gens)))
+        log_vars.append(_split(lv, len(gens)))
+    mc_log_var = None if log_vars[0] is None else torch.cat(log_vars, 1)
+    return torch.cat(logits, 1), mc_log_var
+
+
+@torch.no_grad()
+def naive_mc_forward(model: nn.Module, x: torch.Tensor, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Reference: T full forward passes, one per generator. Same output as ``mc_forward``, T times the cost."""
+    model.eval()
+    logits, log_vars = [], []
+    for g in generators:
+        with mc_sampling(model, [g]):
+            lo, lv = model(x)
+        logits.append(lo)
+        log_vars.append(lv)
+    return torch.stack(logits, 1), (None if log_vars[0] is None else torch.stack(log_vars, 1))
+
+
+@dataclasses.dataclass
+class PoolScores:
+    """Per-sample scores of a pool: ``columns[name] -> np.ndarray [N]`` plus ids, in dataset order."""
+
+    sample_ids: list[str]
+    case_ids: list[str]
+    columns: dict[str, np.ndarray]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"sample_id": s, "case_id": c, **{k: float(v[i]) for k, v in self.columns.items()}}
+                for i, (s, c) in enumerate(zip(self.sample_ids, self.case_ids))]
+
+
+@torch.no_grad()
+def score_pool(
+    model: nn.Module,
+    dataset: MedDataset,
+    n_mc_samples: int = 20,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    reductions: Sequence[str] = REDUCTIONS,
+    q: float = 0.05,
+    max_head_batch: int | None = 256,
+    on_maps: Callable[[list[int], dict[str, torch.Tensor], torch.Tensor], None] | None = None,
+    progress: bool = True,
+) -> PoolScores:
+    """Score every sample of ``dataset`` with every uncertainty measure, streaming in batches.
+
+    Memory does not grow with the pool: each batch's MC outputs are reduced to per-sample numbers
+    (and, for segmentation, handed to ``on_maps(indices, maps, mean_probs)`` to be written) before the
+    next batch. Masks for batch ``b`` come from generators seeded by ``(seed, first index of b, t)``.
+
+    Columns: every measure (classification), or ``{measure}_{reduction}`` (segmentation), plus the
+    predicted class and its mean probability (classification) or the predicted foreground fraction.
+    """
+    if n_mc_samples < 1:
+        raise ValueError(f"n_mc_samples must be >= 1; got {n_mc_samples}")
+    if not mc_dropout_layers(model):
+        import warnings
+
+        warnings.warn("no MCDropout layer found: MC sampling is deterministic", stacklevel=2)
+    model.eval().to(device)
+    columns: dict[str, list[np.ndarray]] = {}
+    starts = range(0, len(dataset), batch_size)
+    for start in track(starts, f"MC scoring (T={n_mc_samples})", enabled=progress):
+        idx = list(range(start, min(start + batch_size, len(dataset))))
+        x = collate_samples([dataset[i] for i in idx])["image"].to(device)
+        gens = mc_generators(seed, n_mc_samples, offset=start, device=x.device)
+        mc_logits, mc_log_var = mc_forward(model, x, gens, max_head_batch=max_head_batch)
+        mc_probs = mc_logits.softmax(2)
+        maps = all_measures(mc_probs, mc_log_var)
+        mean_probs = mc_probs.mean(1)
+        batch_cols: dict[str, torch.Tensor] = {}
+        if mc_probs.dim() == 3:  # classification: one number per image already
+            batch_cols.update(maps)
+            batch_cols["pred"] = mean_probs.argmax(1).float()
+            batch_cols["pred_prob"] = mean_probs.max(1).values
+            for c in range(mean_probs.shape[1]):
+                batch_cols[f"prob_{c}"] = mean_probs[:, c]
+        else:
+            foreground = mean_probs.argmax(1) > 0
+            for name, umap in maps.items():
+                for how in reductions:
+                    batch_cols[f"{name}_{how}"] = reduce_map(umap, how, foreground, q)
+            batch_cols["foreground_fraction"] = foreground.flatten(1).float().mean(1)
+            if on_maps is not None:
+                on_maps(idx, {k: v.cpu() for k, v in maps.items()}, mean_probs.cpu())
+        for key, value in batch_cols.items():
+            columns.setdefault(key, []).append(value.cpu().numpy())
+    return PoolScores(dataset.sample_ids, dataset.case_ids, {k: np.concatenate(v) for k, v in columns.items()})
