@@ -20,7 +20,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from medloop.data import kfold_by_case, load_dataset, split_by_case
+from medloop.data import kfold_by_case, load_dataset
 
 
 def small_cnn() -> nn.Module:
@@ -38,7 +38,8 @@ def predict(model, x, batch=64):
         return torch.cat([torch.sigmoid(model(x[i:i + batch]))[:, 0] for i in range(0, len(x), batch)]).numpy()
 
 
-def train_fold(x_tr, y_tr, x_val, y_val, epochs, seed):
+def train_fold(x_tr, y_tr, epochs, seed):
+    """Fixed schedule (AdamW, cosine decay), final model: no checkpoint picking on a tiny validation set."""
     torch.manual_seed(seed)
     model = small_cnn()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -46,7 +47,6 @@ def train_fold(x_tr, y_tr, x_val, y_val, epochs, seed):
     pos_weight = torch.tensor([(y_tr == 0).sum() / max((y_tr == 1).sum(), 1)], dtype=torch.float32)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     gen = torch.Generator().manual_seed(seed)
-    best, best_state = -1.0, None
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(x_tr), generator=gen)
@@ -60,10 +60,6 @@ def train_fold(x_tr, y_tr, x_val, y_val, epochs, seed):
             loss.backward()
             opt.step()
         sched.step()
-        auc = roc_auc_score(y_val.numpy(), predict(model, x_val))
-        if auc > best:
-            best, best_state = auc, {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
     return model
 
 
@@ -81,9 +77,7 @@ def main() -> None:
     y = torch.from_numpy(ds.labels)
     aucs = []
     for k, (train_idx, test_idx) in enumerate(kfold_by_case(ds, k=args.folds, seed=args.seed)):
-        inner = split_by_case([ds.case_ids[i] for i in train_idx], y[train_idx].numpy(), val=0.15, test=0.0, seed=args.seed)
-        tr, va = train_idx[inner.train], train_idx[inner.val]
-        model = train_fold(x[tr], y[tr], x[va], y[va], args.epochs, args.seed + k)
+        model = train_fold(x[train_idx], y[train_idx], args.epochs, args.seed + k)
         auc = roc_auc_score(y[test_idx].numpy(), predict(model, x[test_idx]))
         aucs.append(float(auc))
         print(f"fold {k}: test AUC {auc:.3f} ({len(test_idx)} cases)", flush=True)

@@ -16,7 +16,7 @@ import yaml
 from medloop.errors import ConfigError
 from medloop.registry import did_you_mean
 
-__all__ = ["Config", "DataConfig", "parse_overrides"]
+__all__ = ["Config", "DataConfig", "AugmentConfig", "TrainConfig", "parse_overrides"]
 
 C = TypeVar("C", bound="Config")
 
@@ -171,6 +171,70 @@ class DataConfig(Config):
             raise ConfigError(f"The 'size' parameter of DataConfig must be in [8, 4096]; got {self.size} instead")
         if self.channels < 1:
             raise ConfigError(f"The 'channels' parameter of DataConfig must be >= 1; got {self.channels} instead")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig(Config):
+    """Training augmentation (MONAI RandAffined / RandFlipd). Flips are off by default: they swap the
+    patient's left and right, which matters for left/right labels and cardiac anatomy."""
+
+    enabled: bool = True
+    prob: float = 0.5
+    rotate_deg: float = 10.0
+    translate: float = 0.05
+    scale: float = 0.1
+    flip: bool = False
+
+    def validate(self) -> None:
+        if not 0 <= self.prob <= 1:
+            raise ConfigError(f"The 'prob' parameter of AugmentConfig must be in [0, 1]; got {self.prob} instead")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Config):
+    """How a model is trained (``medloop train``).
+
+    Args:
+        task: ``classify`` or ``segment``.
+        model: ``resnet18``, ``vgg16`` or ``unet``; ``model_params`` go to its constructor (width, dropout...).
+        pretrained: local torchvision ImageNet checkpoint (resnet18/vgg16), or None.
+        fine_tune: ``all`` trains every layer; ``head`` only the last layer(s), as the paper fine-tunes.
+        class_weights: ``balanced`` (inverse class frequency in the training set) or ``none``.
+        patience: early stopping after this many epochs without validation improvement (0: never).
+        loss_samples: logit samples of the attenuated classification loss.
+        val_fraction, test_fraction: split by case for ``medloop train``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    task: typing.Literal["classify", "segment"] = "classify"
+    model: str = "resnet18"
+    model_params: dict = dataclasses.field(default_factory=dict)
+    pretrained: str | None = None
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    fine_tune: typing.Literal["all", "head"] = "all"
+    class_weights: typing.Literal["balanced", "none"] = "balanced"
+    patience: int = 8
+    loss_samples: int = 10
+    augment: dict = dataclasses.field(default_factory=dict)
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "loss_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"The '{name}' parameter of TrainConfig must be >= 1; got {getattr(self, name)} instead")
+        if self.lr <= 0:
+            raise ConfigError(f"The 'lr' parameter of TrainConfig must be > 0; got {self.lr} instead")
+        AugmentConfig.from_dict(self.augment, where="augment")
+
+    @property
+    def augmentation(self) -> "AugmentConfig":
+        return AugmentConfig.from_dict(self.augment)
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

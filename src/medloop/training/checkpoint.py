@@ -1,0 +1,44 @@
+"""Checkpoints: model name and parameters, weights, configs, class/label names, metrics, version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medloop.errors import DataError
+
+__all__ = ["save_checkpoint", "load_checkpoint"]
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, model_name: str, model_params: dict[str, Any],
+                    **record: Any) -> Path:
+    from medloop import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"model": model_name, "model_params": model_params, "state_dict": model.state_dict(),
+                "medloop_version": __version__, **record}, tmp)
+    tmp.replace(path)  # atomic: a kill never leaves a half-written checkpoint
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from a medloop checkpoint; returns ``(model, record)``."""
+    from medloop.models import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("checkpoint not found; give the checkpoint.pt written by `medloop train`", path, "missing")
+    try:
+        record = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:
+        raise DataError(f"cannot read checkpoint ({type(exc).__name__}: {exc})", path, "corrupt") from None
+    if not isinstance(record, dict) or "model" not in record or "state_dict" not in record:
+        raise DataError("not a medloop checkpoint (no 'model'/'state_dict'); use a file written by `medloop train`", path, "format")
+    model = build_model(record["model"], **record["model_params"])
+    model.load_state_dict(record["state_dict"])
+    return model.to(device), record
