@@ -93,6 +93,69 @@ def data_inspect(
 
 
 @app.command()
+def train(
+    task: Annotated[str, typer.Option(help="classify or segment.")] = "classify",
+    data: Annotated[str, typer.Option(help="builtin:NAME or a dataset folder.")] = "builtin:chest-xray",
+    model: Annotated[str, typer.Option(help="resnet18 | vgg16 (classify) or unet (segment).")] = "resnet18",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/train"),
+    config: Annotated[Optional[Path], typer.Option(help="TrainConfig YAML; flags below override it.")] = None,
+    size: Annotated[int, typer.Option(help="Working size in pixels.")] = 128,
+    layout: Annotated[Optional[str], typer.Option(help="Layout name (auto-detected when omitted).")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Layout option key=value.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Classifier width (64 = standard; smaller for CPU).")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="MC dropout rate.")] = None,
+    fine_tune: Annotated[Optional[str], typer.Option(help="all, or head (last layer only).")] = None,
+    pretrained: Annotated[Optional[Path], typer.Option(help="Local torchvision ImageNet checkpoint (.pth).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for split, initialization, augmentation, dropout.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Train a Bayesian classifier or UNet; writes checkpoint, metrics JSON and a short report."""
+    from medloop.config import DataConfig, TrainConfig, parse_overrides
+    from medloop.jobs import train_job
+
+    base = TrainConfig.from_yaml(config).to_dict() if config else {}
+    params = dict(base.get("model_params", {}))
+    params.update({k: v for k, v in (("width", width), ("dropout", dropout)) if v is not None})
+    if model == "unet":
+        params.pop("width", None)
+    overrides = {"task": task, "model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                 "fine_tune": fine_tune, "pretrained": str(pretrained) if pretrained else None, "seed": seed,
+                 "device": device, "model_params": params}
+    cfg = TrainConfig.from_dict({**base, **{k: v for k, v in overrides.items() if v is not None}})
+    data_cfg = DataConfig.from_dict({"source": data, "layout": layout, "size": size, "seed": seed,
+                                     "options": parse_overrides(option)})
+    metrics = train_job(data_cfg, cfg, out)
+    console.print(f"test: {json.dumps(metrics['test'])}")
+    console.print(f"written to {out}/: checkpoint.pt, metrics.json, report.md, history.png, run.json")
+
+
+@app.command()
+def score(
+    checkpoint: Annotated[Path, typer.Option(help="checkpoint.pt written by medloop train.")],
+    data: Annotated[str, typer.Option(help="The pool: builtin:NAME or a dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/score"),
+    mc_samples: Annotated[int, typer.Option(help="MC dropout samples T.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Images per batch (memory does not grow with the pool).")] = 32,
+    layout: Annotated[Optional[str], typer.Option(help="Layout name (auto-detected when omitted).")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Layout option key=value.")] = None,
+    max_maps: Annotated[int, typer.Option(help="Uncertainty-map PNGs for the most uncertain images (segmentation).")] = 24,
+    seed: Annotated[int, typer.Option(help="Seed of the MC dropout masks.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Per-image uncertainties (all measures) as CSV; uncertainty maps for segmentation."""
+    from medloop.config import DataConfig, parse_overrides
+    from medloop.jobs import score_job
+
+    data_cfg = DataConfig.from_dict({"source": data, "layout": layout, "seed": seed, "options": parse_overrides(option)})
+    path = score_job(checkpoint, data_cfg, out, n_mc_samples=mc_samples, batch_size=batch_size, seed=seed,
+                     max_maps=max_maps, device=device)
+    console.print(f"scores written to {path}" + (f"; maps in {out / 'maps'}" if (out / "maps").is_dir() else ""))
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("medloop-demo"),
     seed: Annotated[int, typer.Option(help="Seed for everything in the demo.")] = 0,

@@ -1,0 +1,189 @@
+"""Library entry points behind ``medloop train`` and ``medloop score`` (the CLI only parses arguments)."""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medloop.config import DataConfig, TrainConfig
+from medloop.data import MedDataset, load_dataset, split_by_case
+from medloop.device import resolve_device
+from medloop.errors import ConfigError
+from medloop.models import MODEL_TASKS, build_model, load_pretrained
+from medloop.runinfo import write_run_record
+from medloop.training import evaluate, fit, load_checkpoint, save_checkpoint
+from medloop.uncertainty import score_pool
+
+__all__ = ["train_job", "score_job", "model_params_for"]
+
+
+def model_params_for(ds: MedDataset, config: TrainConfig) -> dict[str, Any]:
+    """Constructor parameters: channels and classes from the data, the rest from ``config.model_params``."""
+    if config.model not in MODEL_TASKS:
+        from medloop.models import MODELS
+
+        MODELS.get(config.model)  # raises the did-you-mean error
+    if MODEL_TASKS[config.model] != config.task:
+        raise ConfigError(f"model '{config.model}' does a '{MODEL_TASKS[config.model]}' task, not '{config.task}'; "
+                          f"use --model {'unet' if config.task == 'segment' else 'resnet18 or vgg16'}")
+    if config.task == "classify":
+        labels = ds.labels[ds.labels >= 0]
+        num_classes = max(len(ds.info.class_names), int(labels.max()) + 1 if len(labels) else 0)
+        if num_classes < 2:
+            raise ConfigError(f"classification needs at least 2 classes; {ds.info.root} has {num_classes}")
+    else:
+        num_classes = max(max(ds.info.mask_labels, default=1) + 1, 2)
+    return {"in_channels": int(ds[0].image.shape[0]), "num_classes": num_classes, **config.model_params}
+
+
+def _plot_history(history: list[dict], monitor: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [h["epoch"] + 1 for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train loss", color="#0072B2")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss")
+    key = f"val_{monitor}"
+    if history and key in history[0]:
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [h[key] for h in history], label=f"val {monitor}", color="#D55E00")
+        ax2.set_ylabel(f"validation {monitor}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.3f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def train_job(data: DataConfig, config: TrainConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Split by case, train with early stopping on validation, evaluate on test, write everything to ``out``.
+
+    Writes ``checkpoint.pt``, ``metrics.json``, ``report.md``, ``history.png`` and ``run.json``.
+    """
+    out = Path(out)
+    if config.task == "segment" and data.size is None:
+        raise ConfigError("segmentation needs a working size (e.g. --size 128) so images can be batched")
+    ds = load_dataset(data, progress=progress)
+    split = split_by_case(ds, val=config.val_fraction, test=config.test_fraction, seed=config.seed)
+    params = model_params_for(ds, config)
+    torch.manual_seed(config.seed)  # parameter initialization
+    model = build_model(config.model, **params)
+    pretrained = load_pretrained(model, config.pretrained).__dict__ if config.pretrained else None
+    result = fit(model, ds.subset(split.train), ds.subset(split.val), config, progress=progress)
+    device = resolve_device(config.device)
+    metrics = {
+        "test": evaluate(model, ds.subset(split.test), config.task, config.batch_size, device),
+        "val": evaluate(model, ds.subset(split.val), config.task, config.batch_size, device),
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "split": {k: len(v) for k, v in split.to_dict().items()},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "checkpoint.pt", model.cpu(), config.model, params, data_config=data.to_dict(),
+                    train_config=config.to_dict(), class_names=list(ds.info.class_names),
+                    mask_labels=ds.info.mask_labels, metrics=metrics, pretrained=pretrained,
+                    split={k: [ds.sample_ids[i] for i in v] for k, v in split.to_dict().items()})
+    (out / "metrics.json").write_text(json.dumps({**metrics, "history": result.history}, indent=2))
+    _plot_history(result.history, result.monitor, out / "history.png")
+    lines = [f"# medloop train: {config.model} ({config.task}) on {data.source}", "",
+             f"Split by case (seed {config.seed}): {metrics['split']}. Best epoch {result.best_epoch + 1} of "
+             f"{len(result.history)} by validation {result.monitor}" + (" (stopped early)." if result.stopped_early else "."),
+             "", "| metric | validation | test |", "|---|---|---|"]
+    for key in metrics["test"]:
+        if key != "n":
+            lines.append(f"| {key} | {_fmt(metrics['val'][key])} | {_fmt(metrics['test'][key])} |")
+    lines += ["", f"Pretrained: {pretrained['path'] if pretrained else 'none (trained from scratch)'}; fine-tune: "
+              f"{config.fine_tune}.", "", "![history](history.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    write_run_record(out, config.seed, {"data": data.to_dict(), "train": config.to_dict()}, "medloop train")
+    return metrics
+
+
+def _save_maps(path: Path, image: np.ndarray, pred: np.ndarray, maps: dict[str, np.ndarray], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("image", image, "gray"), ("prediction", pred, "viridis"), ("epistemic", maps["epistemic"], "magma"),
+              ("aleatoric", maps["aleatoric"], "magma"), ("combined (Eq. 6)", maps["combined"], "magma")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3))
+    for ax, (name, arr, cmap) in zip(axes, panels):
+        im = ax.imshow(arr, cmap=cmap, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+        if name not in ("image", "prediction"):
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def score_job(checkpoint: str | Path, data: DataConfig, out: str | Path, n_mc_samples: int = 20, batch_size: int = 32,
+              seed: int = 0, max_maps: int = 24, device: str = "auto", progress: bool = True) -> Path:
+    """Score a pool with every uncertainty measure; write ``scores.csv`` (and ``maps/`` for segmentation).
+
+    The pool is read at the checkpoint's working size and channels. For segmentation, the ``max_maps``
+    images with the highest mean combined uncertainty get a PNG (image, prediction, epistemic, aleatoric,
+    combined maps); only those maps are kept in memory while streaming.
+    """
+    out = Path(out)
+    model, record = load_checkpoint(checkpoint)
+    trained = record.get("data_config", {})
+    data = data.replace(size=trained.get("size", data.size), channels=trained.get("channels", data.channels),
+                        normalize=trained.get("normalize", data.normalize))
+    ds = load_dataset(data, progress=progress)
+    heap: list[tuple[float, int, dict]] = []
+
+    def keep_maps(indices: list[int], maps: dict[str, torch.Tensor], mean_probs: torch.Tensor) -> None:
+        score = maps["combined"].flatten(1).mean(1)
+        for j, i in enumerate(indices):
+            item = (float(score[j]), i, {k: maps[k][j].numpy() for k in ("epistemic", "aleatoric", "combined")}
+                    | {"pred": mean_probs[j].argmax(0).numpy()})
+            if len(heap) < max_maps:
+                heapq.heappush(heap, item)
+            elif item[0] > heap[0][0]:
+                heapq.heapreplace(heap, item)
+
+    scores = score_pool(model, ds, n_mc_samples=n_mc_samples, batch_size=batch_size, seed=seed,
+                        device=resolve_device(device), on_maps=keep_maps if max_maps > 0 else None, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = scores.rows()
+    rank_key = "combined" if "combined" in scores.columns else "combined_mean"
+    order = np.argsort(-scores.columns[rank_key], kind="stable")
+    for rank, i in enumerate(order, start=1):
+        rows[i]["rank"] = rank
+    path = out / "scores.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    if heap:
+        (out / "maps").mkdir(exist_ok=True)
+        for score, i, maps in sorted(heap, reverse=True):
+            s = ds[i]
+            name = s.sample_id.replace("/", "_").replace(":", "_")
+            _save_maps(out / "maps" / f"{name}.png", s.image[0].numpy(), maps.pop("pred"), maps,
+                       f"{s.sample_id}  mean combined uncertainty {score:.4f}")
+    write_run_record(out, seed, {"data": data.to_dict(), "checkpoint": str(checkpoint), "n_mc_samples": n_mc_samples,
+                                 "batch_size": batch_size}, "medloop score")
+    return path
