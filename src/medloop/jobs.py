@@ -24,8 +24,8 @@ from medloop.uncertainty import score_pool
 __all__ = ["train_job", "score_job", "model_params_for"]
 
 
-def model_params_for(ds: MedDataset, config: TrainConfig) -> dict[str, Any]:
-    """Constructor parameters: channels and classes from the data, the rest from ``config.model_params``."""
+def check_model_task(config: TrainConfig) -> None:
+    """Fail before any data is read when the model does not do the task."""
     if config.model not in MODEL_TASKS:
         from medloop.models import MODELS
 
@@ -33,6 +33,11 @@ def model_params_for(ds: MedDataset, config: TrainConfig) -> dict[str, Any]:
     if MODEL_TASKS[config.model] != config.task:
         raise ConfigError(f"model '{config.model}' does a '{MODEL_TASKS[config.model]}' task, not '{config.task}'; "
                           f"use --model {'unet' if config.task == 'segment' else 'resnet18 or vgg16'}")
+
+
+def model_params_for(ds: MedDataset, config: TrainConfig) -> dict[str, Any]:
+    """Constructor parameters: channels and classes from the data, the rest from ``config.model_params``."""
+    check_model_task(config)
     if config.task == "classify":
         labels = ds.labels[ds.labels >= 0]
         num_classes = max(len(ds.info.class_names), int(labels.max()) + 1 if len(labels) else 0)
@@ -78,6 +83,7 @@ def train_job(data: DataConfig, config: TrainConfig, out: str | Path, progress: 
     Writes ``checkpoint.pt``, ``metrics.json``, ``report.md``, ``history.png`` and ``run.json``.
     """
     out = Path(out)
+    check_model_task(config)
     if config.task == "segment" and data.size is None:
         raise ConfigError("segmentation needs a working size (e.g. --size 128) so images can be batched")
     ds = load_dataset(data, progress=progress)

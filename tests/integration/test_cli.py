@@ -81,3 +81,45 @@ def test_demo_writes_previews_summaries_splits_and_run_record(tmp_path):
         assert sum(len(v) for v in splits.values()) == summary["n_samples"]
     chest = json.loads((out / "chest-xray" / "summary.json").read_text())
     assert chest["class_counts"] == {"normal": 93, "nodule": 154}
+
+
+def test_train_classifier_then_score_pool(tmp_path):
+    out = tmp_path / "cls"
+    result = runner.invoke(app, ["train", "--task", "classify", "--data", "builtin:chest-xray", "-o", "n_normal=6", "-o", "n_nodule=6",
+                                 "--model", "resnet18", "--width", "4", "--size", "32", "--epochs", "2", "--out", str(out)],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"auc", "sensitivity", "specificity", "ece"} <= set(metrics["test"]) and len(metrics["history"]) == 2
+    assert "| auc |" in (out / "report.md").read_text() and (out / "history.png").is_file()
+    scored = tmp_path / "scored"
+    result = runner.invoke(app, ["score", "--checkpoint", str(out / "checkpoint.pt"), "--data", "builtin:chest-xray",
+                                 "-o", "n_normal=3", "-o", "n_nodule=2", "--out", str(scored), "--mc-samples", "4"],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    import csv
+
+    rows = list(csv.DictReader(open(scored / "scores.csv")))
+    assert len(rows) == 5 and {"combined", "epistemic", "aleatoric", "bald", "entropy", "margin", "variation_ratio", "rank"} <= set(rows[0])
+    assert sorted(int(r["rank"]) for r in rows) == [1, 2, 3, 4, 5]
+
+
+def test_train_unet_then_score_writes_uncertainty_maps(tmp_path):
+    out = tmp_path / "seg"
+    result = runner.invoke(app, ["train", "--task", "segment", "--data", "builtin:cardiac-mr", "-o", "n_volumes=3",
+                                 "-o", "max_slices=10", "--model", "unet", "--size", "32", "--epochs", "1", "--out", str(out)],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "myocardium" in json.loads((out / "metrics.json").read_text())["test"]["dice"]
+    scored = tmp_path / "scored"
+    result = runner.invoke(app, ["score", "--checkpoint", str(out / "checkpoint.pt"), "--data", "builtin:cardiac-mr",
+                                 "-o", "n_volumes=1", "-o", "max_slices=10", "--out", str(scored), "--mc-samples", "3",
+                                 "--max-maps", "2"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert len(list((scored / "maps").glob("*.png"))) == 2
+    assert "combined_top_q_mean" in (scored / "scores.csv").read_text().splitlines()[0]
+
+
+def test_train_rejects_a_model_for_the_wrong_task():
+    result = runner.invoke(app, ["train", "--task", "segment", "--model", "resnet18", "--data", "builtin:cardiac-mr"])
+    assert result.exit_code != 0 and "does a 'classify' task" in str(result.exception)
