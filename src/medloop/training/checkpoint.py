@@ -34,7 +34,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if not path.is_file():
         raise DataError("checkpoint not found; give the checkpoint.pt written by `medloop train`", path, "missing")
     try:
-        record = torch.load(path, map_location=device, weights_only=False)
+        record = torch.load(path, map_location=device, weights_only=True)  # plain types only: no code runs on load
     except Exception as exc:
         raise DataError(f"cannot read checkpoint ({type(exc).__name__}: {exc})", path, "corrupt") from None
     if not isinstance(record, dict) or "model" not in record or "state_dict" not in record:
