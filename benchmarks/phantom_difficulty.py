@@ -69,10 +69,13 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--nodule-radius", type=float, nargs=2, default=None, help="override the phantom's range")
+    parser.add_argument("--nodule-contrast", type=float, nargs=2, default=None, help="override the phantom's range")
     args = parser.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     start = time.time()
-    ds = load_dataset("builtin:chest-xray", size=args.size, seed=args.seed)
+    options = {k: list(v) for k, v in (("nodule_radius", args.nodule_radius), ("nodule_contrast", args.nodule_contrast)) if v}
+    ds = load_dataset("builtin:chest-xray", size=args.size, seed=args.seed, options=options)
     x = torch.stack([s.image for s in ds])
     y = torch.from_numpy(ds.labels)
     aucs = []
@@ -81,7 +84,7 @@ def main() -> None:
         auc = roc_auc_score(y[test_idx].numpy(), predict(model, x[test_idx]))
         aucs.append(float(auc))
         print(f"fold {k}: test AUC {auc:.3f} ({len(test_idx)} cases)", flush=True)
-    print(json.dumps({"size": args.size, "cases": len(ds), "folds": args.folds, "epochs": args.epochs,
+    print(json.dumps({"size": args.size, "phantom_options": options, "cases": len(ds), "folds": args.folds, "epochs": args.epochs,
                       "auc_mean": round(float(np.mean(aucs)), 4), "auc_std": round(float(np.std(aucs)), 4),
                       "auc_per_fold": [round(a, 4) for a in aucs], "minutes": round((time.time() - start) / 60, 2)}))
 

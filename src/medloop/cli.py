@@ -160,11 +160,12 @@ def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("medloop-demo"),
     seed: Annotated[int, typer.Option(help="Seed for everything in the demo.")] = 0,
     size: Annotated[int, typer.Option(help="Working size of the phantoms.")] = 128,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the demo models.")] = 12,
 ) -> None:
     """Run medloop's main job on the built-in phantoms (offline, CPU)."""
     from medloop.demo import run_demo
 
-    run_demo(out, seed=seed, size=size, console=console)
+    run_demo(out, seed=seed, size=size, console=console, epochs=epochs)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from medloop.cache import cached_arrays
 from medloop.data.layouts.base import BUILTINS, Layout, Option
 from medloop.data.phantoms.cardiac_mr import render_cardiac_volume
-from medloop.data.phantoms.chest_xray import render_chest_xray
+from medloop.data.phantoms.chest_xray import ChestXrayParams, render_chest_xray
 from medloop.data.record import DatasetInfo, Entry, RawItem
 from medloop.errors import ConfigError
 
@@ -21,7 +21,7 @@ __all__ = ["ChestXrayPhantom", "CardiacMRPhantom"]
 
 _CHEST_STREAM, _CARDIAC_STREAM = 0xC4E5, 0xCA4D  # separate random streams per phantom family
 # Bump when a renderer changes, so cached cases are rendered again.
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 
 
 def _positive(layout: str, **values: int) -> None:
@@ -39,12 +39,22 @@ class ChestXrayPhantom(Layout):
         "n_normal": Option(93, "number of normal cases"),
         "n_nodule": Option(154, "number of nodule cases (1-3 faint nodules inside the lungs)"),
         "lung_labels": Option("binary", "binary lung mask, or left-right (1 right lung, 2 left lung)", ("binary", "left-right")),
+        "nodule_radius": Option(list(ChestXrayParams.nodule_radius), "nodule radius range, fraction of the image size", kind=list),
+        "nodule_contrast": Option(list(ChestXrayParams.nodule_contrast), "nodule contrast range (attenuation units)", kind=list),
     }
     default_size = 256
 
     def __init__(self, root, seed: int = 0, **options):
         super().__init__(root, seed, **options)
         _positive(self.name, n_normal=self.opts["n_normal"], n_nodule=self.opts["n_nodule"])
+        for key in ("nodule_radius", "nodule_contrast"):
+            value = self.opts[key]
+            if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+                    and 0 < value[0] <= value[1]):
+                raise ConfigError(f"The '{key}' option of builtin:chest-xray must be [low, high] with 0 < low <= high; "
+                                  f"got {value!r} instead")
+        self.params = ChestXrayParams(nodule_radius=tuple(self.opts["nodule_radius"]),
+                                      nodule_contrast=tuple(self.opts["nodule_contrast"]))
         if self.opts["n_normal"] + self.opts["n_nodule"] == 0:
             raise ConfigError("builtin:chest-xray needs at least one case; set n_normal or n_nodule > 0")
 
@@ -64,11 +74,12 @@ class ChestXrayPhantom(Layout):
     def load(self, entry: Entry, size: int | None) -> RawItem:
         def render():
             rng = np.random.default_rng([self.seed, _CHEST_STREAM, entry.index])
-            image, mask, meta = render_chest_xray(rng, size or self.default_size, nodule=entry.label == 1)
+            image, mask, meta = render_chest_xray(rng, size or self.default_size, nodule=entry.label == 1, params=self.params)
             return {"image": image, "mask": mask}, meta
 
         key = {"phantom": self.name, "v": RENDER_VERSION, "seed": self.seed, "i": entry.index,
-               "size": size or self.default_size, "nodule": entry.label == 1}
+               "size": size or self.default_size, "nodule": entry.label == 1,
+               "nodule_params": [self.opts["nodule_radius"], self.opts["nodule_contrast"]]}
         arrays, meta = cached_arrays(key, render)
         image, mask = arrays["image"], arrays["mask"]
         if self.opts["lung_labels"] == "binary":

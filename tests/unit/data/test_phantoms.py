@@ -115,3 +115,14 @@ def test_phantom_disk_cache_returns_identical_pixels(tmp_path, monkeypatch):
     second = load_dataset("builtin:chest-xray", size=32, options=SMALL_CHEST, progress=False)
     assert all(torch.equal(first[i].image, second[i].image) for i in range(6))
     assert second[3].meta["nodule_centres"] == first[3].meta["nodule_centres"]
+
+
+def test_nodule_difficulty_options_change_the_render_and_are_validated():
+    easy = load_dataset("builtin:chest-xray", size=48, options={**SMALL_CHEST, "nodule_contrast": [0.3, 0.3]}, progress=False)
+    hard = load_dataset("builtin:chest-xray", size=48, options={**SMALL_CHEST, "nodule_contrast": [0.01, 0.01]}, progress=False)
+    nodule = int(np.nonzero(easy.labels == 1)[0][0])
+    normal = int(np.nonzero(easy.labels == 0)[0][0])
+    assert not torch.equal(easy[nodule].image, hard[nodule].image)
+    assert torch.equal(easy[normal].image, hard[normal].image)  # normal cases have no nodule to change
+    with pytest.raises(ConfigError, match=r"'nodule_radius' option of builtin:chest-xray must be \[low, high\]"):
+        load_dataset("builtin:chest-xray", options={"nodule_radius": [0.05, 0.01]}, progress=False)
