@@ -6,7 +6,7 @@ and human-machine collaborative segmentation with a pix2pix cGAN (Ravanbakhsh et
 
 from importlib.metadata import PackageNotFoundError, version
 
-from medloop.config import DataConfig
+from medloop.config import DataConfig, TrainConfig
 from medloop.errors import ConfigError, DataError, MedloopError
 
 try:
@@ -14,4 +14,4 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "DataConfig", "MedloopError", "ConfigError", "DataError"]
+__all__ = ["__version__", "DataConfig", "TrainConfig", "MedloopError", "ConfigError", "DataError"]

@@ -36,7 +36,22 @@ class _HeteroscedasticHead(nn.Module):
         return self.fc(h), (self.fc_logvar(h) if self.fc_logvar is not None else None)
 
 
-class ResNet18Classifier(nn.Module):
+class _BayesianClassifier(nn.Module):
+    """Shared split: subclasses define ``forward_features``; the MC-dropout head is ``self.head``."""
+
+    head: _HeteroscedasticHead
+
+    def forward_head(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.head(feats)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.forward_head(self.forward_features(x))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+
+class ResNet18Classifier(_BayesianClassifier):
     """ResNet-18 (MONAI's ResNet, torchvision layer names) with an MC-dropout heteroscedastic head.
 
     Args:
@@ -64,21 +79,12 @@ class ResNet18Classifier(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)  # [N, F] after global average pooling
 
-    def forward_head(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.head(feats)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.forward_head(self.forward_features(x))
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        return list(self.head.parameters())
-
 
 # torchvision's configuration "D" (VGG-16): numbers are 3x3 conv widths, "M" a 2x2 max pool.
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
-class VGG16Classifier(nn.Module):
+class VGG16Classifier(_BayesianClassifier):
     """VGG-16 features (torchvision layer indices, with or without batch norm) + an MC-dropout head.
 
     The head is global average pooling, MC dropout and the heteroscedastic linear layers (instead of
@@ -113,12 +119,3 @@ class VGG16Classifier(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.pool(self.features(x)), 1)
-
-    def forward_head(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.head(feats)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.forward_head(self.forward_features(x))
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        return list(self.head.parameters())
