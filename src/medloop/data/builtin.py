@@ -21,7 +21,7 @@ __all__ = ["ChestXrayPhantom", "CardiacMRPhantom"]
 
 _CHEST_STREAM, _CARDIAC_STREAM = 0xC4E5, 0xCA4D  # separate random streams per phantom family
 # Bump when a renderer changes, so cached cases are rendered again.
-RENDER_VERSION = 3
+RENDER_VERSION = 4
 
 
 def _positive(layout: str, **values: int) -> None:

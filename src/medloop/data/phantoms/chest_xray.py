@@ -34,17 +34,21 @@ _LEFT_LUNG = np.array([
 class ChestXrayParams:
     """Ranges the per-case parameters are drawn from (uniform), in normalized image units.
 
-    The nodule contrast range is wide on purpose, like JSRT's five subtlety grades: obvious nodules let a
-    classifier learn what a nodule is, subtle ones stay hard. A narrow range makes the task bimodal for a
-    small CNN (measured: contrast 0.09-0.18 -> AUC ~0.97; 0.06-0.13 -> ~0.5). See README and
-    `benchmarks/phantom_difficulty.py` for the measured AUC of these defaults.
+    Difficulty comes from look-alikes, as in real radiographs: nipple shadows and calcified granulomas
+    appear in normal and nodule cases alike (independently of the class), next to end-on vessels. Making
+    the nodules fainter instead does not grade the difficulty for a small CNN on ~250 images: it flips
+    from learnable to unlearnable (measured with 5-fold CV: contrast 0.09-0.18 without look-alikes ->
+    AUC ~0.97; 0.06-0.13 -> ~0.5; 0.03-0.18 -> ~0.5). See README and `benchmarks/phantom_difficulty.py`
+    for the measured AUC of these defaults.
     """
 
-    nodule_radius: tuple[float, float] = (0.020, 0.055)
-    nodule_contrast: tuple[float, float] = (0.03, 0.18)
+    nodule_radius: tuple[float, float] = (0.028, 0.055)
+    nodule_contrast: tuple[float, float] = (0.09, 0.18)
     n_nodules: tuple[int, int] = (1, 3)
     n_vessels: tuple[int, int] = (14, 22)  # per lung
     n_endon_vessels: tuple[int, int] = (8, 18)  # per lung: round cross-sections, the nodule look-alikes
+    p_nipple_shadows: float = 0.3  # per case: a pair of soft round opacities in the lower zones
+    p_granuloma: float = 0.3  # per case: one small, dense, sharp calcified nodule (benign)
     rotation_deg: float = 4.0
     shift: float = 0.03
     noise_sigma: tuple[float, float] = (0.008, 0.02)
@@ -162,10 +166,27 @@ def render_chest_xray(rng: np.random.Generator, size: int, nodule: bool,
         draw_band(bones, px(pose(clav)), 0.013 * s, 0.09, "tube")
     img += bones * body
 
+    # look-alikes, drawn before the class-specific nodules and independent of the class
+    confusers = []
+    eroded_lungs = ndimage.binary_erosion(lungs, iterations=max(1, int(0.03 * s)))
+    lung_px = np.argwhere(eroded_lungs if eroded_lungs.any() else lungs)
+    if rng.random() < params.p_nipple_shadows:
+        r = rng.uniform(0.022, 0.034) * s
+        contrast = rng.uniform(0.06, 0.13)
+        y_level = rng.uniform(0.60, 0.70)
+        for side_x in (0.30, 0.70):
+            cx, cy = pose(np.array([[side_x + rng.normal(0, 0.015), y_level + rng.normal(0, 0.01)]]))[0] * s
+            add_sphere(img, cx, cy, r, contrast * rng.uniform(0.6, 1.0), blur=0.45 * r)  # soft edge
+            confusers.append({"kind": "nipple shadow", "centre": [int(cx), int(cy)]})
+    if rng.random() < params.p_granuloma and len(lung_px):
+        cy, cx = lung_px[rng.integers(len(lung_px))]
+        r = max(rng.uniform(0.010, 0.018) * s, 0.8)
+        add_sphere(img, cx, cy, r, rng.uniform(0.15, 0.28), blur=0.1 * r)  # dense, sharp
+        confusers.append({"kind": "calcified granuloma", "centre": [int(cx), int(cy)]})
+
     centres, radii = [], []
     if nodule:
-        eroded = ndimage.binary_erosion(lungs, iterations=max(1, int(0.03 * s)))
-        candidates = np.argwhere(eroded if eroded.any() else lungs)
+        candidates = lung_px
         for _ in range(int(rng.integers(params.n_nodules[0], params.n_nodules[1], endpoint=True))):
             cy, cx = candidates[rng.integers(len(candidates))]
             r = rng.uniform(*params.nodule_radius) * s
@@ -185,6 +206,7 @@ def render_chest_xray(rng: np.random.Generator, size: int, nodule: bool,
     meta = {
         "nodule_centres": centres,
         "nodule_radii": radii,
+        "look_alikes": confusers,
         "rotation_deg": round(float(angle), 2),
         "shift": [round(float(v), 4) for v in shift],
         "exposure": {"gain": round(float(gain), 3), "gamma": round(float(gamma), 3), "noise": round(float(sigma), 4)},
