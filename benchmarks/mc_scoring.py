@@ -8,7 +8,8 @@ Same model (ResNet-18, ImageNet width unless --width) and pool (--n-images phant
       each in its recommended mode: plain with replicate_in_memory=True (T copies in one batch), cached with
       replicate_in_memory=False (baal warns that caching needs it); --all-modes times both modes for both.
 The head is first fitted on the pool's labels (features frozen) so predictions are not all 0.5; then the
-predictive entropy and BALD of medloop and baal are compared (Pearson r, two-sample KS).
+predictive entropy and BALD of medloop and baal are compared (Pearson r, two-sample KS), next to the noise
+floor: medloop against itself with other dropout masks (per-image agreement cannot beat it).
 
     pip install -e ".[bench]"     # baal is a benchmark extra, never a runtime dependency
     python benchmarks/mc_scoring.py [--n-images 512] [--size 128] [--mc-samples 20] [--width 64] [--batch-size 64]
@@ -95,6 +96,9 @@ def main() -> None:
     scores, medloop_s = timed(lambda: score_pool(model, ds, n_mc_samples=args.mc_samples, batch_size=args.batch_size,
                                                  seed=args.seed, progress=False))
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # noise floor of the agreement checks: medloop against itself with other dropout masks
+    rescored = score_pool(model, ds, n_mc_samples=args.mc_samples, batch_size=args.batch_size, seed=args.seed + 1,
+                          progress=False)
 
     # (c) baal
     from baal.bayesian.caching_utils import MCCachingModule
@@ -137,6 +141,9 @@ def main() -> None:
         "bald_ks_p": round(float(stats.ks_2samp(ours_bald, baal_bald).pvalue), 4),
         "bald_mean": [round(float(np.mean(ours_bald)), 5), round(float(np.mean(baal_bald)), 5)],
         "prob_pearson_r": round(float(stats.pearsonr(scores.columns["prob_1"], baal_probs.mean(1)[:, 1].numpy())[0]), 4),
+        "prob_pearson_r_noise_floor": round(float(stats.pearsonr(scores.columns["prob_1"], rescored.columns["prob_1"])[0]), 4),
+        "entropy_pearson_r_noise_floor": round(float(stats.pearsonr(ours_entropy, rescored.columns["entropy"])[0]), 4),
+        "entropy_ks_p": round(float(stats.ks_2samp(ours_entropy, baal_entropy).pvalue), 4),
         "n_images": len(ds), "size": args.size, "mc_samples": args.mc_samples, "width": args.width,
         "threads": torch.get_num_threads(),
     }
