@@ -86,6 +86,13 @@ def train_job(data: DataConfig, config: TrainConfig, out: str | Path, progress: 
     check_model_task(config)
     if config.task == "segment" and data.size is None:
         raise ConfigError("segmentation needs a working size (e.g. --size 128) so images can be batched")
+    if config.model == "unet":
+        from medloop.models.unet import DEFAULT_CHANNELS
+
+        divisor = 2 ** (len(config.model_params.get("channels", DEFAULT_CHANNELS)) - 1)
+        if data.size % divisor:
+            raise ConfigError(f"working size {data.size} is not divisible by {divisor} (the UNet downsamples "
+                              f"{divisor.bit_length() - 1} times); use --size {data.size // divisor * divisor or divisor}")
     ds = load_dataset(data, progress=progress)
     split = split_by_case(ds, val=config.val_fraction, test=config.test_fraction, seed=config.seed)
     params = model_params_for(ds, config)

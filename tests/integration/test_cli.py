@@ -126,3 +126,9 @@ def test_train_unet_then_score_writes_uncertainty_maps(tmp_path):
 def test_train_rejects_a_model_for_the_wrong_task():
     result = runner.invoke(app, ["train", "--task", "segment", "--model", "resnet18", "--data", "builtin:cardiac-mr"])
     assert result.exit_code != 0 and "does a 'classify' task" in str(result.exception)
+
+
+def test_train_rejects_a_size_the_unet_cannot_halve(tmp_path):
+    result = runner.invoke(app, ["train", "--task", "segment", "--model", "unet", "--data", "builtin:cardiac-mr",
+                                 "-o", "n_volumes=2", "-o", "max_slices=10", "--size", "36", "--out", str(tmp_path)])
+    assert "working size 36 is not divisible by 16" in str(result.exception) and "--size 32" in str(result.exception)

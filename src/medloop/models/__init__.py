@@ -38,10 +38,10 @@ MODEL_TASKS = {"resnet18": "classify", "vgg16": "classify", "unet": "segment"}
 
 def build_model(name: str, **params: Any) -> nn.Module:
     """Build a registered model; unknown names get a did-you-mean, bad parameters name the parameter."""
+    from medloop.errors import ConfigError
+
     cls = MODELS.get(name)
     try:
         return cls(**params)
-    except TypeError as exc:
-        from medloop.errors import ConfigError
-
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad parameters for model '{name}': {exc}") from None

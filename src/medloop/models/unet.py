@@ -15,6 +15,7 @@ from medloop.models.dropout import patch_dropout
 
 __all__ = ["BayesianUNet"]
 
+DEFAULT_CHANNELS = (16, 32, 64, 128, 256)
 _ACT = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True})
 _NORM = ("instance", {"affine": True})
 
@@ -33,7 +34,7 @@ class BayesianUNet(nn.Module):
     by ``2 ** (len(channels) - 1)``.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 3, channels: tuple[int, ...] = (16, 32, 64, 128, 256),
+    def __init__(self, in_channels: int = 1, num_classes: int = 3, channels: tuple[int, ...] = DEFAULT_CHANNELS,
                  dropout: float = 0.2, heteroscedastic: bool = True):
         super().__init__()
         if len(channels) < 2:

@@ -73,7 +73,7 @@ def test_eval_is_deterministic_and_mc_sampling_is_stochastic(case):
 
 
 def test_bad_parameters_name_the_parameter():
-    with pytest.raises(ValueError, match="The 'width' parameter of ResNet18Classifier must be >= 1"):
+    with pytest.raises(ConfigError, match="The 'width' parameter of ResNet18Classifier must be >= 1"):
         build_model("resnet18", width=0)
     with pytest.raises(ConfigError, match=r"unknown model 'unett' \(did you mean 'unet'\?\)"):
         build_model("unett")
