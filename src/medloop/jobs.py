@@ -117,7 +117,7 @@ def train_job(data: DataConfig, config: TrainConfig, out: str | Path, progress: 
     (out / "metrics.json").write_text(json.dumps({**metrics, "history": result.history}, indent=2))
     _plot_history(result.history, result.monitor, out / "history.png")
     lines = [f"# medloop train: {config.model} ({config.task}) on {data.source}", "",
-             f"Split by case (seed {config.seed}): {metrics['split']}. Best epoch {result.best_epoch + 1} of "
+             f"Split by case (seed {config.seed}), samples per side: {metrics['split']}. Best epoch {result.best_epoch + 1} of "
              f"{len(result.history)} by validation {result.monitor}" + (" (stopped early)." if result.stopped_early else "."),
              "", "| metric | validation | test |", "|---|---|---|"]
     for key in metrics["test"]:
