@@ -98,7 +98,7 @@ def score_pool(
     device: torch.device | str = "cpu",
     reductions: Sequence[str] = REDUCTIONS,
     q: float = 0.05,
-    max_head_batch: int | None = 256,
+    max_head_batch: int | None = 64,
     on_maps: Callable[[list[int], dict[str, torch.Tensor], torch.Tensor], None] | None = None,
     progress: bool = True,
 ) -> PoolScores:
