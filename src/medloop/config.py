@@ -25,12 +25,11 @@ def _check_type(owner: str, name: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a simple annotation; coerce int->float. Raises ConfigError."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arm in typing.get_args(annotation):
             try:
                 return _check_type(owner, name, value, arm)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"The '{name}' parameter of {owner} has the wrong type; got {value!r} instead")
     if annotation is type(None):
         if value is None:

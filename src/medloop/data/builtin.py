@@ -6,7 +6,7 @@ depend on how many cases are asked for, and the same seed always gives the same 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -30,8 +30,27 @@ def _positive(layout: str, **values: int) -> None:
             raise ConfigError(f"The '{key}' option of builtin:{layout} must be >= 0; got {value} instead")
 
 
+class _Phantom(Layout):
+    """A built-in dataset rendered on the fly: one seeded generator per case, renders cached on disk."""
+
+    stream: int  # separates the random streams of the phantom families
+    default_size: int
+
+    def _render(self, entry: Entry, size: int | None, render: Callable, key: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+        """``render(rng, size) -> (image, mask, meta)`` for this case, from the cache when rendered before."""
+        size = size or self.default_size
+
+        def compute():
+            image, mask, meta = render(np.random.default_rng([self.seed, self.stream, entry.index]), size)
+            return {"image": image, "mask": mask}, meta
+
+        full_key = {"phantom": self.name, "v": RENDER_VERSION, "seed": self.seed, "i": entry.index, "size": size, **key}
+        arrays, meta = cached_arrays(full_key, compute)
+        return arrays["image"], arrays["mask"], meta
+
+
 @BUILTINS.register("chest-xray")
-class ChestXrayPhantom(Layout):
+class ChestXrayPhantom(_Phantom):
     name = "chest-xray"
     summary = "radiograph phantom, 247 cases (93 normal / 154 nodule, like JSRT), lung masks; 256 px by default"
     tree = "builtin:chest-xray   (rendered on the fly; no files)"
@@ -43,6 +62,7 @@ class ChestXrayPhantom(Layout):
         "nodule_contrast": Option(list(ChestXrayParams.nodule_contrast), "nodule contrast range (attenuation units)", kind=list),
     }
     default_size = 256
+    stream = _CHEST_STREAM
 
     def __init__(self, root, seed: int = 0, **options):
         super().__init__(root, seed, **options)
@@ -72,23 +92,17 @@ class ChestXrayPhantom(Layout):
             yield Entry(f"cxr-{i + 1:04d}", f"cxr-{i + 1:04d}", None, (), int(labels[i]), index=i)
 
     def load(self, entry: Entry, size: int | None) -> RawItem:
-        def render():
-            rng = np.random.default_rng([self.seed, _CHEST_STREAM, entry.index])
-            image, mask, meta = render_chest_xray(rng, size or self.default_size, nodule=entry.label == 1, params=self.params)
-            return {"image": image, "mask": mask}, meta
-
-        key = {"phantom": self.name, "v": RENDER_VERSION, "seed": self.seed, "i": entry.index,
-               "size": size or self.default_size, "nodule": entry.label == 1,
-               "nodule_params": [self.opts["nodule_radius"], self.opts["nodule_contrast"]]}
-        arrays, meta = cached_arrays(key, render)
-        image, mask = arrays["image"], arrays["mask"]
+        nodule = entry.label == 1
+        image, mask, meta = self._render(
+            entry, size, lambda rng, sz: render_chest_xray(rng, sz, nodule=nodule, params=self.params),
+            {"nodule": nodule, "nodule_params": [self.opts["nodule_radius"], self.opts["nodule_contrast"]]})
         if self.opts["lung_labels"] == "binary":
             mask = (mask > 0).astype(np.int64)
         return RawItem(image[:, :, None], mask, f"builtin:{self.name}/{entry.entry_id}", meta=meta)
 
 
 @BUILTINS.register("cardiac-mr")
-class CardiacMRPhantom(Layout):
+class CardiacMRPhantom(_Phantom):
     name = "cardiac-mr"
     summary = "short-axis cine MR phantom, 10 volumes x 10-20 slices (like HVSMR 2016); 0 bg, 1 myocardium, 2 blood pool"
     tree = "builtin:cardiac-mr   (rendered on the fly; no files)"
@@ -99,6 +113,7 @@ class CardiacMRPhantom(Layout):
     }
     volumetric = True
     default_size = 128
+    stream = _CARDIAC_STREAM
 
     def __init__(self, root, seed: int = 0, **options):
         super().__init__(root, seed, **options)
@@ -116,14 +131,10 @@ class CardiacMRPhantom(Layout):
             yield Entry(f"cmr-{i + 1:02d}", f"cmr-{i + 1:02d}", None, (), None, index=i)
 
     def load(self, entry: Entry, size: int | None) -> RawItem:
-        def render():
-            rng = np.random.default_rng([self.seed, _CARDIAC_STREAM, entry.index])
-            n_slices = int(rng.integers(self.opts["min_slices"], self.opts["max_slices"], endpoint=True))
-            image, mask, meta = render_cardiac_volume(rng, size or self.default_size, n_slices)
-            return {"image": image, "mask": mask}, meta
+        lo, hi = self.opts["min_slices"], self.opts["max_slices"]
 
-        key = {"phantom": self.name, "v": RENDER_VERSION, "seed": self.seed, "i": entry.index,
-               "size": size or self.default_size, "slices": [self.opts["min_slices"], self.opts["max_slices"]]}
-        arrays, meta = cached_arrays(key, render)
-        image, mask = arrays["image"], arrays["mask"]
+        def render(rng, sz):
+            return render_cardiac_volume(rng, sz, int(rng.integers(lo, hi, endpoint=True)))
+
+        image, mask, meta = self._render(entry, size, render, {"slices": [lo, hi]})
         return RawItem(image[..., None], mask, f"builtin:{self.name}/{entry.entry_id}", meta=meta)

@@ -249,6 +249,11 @@ class MedDataset(torch.utils.data.Dataset):
         return [r.case_id for r in self._refs]
 
     @property
+    def entry_ids(self) -> list[str]:
+        """The file or volume each sample comes from (slices of one volume share it)."""
+        return [self.entries[r.entry_pos].entry_id for r in self._refs]
+
+    @property
     def sample_ids(self) -> list[str]:
         return [r.sample_id for r in self._refs]
 

@@ -60,8 +60,7 @@ def summarize(ds: MedDataset) -> DatasetSummary:
     no_mask_cases: dict[str, None] = {}
     n_no_mask = 0
     shape = None
-    for s in ds:
-        entry_key = s.sample_id.split(":z")[0] if s.slice_index is not None else s.sample_id
+    for s, entry_key in zip(ds, ds.entry_ids):
         if entry_key not in seen_entries:
             seen_entries.add(entry_key)
             sizes["x".join(map(str, s.meta["native_size"]))] += 1
@@ -125,8 +124,8 @@ def _pick(ds: MedDataset, n: int, seed: int) -> list[int]:
     labels, has_mask = ds.labels, ds.has_mask
     if ds.info.volumetric:
         by_volume: dict[str, list[int]] = collections.defaultdict(list)
-        for i, sid in enumerate(ds.sample_ids):
-            by_volume[sid.split(":z")[0]].append(i)
+        for i, entry_id in enumerate(ds.entry_ids):
+            by_volume[entry_id].append(i)
         # one volume per case first (e.g. ED of every patient), then the other volumes of each case
         rank: collections.Counter[str] = collections.Counter()
         keyed = []

@@ -75,6 +75,7 @@ class ResNet18Classifier(_BayesianClassifier):
                                conv1_t_size=7, conv1_t_stride=2, bias_downsample=False, feed_forward=False)
         self.head = _HeteroscedasticHead(planes[-1], num_classes, dropout, heteroscedastic)
         self.num_features = planes[-1]
+        self.num_classes = num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)  # [N, F] after global average pooling
@@ -116,6 +117,7 @@ class VGG16Classifier(_BayesianClassifier):
         self.head = _HeteroscedasticHead(c_in, num_classes, dropout, heteroscedastic)
         self.batch_norm = batch_norm
         self.num_features = c_in
+        self.num_classes = num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.pool(self.features(x)), 1)

@@ -54,6 +54,7 @@ class BayesianUNet(nn.Module):
             nn.init.constant_(self.out_logvar.bias, -4.0)
         patch_dropout(self)
         self.divisor = 2 ** (len(ch) - 1)
+        self.num_classes = num_classes
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.shape[-1] % self.divisor or x.shape[-2] % self.divisor:

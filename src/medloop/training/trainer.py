@@ -54,11 +54,6 @@ def balanced_class_weights(counts: np.ndarray) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def _num_outputs(model: nn.Module) -> int:
-    head = getattr(model, "head", None)
-    return head.fc.out_features if head is not None else model.out.out_channels
-
-
 def _set_mode(model: nn.Module, fine_tune: str) -> None:
     if fine_tune == "head":
         model.eval()  # frozen trunk: batch norm keeps its statistics
@@ -76,7 +71,7 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
     task = config.task
     train_ds = trainable_subset(train_ds, task)
     val_ds = trainable_subset(val_ds, task) if val_ds is not None and len(val_ds) else None
-    num_classes = _num_outputs(model)
+    num_classes = model.num_classes
     weight = None
     if config.class_weights == "balanced":
         if task == "classify":

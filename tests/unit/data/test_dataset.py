@@ -45,6 +45,7 @@ def test_subset_is_a_view_with_consistent_ids(acdc_tree):
     sub = ds.subset([5, 0])
     assert len(sub) == 2 and sub.sample_ids == [ds.sample_ids[5], ds.sample_ids[0]]
     assert torch.equal(sub[0].image, ds[5].image)
+    assert sub.entry_ids == ["patient001_frame02", "patient001_frame01"]  # slices keep their volume
 
 
 def test_summary_counts(folder_tree):

@@ -93,7 +93,6 @@ def render_cardiac_volume(rng: np.random.Generator, size: int, n_slices: int,
             endo = np.zeros((s, s), dtype=bool)  # apical cap: myocardium only
         myo = epi & ~endo
 
-        tissue = np.full((s, s), "air", dtype=object)  # labels of the tissue map, filled in order
         body = _disk(xx, yy, (0.5, 0.52), body_rx, body_ry)
         inner = _disk(xx, yy, (0.5, 0.52), body_rx - 0.035, body_ry - 0.035)
         img = np.zeros((s, s), dtype=np.float32)
@@ -127,7 +126,6 @@ def render_cardiac_volume(rng: np.random.Generator, size: int, n_slices: int,
                 p = c + 0.62 * r_endo * np.array([np.cos(a), np.sin(a)])
                 pap = _disk(xx, yy, p, 0.22 * r_endo) & endo
                 img[pap] = intensity["myo"] * 1.1
-        del tissue
         images[z] = img
         masks[z][myo] = 1
         masks[z][endo] = 2
