@@ -228,6 +228,16 @@ class MedDataset(torch.utils.data.Dataset):
         self.entries = entries
         self._last: tuple[int, list[Sample]] | None = None
 
+    @classmethod
+    def from_samples(cls, samples: Sequence[Sample], info: DatasetInfo, config: DataConfig | None = None) -> "MedDataset":
+        """An in-memory dataset of prepared samples (synthetic variants, a training set mixed from sources)."""
+        refs, entries = [], []
+        for i, s in enumerate(samples):
+            refs.append(_Ref(i, None, s.case_id, s.sample_id, s.label, s.mask is not None))
+            entries.append(Entry(s.sample_id, s.case_id, label=s.label, index=i))
+        cache = {(i, None): s for i, s in enumerate(samples)}
+        return cls(info, config or DataConfig(source=info.root), refs, lambda pos: [samples[pos]], cache, [], {}, entries)
+
     def __len__(self) -> int:
         return len(self._refs)
 

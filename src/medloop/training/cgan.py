@@ -1,0 +1,367 @@
+"""Training recipe of the mask-conditioned cGAN (Mahapatra et al., MICCAI 2018, Eqs. 1-5).
+
+Training pairs come from the perturbations themselves: a real image ``x_a`` with lung mask ``m_a`` is
+deformed into a crude ``(x_b, m_b)``; the generator gets ``x_b`` and the code of ``m_a`` and must render
+``x_a``. So it learns to move a lung boundary to where the code says, with realistic tissue, which is what
+it does at generation time (source image + code of a deformed mask). A fraction ``identity_prob`` of pairs
+are the real image with its own mask (the code then asks for no change).
+
+Losses, each weighted by the config: conditional adversarial (D judges the pair (condition, image), the
+condition being the input image and the conditioning mask) + ``l1_weight`` * L1 to the target
++ ``content_weight`` * (``nmi_weight`` * NMI(x, y) - ``vgg_weight`` * VGG(x, y) - ``mse_weight`` * MSE(x, y)),
+the paper's content loss, which pushes the output ``y`` away from the input ``x`` (diversity).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medloop.config import Config
+from medloop.errors import ConfigError
+from medloop.models.cgan import MaskConditionedGenerator, PairDiscriminator
+from medloop.models.mask_ae import MaskAutoencoder
+from medloop.progress import make_progress
+from medloop.synth.perturb import BoundaryDisplacement, PerturbConfig
+
+__all__ = ["CGANConfig", "nmi", "VGGFeatures", "train_mask_autoencoder", "train_cgan", "mask_dice", "CGANTrainer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CGANConfig(Config):
+    """Mask autoencoder + cGAN training. Defaults follow the paper where it says (64 maps, lambda 10).
+
+    Attributes:
+        latent_dim: length of the mask code z.
+        ae_channels, ae_epochs, ae_lr: mask autoencoder widths and training.
+        g_features, g_blocks: generator residual trunk (the paper: 64 maps).
+        d_features, d_dense: discriminator base width (doubles to 8x) and dense layer size.
+        epochs, batch_size, lr: cGAN training (Adam, betas 0.5 / 0.999 as pix2pix).
+        adv_weight, l1_weight: adversarial and L1 weights (the paper: lambda = 10 for L1).
+        content_weight, nmi_weight, vgg_weight, mse_weight: the content loss and its three terms.
+        identity_prob: fraction of training pairs that ask for no change.
+        vgg: VGG16 for the content loss: a local torchvision ImageNet ``vgg16``/``vgg16_bn`` file or a
+            ``medloop train --model vgg16`` checkpoint; ``None`` trains the project's own vgg16 classifier
+            (``vgg_width``, ``vgg_epochs``) on the labeled images first. The run record says which was used.
+        perturb: parameters of ``PerturbConfig`` used for the training pairs (boundary displacement).
+    """
+
+    latent_dim: int = 64
+    ae_channels: tuple[int, ...] = (16, 32, 64, 64)
+    ae_epochs: int = 30
+    ae_lr: float = 1e-3
+    g_features: int = 64
+    g_blocks: int = 6
+    d_features: int = 64
+    d_dense: int = 1024
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 2e-4
+    adv_weight: float = 1.0
+    l1_weight: float = 10.0
+    content_weight: float = 1.0
+    nmi_weight: float = 0.05
+    vgg_weight: float = 0.05
+    mse_weight: float = 0.05
+    identity_prob: float = 0.2
+    vgg: str | None = None
+    vgg_width: int = 16
+    vgg_epochs: int = 8
+    perturb: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        for name in ("latent_dim", "g_features", "g_blocks", "d_features", "d_dense", "batch_size", "vgg_width"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"The '{name}' parameter of CGANConfig must be >= 1; got {getattr(self, name)} instead")
+        for name in ("epochs", "ae_epochs", "vgg_epochs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"The '{name}' parameter of CGANConfig must be >= 0; got {getattr(self, name)} instead")
+        for name in ("adv_weight", "l1_weight", "content_weight", "nmi_weight", "vgg_weight", "mse_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"The '{name}' parameter of CGANConfig must be >= 0; got {getattr(self, name)} instead")
+        if not 0.0 <= self.identity_prob <= 1.0:
+            raise ConfigError(f"The 'identity_prob' parameter of CGANConfig must be in [0, 1]; got {self.identity_prob}")
+        PerturbConfig.from_dict(self.perturb, where="cgan.perturb")
+
+    @property
+    def perturb_config(self) -> PerturbConfig:
+        return PerturbConfig.from_dict(self.perturb)
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+
+def nmi(x: torch.Tensor, y: torch.Tensor, bins: int = 32) -> torch.Tensor:
+    """Differentiable normalized mutual information per image, ``2 I(X;Y) / (H(X) + H(Y))`` in [0, 1].
+
+    Parzen-window (Gaussian kernel, half a bin wide) joint histogram of the two images, each min-max scaled to
+    [0, 1] (scale factors detached). Shape: ``x, y [N, ...] -> [N]``.
+    """
+    def scaled(t: torch.Tensor) -> torch.Tensor:
+        t = t.flatten(1)
+        lo, hi = t.min(1, keepdim=True)[0].detach(), t.max(1, keepdim=True)[0].detach()
+        return (t - lo) / (hi - lo).clamp_min(1e-6)
+
+    centres = torch.linspace(0.0, 1.0, bins, device=x.device, dtype=x.dtype)
+    sigma = 0.5 / (bins - 1)
+
+    def weights(t: torch.Tensor) -> torch.Tensor:  # [N, P, B]
+        w = torch.exp(-0.5 * ((t[..., None] - centres) / sigma) ** 2)
+        return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+
+    wx, wy = weights(scaled(x)), weights(scaled(y))
+    joint = wx.transpose(1, 2) @ wy / wx.shape[1]  # [N, B, B]
+    px, py = joint.sum(2), joint.sum(1)
+    eps = 1e-10
+    h_x = -(px * (px + eps).log()).sum(1)
+    h_y = -(py * (py + eps).log()).sum(1)
+    h_xy = -(joint * (joint + eps).log()).sum((1, 2))
+    return 2.0 * (h_x + h_y - h_xy) / (h_x + h_y).clamp_min(eps)
+
+
+class VGGFeatures(nn.Module):
+    """Frozen VGG16 trunk up to relu4_1 (the ReLU after the 8th convolution); L2 feature distance.
+
+    Built from the ``features`` of a ``VGG16Classifier`` (ImageNet weights loaded from a local file, or the
+    project's own trained classifier). ``imagenet=True`` maps [0, 1] gray images to ImageNet statistics.
+    """
+
+    def __init__(self, vgg_features: nn.Sequential, imagenet: bool, source: str):
+        super().__init__()
+        layers, convs = [], 0
+        for layer in vgg_features:
+            layers.append(layer)
+            if isinstance(layer, nn.Conv2d):
+                convs += 1
+            if isinstance(layer, nn.ReLU) and convs == 8:
+                break
+        if convs < 8:
+            raise ConfigError("VGG features for the content loss need 8 convolutions (relu4_1); got a shorter network")
+        self.net = nn.Sequential(*[self._not_inplace(m) for m in layers]).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.imagenet = imagenet
+        self.source = source
+
+    @staticmethod
+    def _not_inplace(m: nn.Module) -> nn.Module:
+        return nn.ReLU() if isinstance(m, nn.ReLU) else m
+
+    def train(self, mode: bool = True) -> "VGGFeatures":
+        super().train(False)  # always frozen, batch norm in inference mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.imagenet:
+            x = (x - 0.449) / 0.226
+        return self.net(x)
+
+    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Squared L2 distance of relu4_1 features per image ``[N]``, each position's feature vector first
+        scaled to unit length (as LPIPS does), so the term lies in [0, 4] whichever VGG is used."""
+        fx, fy = self(x), self(y)  # [N, K, h, w]
+        fx = fx / fx.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        fy = fy / fy.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        return (fx - fy).pow(2).sum(1).flatten(1).mean(1)
+
+
+def mask_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice of binary masks per image, ``[N, ...] -> [N]`` (1 when both are empty)."""
+    p, t = pred.flatten(1).float(), target.flatten(1).float()
+    inter, total = (p * t).sum(1), p.sum(1) + t.sum(1)
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-8), torch.ones_like(total))
+
+
+# -------------------------------------------------------------------------------------------- autoencoder
+
+
+def _perturbed_masks(masks: np.ndarray, k: int, perturb: PerturbConfig, rng: np.random.Generator) -> np.ndarray:
+    op = BoundaryDisplacement(perturb)
+    out = [op(None, m.astype(np.int64), rng)[1] > 0 for m in masks for _ in range(k)]
+    return np.stack(out) if out else masks[:0]
+
+
+def train_mask_autoencoder(masks: torch.Tensor, config: CGANConfig, val_masks: torch.Tensor | None = None,
+                           progress: bool = True) -> tuple[MaskAutoencoder, dict[str, Any]]:
+    """Train on binary lung masks ``[N, S, S]`` and two boundary-deformed copies of each (so deformed masks
+    are encoded as well as real ones); returns the model and ``{"history", "val_dice", "train_dice"}``.
+    """
+    from medloop.device import resolve_device
+
+    device = resolve_device(config.device)
+    rng = np.random.default_rng(config.seed)
+    real = (masks > 0).numpy()
+    data = np.concatenate([real, _perturbed_masks(real, 2, config.perturb_config, rng)])
+    data_t = torch.from_numpy(data).float()[:, None]
+    torch.manual_seed(config.seed)
+    ae = MaskAutoencoder(masks.shape[-1], config.latent_dim, config.ae_channels).to(device)
+    opt = torch.optim.Adam(ae.parameters(), lr=config.ae_lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    history = []
+    with make_progress(transient=not progress) as bar:
+        task = bar.add_task("training mask autoencoder", total=config.ae_epochs, visible=progress)
+        for epoch in range(config.ae_epochs):
+            ae.train()
+            total = 0.0
+            for idx in torch.randperm(len(data_t), generator=gen).split(config.batch_size * 2):
+                m = data_t[idx].to(device)
+                logits, _ = ae(m)
+                prob = torch.sigmoid(logits)
+                soft_dice = 1 - (2 * (prob * m).sum((1, 2, 3)) + 1) / (prob.sum((1, 2, 3)) + m.sum((1, 2, 3)) + 1)
+                loss = F.binary_cross_entropy_with_logits(logits, m) + soft_dice.mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            history.append({"epoch": epoch, "loss": total / len(data_t)})
+            bar.update(task, advance=1, description=f"mask autoencoder epoch {epoch + 1}/{config.ae_epochs} "
+                                                    f"loss {history[-1]['loss']:.3f}")
+    ae.eval()
+    report = {"history": history, "train_dice": reconstruction_dice(ae, masks)}
+    if val_masks is not None and len(val_masks):
+        report["val_dice"] = reconstruction_dice(ae, val_masks)
+    return ae.cpu(), report
+
+
+@torch.no_grad()
+def reconstruction_dice(ae: MaskAutoencoder, masks: torch.Tensor) -> float:
+    """Mean Dice between binary masks ``[N, S, S]`` and their autoencoder reconstructions."""
+    ae.eval()
+    device = next(ae.parameters()).device
+    dices = []
+    for chunk in (masks > 0).float().split(32):
+        logits, _ = ae(chunk[:, None].to(device))
+        dices.append(mask_dice(logits[:, 0] > 0, chunk.to(device) > 0).cpu())
+    return float(torch.cat(dices).mean())
+
+
+# ---------------------------------------------------------------------------------------------------- cGAN
+
+
+class CGANTrainer:
+    """Alternating D / G updates of the mask-conditioned cGAN (one ``step`` per batch)."""
+
+    def __init__(self, ae: MaskAutoencoder, in_channels: int, config: CGANConfig, vgg: VGGFeatures | None):
+        from medloop.device import resolve_device
+
+        self.config = config
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.ae = ae.to(self.device).eval()
+        for p in self.ae.parameters():
+            p.requires_grad_(False)
+        self.G = MaskConditionedGenerator(in_channels, config.latent_dim, config.g_features, config.g_blocks).to(self.device)
+        self.D = PairDiscriminator(2 * in_channels + 1, config.d_features, config.d_dense).to(self.device)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=(0.5, 0.999))
+        self.vgg = vgg.to(self.device) if vgg is not None else None
+
+    @torch.no_grad()
+    def condition(self, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary masks ``[N, S, S]`` -> (code ``z [N, L]``, decoded mask prior ``[N, 1, S, S]`` in [0, 1])."""
+        z = self.ae.encode((masks > 0).float()[:, None].to(self.device))
+        return z, torch.sigmoid(self.ae.decode(z))
+
+    def content_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        terms = {"nmi": nmi(x, y).mean() if cfg.nmi_weight else x.new_zeros(()),
+                 "mse": F.mse_loss(y, x) if cfg.mse_weight else x.new_zeros(())}
+        terms["vgg"] = self.vgg.distance(x, y).mean() if (self.vgg is not None and cfg.vgg_weight) else x.new_zeros(())
+        return terms
+
+    def step(self, inputs: torch.Tensor, target_masks: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """One D update then one G update. ``inputs``/``targets [N, C, S, S]``, ``target_masks [N, S, S]``."""
+        cfg = self.config
+        x, y_real = inputs.to(self.device), targets.to(self.device)
+        z, prior = self.condition(target_masks)
+        cond = torch.cat([x, prior], dim=1)
+        self.G.train()
+        self.D.train()
+        y_fake = self.G(x, z, prior)
+        # discriminator: real pairs -> 1, generated pairs -> 0
+        d_real, d_fake = self.D(cond, y_real), self.D(cond, y_fake.detach())
+        d_loss = 0.5 * (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                        + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+        self.opt_d.zero_grad()
+        d_loss.backward()
+        self.opt_d.step()
+        # generator: fool D, stay close to the target (L1), move away from the input (content)
+        d_gen = self.D(cond, y_fake)
+        adv = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+        l1 = F.l1_loss(y_fake, y_real)
+        terms = self.content_terms(x, y_fake)
+        content = cfg.nmi_weight * terms["nmi"] - cfg.vgg_weight * terms["vgg"] - cfg.mse_weight * terms["mse"]
+        g_loss = cfg.adv_weight * adv + cfg.l1_weight * l1 + cfg.content_weight * content
+        self.opt_g.zero_grad()
+        g_loss.backward()
+        self.opt_g.step()
+        return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "g_adv": adv.item(), "g_l1": l1.item(),
+                "nmi": terms["nmi"].item(), "vgg": terms["vgg"].item(), "mse": terms["mse"].item()}
+
+    def generator_loss(self, inputs: torch.Tensor, target_masks: torch.Tensor, targets: torch.Tensor) -> float:
+        """The generator's loss on a batch without updating anything (for tests and monitoring)."""
+        cfg = self.config
+        with torch.no_grad():
+            x, y_real = inputs.to(self.device), targets.to(self.device)
+            z, prior = self.condition(target_masks)
+            self.G.eval()
+            self.D.eval()
+            y = self.G(x, z, prior)
+            d = self.D(torch.cat([x, prior], 1), y)
+            terms = self.content_terms(x, y)
+            content = cfg.nmi_weight * terms["nmi"] - cfg.vgg_weight * terms["vgg"] - cfg.mse_weight * terms["mse"]
+            loss = (cfg.adv_weight * F.binary_cross_entropy_with_logits(d, torch.ones_like(d))
+                    + cfg.l1_weight * F.l1_loss(y, y_real) + cfg.content_weight * content)
+        return float(loss)
+
+
+def training_pairs(images: np.ndarray, masks: np.ndarray, config: CGANConfig,
+                   rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input, target mask, target) for a batch: the input is a boundary-deformed crude copy of the target.
+
+    ``images [B, C, S, S]`` (channel 0 is deformed; other channels follow the same pixels), ``masks [B, S, S]``.
+    """
+    op = BoundaryDisplacement(config.perturb_config)
+    inputs = images.copy()
+    for i in range(len(images)):
+        if rng.random() >= config.identity_prob:
+            crude, _, _ = op(images[i, 0], masks[i].astype(np.int64), rng)
+            inputs[i, 0] = crude
+    return torch.from_numpy(inputs).float(), torch.from_numpy(masks > 0), torch.from_numpy(images).float()
+
+
+def train_cgan(images: torch.Tensor, masks: torch.Tensor, ae: MaskAutoencoder, config: CGANConfig,
+               vgg: VGGFeatures | None = None, progress: bool = True) -> tuple[CGANTrainer, list[dict[str, float]]]:
+    """Train G and D on real images ``[N, C, S, S]`` with lung masks ``[N, S, S]``; returns trainer and history."""
+    trainer = CGANTrainer(ae, images.shape[1], config, vgg)
+    rng = np.random.default_rng(config.seed + 11)
+    gen = torch.Generator().manual_seed(config.seed + 13)
+    imgs, msks = images.numpy(), (masks > 0).numpy()
+    history = []
+    n_batches = -(-len(images) // config.batch_size)
+    with make_progress(transient=not progress) as bar:
+        task = bar.add_task("training cGAN", total=config.epochs * n_batches, visible=progress)
+        for epoch in range(config.epochs):
+            sums: dict[str, float] = {}
+            seen = 0
+            for idx in torch.randperm(len(images), generator=gen).split(config.batch_size):
+                if len(idx) < 2:
+                    bar.update(task, advance=1)
+                    continue  # batch norm needs two samples
+                inputs, tmasks, targets = training_pairs(imgs[idx.numpy()], msks[idx.numpy()], config, rng)
+                for k, v in trainer.step(inputs, tmasks, targets).items():
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
+                seen += len(idx)
+                bar.update(task, advance=1, description=f"cGAN epoch {epoch + 1}/{config.epochs} "
+                                                        f"L1 {sums['g_l1'] / seen:.3f} D {sums['d_loss'] / seen:.3f}")
+            history.append({"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()}})
+    trainer.G.eval()
+    trainer.D.eval()
+    return trainer, history
