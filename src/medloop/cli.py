@@ -166,6 +166,7 @@ def generate(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="CGANConfig override key=value (repeatable).")] = None,
     size: Annotated[int, typer.Option(help="Working size in pixels (divisible by 16).")] = 128,
     limit: Annotated[Optional[int], typer.Option(help="Variants only for the first N images.")] = None,
+    seg_epochs: Annotated[int, typer.Option(help="Epochs of the UNet trained for images without a mask.")] = 15,
     layout: Annotated[Optional[str], typer.Option(help="Layout name (auto-detected when omitted).")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Layout option key=value.")] = None,
     batch_size: Annotated[int, typer.Option(help="Variants rendered per batch.")] = 32,
@@ -181,7 +182,7 @@ def generate(
     data_cfg = DataConfig.from_dict({"source": data, "layout": layout, "size": size, "seed": seed,
                                      "options": parse_overrides(option)})
     summary = generate_job(data_cfg, out, per_image=per_image, cgan=cgan, checkpoint=checkpoint, segmenter=segmenter,
-                           limit=limit, batch_size=batch_size, seed=seed)
+                           seg_epochs=seg_epochs, limit=limit, batch_size=batch_size, seed=seed)
     console.print(f"{summary['variants']} variants of {summary['sources']} images in {summary['seconds']} s "
                   f"({summary['images_per_s']} images/s); generator {summary['generator']}")
     console.print(f"written to {out}/: images/, masks/, labels.csv, manifest.jsonl, gallery.png, generator.pt, run.json")

@@ -132,3 +132,52 @@ def test_train_rejects_a_size_the_unet_cannot_halve(tmp_path):
     result = runner.invoke(app, ["train", "--task", "segment", "--model", "unet", "--data", "builtin:cardiac-mr",
                                  "-o", "n_volumes=2", "-o", "max_slices=10", "--size", "36", "--out", str(tmp_path)])
     assert "working size 36 is not divisible by 16" in str(result.exception) and "--size 32" in str(result.exception)
+
+
+def test_generate_writes_variants_manifest_and_gallery(folder_tree, tmp_path):
+    out = tmp_path / "gen"
+    tiny = ["--set", "epochs=1", "--set", "ae_epochs=1", "--set", "vgg_epochs=1", "--set", "vgg_width=4",
+            "--set", "g_features=8", "--set", "g_blocks=1", "--set", "d_features=4", "--set", "d_dense=8",
+            "--set", "batch_size=2"]
+    result = runner.invoke(app, ["generate", "--data", str(folder_tree), "--size", "32", "--per-image", "3",
+                                 "--seg-epochs", "1", "--out", str(out), *tiny], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "12 variants of 4 images" in result.output
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(records) == 12
+    by_source = {r["source_sample"]: r for r in records}
+    assert by_source["003"]["mask_source"] == "predicted" and by_source["000"]["mask_source"] == "manual"
+    assert by_source["001"]["label"] == 1 and by_source["000"]["label"] == 0
+    assert all(any(op["op"] == "boundary" for op in r["ops"]) for r in records)
+    assert len(list((out / "images").glob("*.png"))) == 12 and len(list((out / "masks").glob("*.png"))) == 12
+    assert (out / "gallery.png").stat().st_size > 5_000
+    run = json.loads((out / "run.json").read_text())
+    assert run["command"] == "medloop generate" and "vgg16" in run["config"]["content_vgg"]["vgg"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["masks"] == {"manual": 3, "predicted": 1} and summary["images_per_s"] > 0
+    # the output is itself a dataset medloop reads, and a saved generator is reused without training
+    from medloop.data import load_dataset
+
+    ds = load_dataset(str(out), progress=False)
+    assert len(ds) == 12 and ds.has_mask.all()
+    again = runner.invoke(app, ["generate", "--data", str(folder_tree), "--size", "32", "--per-image", "2",
+                                "--limit", "1", "--checkpoint", str(out / "generator.pt"), "--out", str(tmp_path / "g2")],
+                          terminal_width=200)
+    assert again.exit_code == 0, again.output
+    assert "loaded from" in again.output
+
+
+def test_generate_with_wrong_size_checkpoint_is_a_clear_error(folder_tree, tmp_path):
+    from medloop.models.cgan import MaskConditionedGenerator
+    from medloop.models.mask_ae import MaskAutoencoder
+    from medloop.synth import PerturbConfig
+    from medloop.synth.generator import MaskConditionedSampler
+
+    path = MaskConditionedSampler(MaskAutoencoder(64, 4, (4, 4)), MaskConditionedGenerator(1, 4, 8, 1),
+                                  PerturbConfig()).save(tmp_path / "g.pt")
+    result = subprocess.run([sys.executable, "-m", "medloop", "generate", "--data", str(folder_tree), "--size", "32",
+                             "--checkpoint", str(path), "--out", str(tmp_path / "o"), "--set", "ae_epochs=0"],
+                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 2, result.stderr
+    assert "trained at 64 px" in result.stderr and "Traceback" not in result.stderr
+

@@ -22,7 +22,7 @@ from medloop.data import MedDataset, load_dataset
 from medloop.errors import ConfigError
 from medloop.progress import make_progress
 from medloop.runinfo import write_run_record
-from medloop.synth.generator import GeneratedVariant, MaskConditionedSampler, fit_generator
+from medloop.synth.generator import GeneratedVariant, MaskConditionedSampler, check_vgg_source, fit_generator
 from medloop.training.cgan import CGANConfig
 
 __all__ = ["generate_job", "save_gallery", "lung_masks_for"]
@@ -124,6 +124,8 @@ def generate_job(data: DataConfig, out: str | Path, per_image: int = 200, cgan: 
     ds = load_dataset(data, progress=progress)
     if ds[0].image.shape[0] != 1:
         raise ConfigError(f"{data.source}: the generator works on single-channel radiographs; set channels: 1")
+    if not checkpoint:
+        check_vgg_source(cgan, ds.labels[ds.has_mask])  # before any training
     masks, mask_sources, seg_info = lung_masks_for(ds, segmenter, seg_epochs, seed, progress)
     if checkpoint:
         sampler = MaskConditionedSampler.load(checkpoint)

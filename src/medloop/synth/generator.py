@@ -21,17 +21,19 @@ from medloop.models.mask_ae import MaskAutoencoder
 from medloop.synth.perturb import PerturbConfig, make_variants
 from medloop.training.cgan import CGANConfig, VGGFeatures, train_cgan, train_mask_autoencoder
 
-__all__ = ["GeneratedVariant", "MaskConditionedSampler", "fit_generator", "build_vgg"]
+__all__ = ["GeneratedVariant", "MaskConditionedSampler", "fit_generator", "build_vgg", "check_vgg_source"]
 
 
 @dataclasses.dataclass
 class GeneratedVariant:
     """One synthetic sample: ``image [C, S, S]`` float32, ``mask [S, S]`` int64 (the conditioning mask),
-    ``source [C, S, S]`` (the source after the geometric ops: what the generator received) and the ops."""
+    ``source [C, S, S]`` (the source after the geometric ops: what the generator received), ``source_mask``
+    (the source's mask after the same geometric ops, before the boundary moved) and the ops."""
 
     image: np.ndarray
     mask: np.ndarray
     source: np.ndarray
+    source_mask: np.ndarray
     ops: list[dict[str, Any]]
 
 
@@ -80,7 +82,7 @@ class MaskConditionedSampler:
                 for op in v.ops:
                     if op["op"] == "intensity" and op.get("shift"):
                         img[:, lung] += op["shift"]  # the lung intensity change, on the rendered lung
-                out.append(GeneratedVariant(np.clip(img, lo, hi).astype(np.float32), v.mask, src, v.ops))
+                out.append(GeneratedVariant(np.clip(img, lo, hi).astype(np.float32), v.mask, src, v.geometric_mask, v.ops))
         return out
 
     def save(self, path: str | Path, **record: Any) -> Path:
@@ -168,6 +170,15 @@ def _replay(op: dict[str, Any], image: np.ndarray, mask: np.ndarray) -> np.ndarr
     return affine_pair(image, mask, rot, centre - rot @ centre)[0]
 
 
+def check_vgg_source(config: CGANConfig, labels: np.ndarray | None) -> None:
+    """Fail before any training when the content loss needs a VGG16 that cannot be had."""
+    if config.vgg or config.vgg_weight == 0 or config.content_weight == 0:
+        return
+    if labels is None or (labels >= 0).sum() < 2 or len(np.unique(labels[labels >= 0])) < 2:
+        raise ConfigError("the content loss needs a VGG16: give cgan.vgg (a local ImageNet vgg16 file or a medloop "
+                          "vgg16 checkpoint), or labeled images of two classes to train one, or set cgan.vgg_weight 0")
+
+
 def build_vgg(config: CGANConfig, images: torch.Tensor | None = None, labels: np.ndarray | None = None,
               progress: bool = True) -> tuple[VGGFeatures | None, dict[str, Any]]:
     """The VGG16 of the content loss: a local file when ``config.vgg`` is set, else the project's own
@@ -194,9 +205,7 @@ def build_vgg(config: CGANConfig, images: torch.Tensor | None = None, labels: np
         report = load_pretrained(model, path)
         return VGGFeatures(model.features, imagenet=True, source=f"ImageNet VGG16 {path}"), {
             "vgg": f"ImageNet {'vgg16_bn' if has_bn else 'vgg16'} from {path}", "loaded": report.loaded}
-    if images is None or labels is None or (labels >= 0).sum() < 4 or len(np.unique(labels[labels >= 0])) < 2:
-        raise ConfigError("the content loss needs a VGG16: give cgan.vgg (a local ImageNet vgg16 file or a medloop "
-                          "vgg16 checkpoint), or labeled images of two classes to train one, or set cgan.vgg_weight 0")
+    check_vgg_source(config, labels)
     from medloop.config import TrainConfig
     from medloop.data.dataset import MedDataset
     from medloop.data.record import DatasetInfo, Sample
@@ -227,6 +236,7 @@ def fit_generator(images: torch.Tensor, masks: torch.Tensor, config: CGANConfig,
     if images.shape[-1] % 16 or images.shape[-1] != images.shape[-2]:
         raise ConfigError(f"the generator needs square images whose size is divisible by 16; got "
                           f"{tuple(images.shape[-2:])}: use a working size such as 64, 128 or 256")
+    check_vgg_source(config, labels)
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(masks))
     n_val = max(1, int(round(0.15 * len(masks)))) if len(masks) >= 8 else 0

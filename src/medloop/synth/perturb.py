@@ -204,12 +204,16 @@ class BoundaryDisplacement:
             moved = contour.copy()
             moved[idx] += (sign * mags)[:, None] * normals[idx]
             region = _spline_polygon(moved, mask.shape)
-            others = (new_mask > 0) & (new_mask != value)
-            region &= ~others
-            # keep the label's other components untouched
-            untouched = (new_mask == value) & ~comp
+            # never merge with another lung: keep a 1 px gap to every other component (any label)
+            others = (new_mask > 0) & ~comp
+            region &= ~ndimage.binary_dilation(others)
+            lab_r, n_r = ndimage.label(region)
+            if n_r == 0:
+                continue
+            # a tight spline loop can leave specks: keep the lung itself (largest piece), closed
+            region = ndimage.binary_fill_holes(lab_r == int(np.argmax(np.bincount(lab_r.ravel())[1:])) + 1)
             new_mask[comp] = 0
-            new_mask[region | untouched] = value
+            new_mask[region] = value
             moves.append({"label": value, "start": start, "n_points": int(n_pts), "direction": "out" if sign > 0 else "in",
                           "displacement_px": [round(float(m), 3) for m in mags]})
         if image is None:

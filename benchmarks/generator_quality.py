@@ -1,0 +1,132 @@
+"""Does the mask-conditioned generator do its job? (Mahapatra et al. 2018, Sect. 2.1; issue targets at 128 px)
+
+Splits the data by case; on the training side trains a UNet segmenter and a ResNet-18 classifier on *real*
+images, and the generator (mask autoencoder + cGAN). For every test image it renders ``--per-image`` variants and
+measures:
+  (i)   mask fidelity: Dice between the real-trained segmenter's prediction on the generated image and the
+        conditioning mask (beside it, the same Dice against the source's own mask: the generator should follow
+        the new mask, not copy the old one);
+  (ii)  label preservation: agreement of the real-trained classifier's predicted class between generated images
+        and their sources (with the classifier's own test AUC, since agreement means little for a classifier at
+        chance);
+  (iii) diversity: SSIM and L1 distance between generated image and its source (the source after the variant's
+        geometric ops, i.e. what the generator received);
+plus generation throughput (images/s). Final line: JSON.
+
+    python benchmarks/generator_quality.py --data builtin:chest-xray --size 128
+    python benchmarks/generator_quality.py --data ../shared/data/cxr-tb-256 --size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from skimage.metrics import structural_similarity
+
+from medloop.config import DataConfig, TrainConfig
+from medloop.data import load_dataset, split_by_case
+from medloop.models import build_model
+from medloop.synth.generate import lung_masks_for
+from medloop.synth.generator import fit_generator
+from medloop.training import evaluate, fit
+from medloop.training.cgan import CGANConfig, mask_dice
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="builtin:chest-xray")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--per-image", type=int, default=10)
+    ap.add_argument("--max-test", type=int, default=60, help="test images that get variants")
+    ap.add_argument("--epochs", type=int, default=20, help="cGAN epochs")
+    ap.add_argument("--seg-epochs", type=int, default=25)
+    ap.add_argument("--cls-epochs", type=int, default=40)
+    ap.add_argument("--g-features", type=int, default=64)
+    ap.add_argument("--d-features", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    started = time.time()
+    ds = load_dataset(DataConfig(source=args.data, size=args.size, seed=args.seed))
+    split = split_by_case(ds, val=0.15, test=0.2, seed=args.seed)
+    train, val, test = ds.subset(split.train), ds.subset(split.val), ds.subset(split.test)
+
+    # real-image segmenter and classifier (the judges)
+    torch.manual_seed(args.seed)
+    seg = build_model("unet", in_channels=1, num_classes=2)
+    seg_cfg = TrainConfig(task="segment", model="unet", epochs=args.seg_epochs, patience=8, seed=args.seed)
+    fit(seg, train, val, seg_cfg)
+    seg_test = evaluate(seg, test, "segment")
+    torch.manual_seed(args.seed)
+    cls = build_model("resnet18", in_channels=1, num_classes=2, width=16)
+    cls_cfg = TrainConfig(model="resnet18", model_params={"width": 16}, epochs=args.cls_epochs, patience=10, seed=args.seed)
+    fit(cls, train, val, cls_cfg)
+    cls_test = evaluate(cls, test, "classify")
+
+    # the generator, trained on the training side only
+    tr_masks, _, _ = lung_masks_for(train, None, args.seg_epochs, args.seed)
+    has = np.nonzero(train.has_mask)[0]
+    images = torch.stack([train[i].image for i in has])
+    lung = torch.from_numpy(np.stack([tr_masks[i] for i in has])).long()
+    cgan = CGANConfig(epochs=args.epochs, g_features=args.g_features, d_features=args.d_features, d_dense=256,
+                      seed=args.seed)
+    t0 = time.time()
+    sampler, record = fit_generator(images, lung, cgan, train.labels[has])
+    train_minutes = (time.time() - t0) / 60
+
+    # variants of test images
+    te_masks, _, _ = lung_masks_for(test, None, args.seg_epochs, args.seed)
+    pick = [i for i in range(len(test)) if test.labels[i] >= 0][: args.max_test]
+    rng = np.random.default_rng(args.seed + 1)
+    cond_vs_src, fid, fid_src, agree, agree_correct, ssim, l1, n_gen = [], [], [], [], [], [], 0
+    gen_seconds = 0.0
+    for i in pick:
+        s = test[i]
+        t1 = time.perf_counter()
+        variants = sampler.variants(s.image.numpy(), te_masks[i].astype(np.int64), args.per_image, rng)
+        gen_seconds += time.perf_counter() - t1
+        n_gen += len(variants)
+        gen = torch.from_numpy(np.stack([v.image for v in variants]))
+        src = torch.from_numpy(np.stack([v.source for v in variants]))
+        cond = torch.from_numpy(np.stack([v.mask > 0 for v in variants]))
+        src_masks = torch.from_numpy(np.stack([v.source_mask > 0 for v in variants]))
+        with torch.no_grad():
+            pred_mask = seg.eval()(gen)[0].argmax(1) > 0
+            p_gen = cls.eval()(gen)[0].softmax(1).argmax(1)
+            p_src = cls(s.image[None])[0].softmax(1).argmax(1)
+        cond_vs_src += mask_dice(cond, src_masks).tolist()
+        fid += mask_dice(pred_mask, cond).tolist()
+        fid_src += mask_dice(pred_mask, src_masks).tolist()
+        agree += (p_gen == p_src).float().tolist()
+        if int(p_src) == s.label:
+            agree_correct += (p_gen == p_src).float().tolist()
+        for g, r in zip(gen.numpy(), src.numpy()):
+            ssim.append(structural_similarity(g[0], r[0], data_range=1.0))
+            l1.append(float(np.abs(g[0] - r[0]).mean()))
+    result = {
+        "data": args.data, "size": args.size, "n_train_images": len(images), "n_test_sources": len(pick),
+        "variants_per_image": args.per_image, "n_generated": n_gen,
+        "mask_fidelity_dice": round(float(np.mean(fid)), 4),
+        "dice_to_source_mask": round(float(np.mean(fid_src)), 4),
+        "dice_condition_vs_source_mask": round(float(np.mean(cond_vs_src)), 4),
+        "label_preservation": round(float(np.mean(agree)), 4),
+        "label_preservation_where_source_correct": round(float(np.mean(agree_correct)), 4) if agree_correct else None,
+        "ssim_mean": round(float(np.mean(ssim)), 4), "ssim_min": round(float(np.min(ssim)), 4),
+        "ssim_max": round(float(np.max(ssim)), 4), "l1_mean": round(float(np.mean(l1)), 4),
+        "images_per_s": round(n_gen / max(gen_seconds, 1e-9), 2),
+        "segmenter_test_dice": round(float(seg_test["dice_mean"]), 4),
+        "classifier_test_auc": round(float(cls_test["auc"]), 4),
+        "classifier_test_accuracy": round(float(cls_test["accuracy"]), 4),
+        "autoencoder_val_dice": record["autoencoder"].get("val_dice"),
+        "content_vgg": record["content_vgg"]["vgg"], "g_features": args.g_features, "d_features": args.d_features,
+        "cgan_epochs": args.epochs, "cgan_train_minutes": round(train_minutes, 2),
+        "minutes": round((time.time() - started) / 60, 2),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Mask autoencoder and the mask-conditioned cGAN networks: shapes, the paper's structure, ill cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from medloop.models.cgan import MaskConditionedGenerator, PairDiscriminator
+from medloop.models.mask_ae import MaskAutoencoder
+
+
+@pytest.mark.parametrize("size,latent,channels", [(32, 8, (8, 16)), (64, 16, (8, 16, 16, 16)), (48, 4, (4, 8))])
+def test_autoencoder_latent_and_reconstruction_shapes(size, latent, channels):
+    ae = MaskAutoencoder(size, latent, channels)
+    mask = (torch.rand(3, 1, size, size) > 0.5).float()
+    logits, z = ae(mask)
+    assert z.shape == (3, latent) and logits.shape == mask.shape
+    assert ae.decode(ae.encode(mask)).shape == mask.shape
+
+
+def test_autoencoder_rejects_indivisible_size():
+    with pytest.raises(ValueError, match="divisible by 16"):
+        MaskAutoencoder(40, 8, (8, 8, 8, 8))
+
+
+@pytest.mark.parametrize("channels,size", [(1, 32), (3, 64)])
+def test_generator_keeps_image_shape_and_uses_the_code(channels, size):
+    torch.manual_seed(0)
+    g = MaskConditionedGenerator(channels, latent_dim=8, features=16, n_blocks=2).eval()
+    for block in g.blocks:  # FiLM starts at zero: give it weights so z matters
+        nn.init.normal_(block.film.weight, std=0.5)
+    x, prior = torch.randn(2, channels, size, size), torch.rand(2, 1, size, size)
+    y1, y2 = g(x, torch.randn(2, 8), prior), g(x, torch.randn(2, 8), prior)
+    assert y1.shape == x.shape
+    assert not torch.allclose(y1, y2)  # a different mask code gives a different image
+
+
+def test_generator_has_the_papers_residual_blocks():
+    g = MaskConditionedGenerator(1, 8, features=64, n_blocks=3)
+    convs = [m for m in g.blocks[0].body if isinstance(m, nn.Conv2d)]
+    assert len(g.blocks) == 3 and len(convs) == 2
+    assert all(c.kernel_size == (3, 3) and c.out_channels == 64 for c in convs)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in g.blocks[0].body)
+
+
+def test_discriminator_structure_and_output():
+    d = PairDiscriminator(in_channels=3, features=8, dense=16)
+    convs = [m for m in d.features if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 8
+    assert [c.out_channels for c in convs] == [8, 8, 16, 16, 32, 32, 64, 64]
+    assert [c.stride[0] for c in convs] == [1, 2, 1, 2, 1, 2, 1, 2]
+    assert sum(isinstance(m, nn.Linear) for m in d.classifier) == 2
+    for size in (32, 64):
+        logits = d(torch.randn(4, 2, size, size), torch.randn(4, 1, size, size))
+        assert logits.shape == (4,)
+        p = torch.sigmoid(logits)
+        assert ((p > 0) & (p < 1)).all()

@@ -1,0 +1,137 @@
+"""cGAN recipe: NMI, VGG relu4_1 features, mask autoencoder training, one training step, sampler round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medloop.errors import ConfigError, DataError
+from medloop.models import VGG16Classifier
+from medloop.synth.generator import MaskConditionedSampler, build_vgg
+from medloop.training.cgan import (
+    CGANConfig,
+    CGANTrainer,
+    VGGFeatures,
+    mask_dice,
+    nmi,
+    training_pairs,
+    train_mask_autoencoder,
+)
+
+
+def lungs(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    masks, images = [], []
+    for _ in range(n):
+        m = np.zeros((size, size), dtype=np.int64)
+        for cx in (0.3, 0.7):
+            a, b = size * rng.uniform(0.11, 0.15), size * rng.uniform(0.25, 0.32)
+            m[((xx - size * cx) / a) ** 2 + ((yy - size / 2) / b) ** 2 <= 1] = 1
+        masks.append(m)
+        images.append(np.where(m > 0, 0.3, 0.7) + 0.03 * rng.standard_normal((size, size)))
+    return torch.tensor(np.stack(images), dtype=torch.float32)[:, None], torch.from_numpy(np.stack(masks))
+
+
+TINY = dict(latent_dim=8, ae_channels=(8, 16), g_features=8, g_blocks=1, d_features=4, d_dense=8, batch_size=4,
+            perturb={"reference_size": 32, "displacement": [1.0, 3.0]}, vgg_weight=0.0, device="cpu")
+
+
+def test_nmi_orders_identical_related_and_independent_images():
+    x = torch.rand(1, 1, 32, 32)
+    related = 1.0 - x + 0.05 * torch.randn_like(x)  # an inverted copy shares all information
+    noise = torch.rand(1, 1, 32, 32)
+    same, rel, ind = float(nmi(x, x)), float(nmi(x, related)), float(nmi(x, noise))
+    assert same > rel > ind
+    assert 0.0 <= ind < 0.2 and same <= 1.0 + 1e-5
+
+
+def test_nmi_is_differentiable():
+    x = torch.rand(2, 1, 16, 16)
+    y = torch.rand(2, 1, 16, 16, requires_grad=True)
+    nmi(x, y).sum().backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_vgg_features_stop_at_relu4_1_and_are_frozen(batch_norm):
+    vgg = VGG16Classifier(1, 2, width=4, batch_norm=batch_norm)
+    feats = VGGFeatures(vgg.features, imagenet=False, source="test")
+    assert sum(isinstance(m, nn.Conv2d) for m in feats.net) == 8 and isinstance(feats.net[-1], nn.ReLU)
+    assert not any(p.requires_grad for p in feats.parameters())
+    feats.train()
+    assert not feats.net.training
+    x = torch.rand(2, 1, 32, 32)
+    assert feats(x).shape == (2, 32, 4, 4)  # width 4: conv4 has 512 * 4 / 64 maps, 3 poolings
+    d = feats.distance(x, x)
+    assert torch.allclose(d, torch.zeros(2), atol=1e-6)
+
+
+def test_vgg_from_missing_file_and_unlabeled_data_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="VGG16 weights not found"):
+        build_vgg(CGANConfig(vgg=str(tmp_path / "vgg.pth")))
+    with pytest.raises(ConfigError, match="vgg_weight 0"):
+        build_vgg(CGANConfig(), torch.rand(4, 1, 32, 32), np.array([-1, -1, -1, -1]))
+
+
+def test_mask_dice():
+    a = torch.zeros(2, 8, 8, dtype=torch.bool)
+    a[0, :4] = True
+    b = a.clone()
+    b[0, :2] = False
+    d = mask_dice(a, b)
+    assert d[0] == pytest.approx(2 * 16 / (32 + 16)) and d[1] == 1.0
+
+
+def test_autoencoder_reconstructs_tiny_masks():
+    _, masks = lungs(12)
+    cfg = CGANConfig(**{**TINY, "ae_epochs": 40, "ae_lr": 3e-3})
+    ae, report = train_mask_autoencoder(masks[:10], cfg, masks[10:], progress=False)
+    assert report["history"][-1]["loss"] < report["history"][0]["loss"]
+    assert report["train_dice"] > 0.8 and report["val_dice"] > 0.7
+    assert ae.encode(masks[:2, None].float()).shape == (2, 8)
+
+
+def test_training_pairs_deform_inputs_and_keep_targets():
+    images, masks = lungs(6)
+    cfg = CGANConfig(**{**TINY, "identity_prob": 0.0})
+    inputs, tmasks, targets = training_pairs(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
+    assert torch.equal(targets, images) and torch.equal(tmasks, masks > 0)
+    assert all(not torch.equal(inputs[i], images[i]) for i in range(6))
+
+
+def test_one_cgan_step_lowers_the_generator_loss():
+    images, masks = lungs(8)
+    cfg = CGANConfig(**{**TINY, "ae_epochs": 2, "lr": 1e-3})
+    ae, _ = train_mask_autoencoder(masks, cfg, progress=False)
+    trainer = CGANTrainer(ae, 1, cfg, vgg=None)
+    inputs, tmasks, targets = training_pairs(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
+    before = trainer.generator_loss(inputs, tmasks, targets)
+    logs = trainer.step(inputs, tmasks, targets)
+    after = trainer.generator_loss(inputs, tmasks, targets)
+    assert after < before
+    assert set(logs) == {"d_loss", "g_loss", "g_adv", "g_l1", "nmi", "vgg", "mse"}
+
+
+def test_sampler_round_trip_and_variants(tmp_path):
+    images, masks = lungs(4)
+    cfg = CGANConfig(**{**TINY, "ae_epochs": 1})
+    ae, _ = train_mask_autoencoder(masks, cfg, progress=False)
+    trainer = CGANTrainer(ae, 1, cfg, vgg=None)
+    sampler = MaskConditionedSampler(trainer.ae, trainer.G, cfg.perturb_config, "cpu", trainer.D)
+    path = sampler.save(tmp_path / "g.pt")
+    loaded = MaskConditionedSampler.load(path)
+    a = sampler.variants(images[0].numpy(), masks[0].numpy(), 5, np.random.default_rng(0), batch_size=2)
+    b = loaded.variants(images[0].numpy(), masks[0].numpy(), 5, np.random.default_rng(0), batch_size=3)
+    assert len(a) == 5
+    for va, vb in zip(a, b):
+        np.testing.assert_allclose(va.image, vb.image, atol=1e-5)
+        assert va.image.shape == (1, 32, 32) and va.mask.shape == (32, 32)
+        assert va.image.min() >= images[0].min() - 1e-6 and va.image.max() <= images[0].max() + 1e-6
+    with pytest.raises(ConfigError, match="trained at 32 px"):
+        sampler.variants(np.zeros((1, 64, 64), np.float32), np.zeros((64, 64), np.int64), 1, np.random.default_rng(0))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="bad.pt"):
+        MaskConditionedSampler.load(tmp_path / "bad.pt")
