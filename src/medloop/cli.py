@@ -189,6 +189,45 @@ def generate(
 
 
 @app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML, e.g. experiments/mahapatra2018.yaml.")],
+    data: Annotated[Optional[str], typer.Option(help="Override data.source (builtin:NAME or a folder).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (rerun with the same folder to resume).")] = None,
+    seeds: Annotated[Optional[int], typer.Option(help="Run seeds 0..N-1 (overrides the config's seeds).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override key=value; dotted keys for sections "
+                                                                    "(classifier.model=vgg16).")] = None,
+) -> None:
+    """Run (or resume) an active-learning experiment; writes results.json and the report."""
+    from medloop.config import apply_overrides, parse_overrides
+    from medloop.loop import ExperimentConfig, run_experiment
+
+    base = ExperimentConfig.from_yaml(config).to_dict()
+    overrides = parse_overrides(set_)
+    if data is not None:
+        overrides["data.source"] = data
+    if seeds is not None:
+        overrides["seeds"] = list(range(seeds))
+    cfg = ExperimentConfig.from_dict(apply_overrides(base, overrides), where=str(config))
+    out = out or Path("runs") / cfg.name
+    results = run_experiment(cfg, out, console=console)
+    from medloop.report.console import experiment_summary
+
+    console.print(experiment_summary(results))
+    console.print(f"report: {out / 'report.md'} (and report.html); results: {out / 'results.json'}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="The --out folder of a `medloop run`.")],
+) -> None:
+    """Rebuild report.md / report.html and the figures from results.json."""
+    from medloop.report.experiment import build_report
+
+    path = build_report(run_dir)
+    console.print(f"report written to {path} (and report.html)")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("medloop-demo"),
     seed: Annotated[int, typer.Option(help="Seed for everything in the demo.")] = 0,

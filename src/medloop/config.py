@@ -16,7 +16,7 @@ import yaml
 from medloop.errors import ConfigError
 from medloop.registry import did_you_mean
 
-__all__ = ["Config", "DataConfig", "AugmentConfig", "TrainConfig", "parse_overrides"]
+__all__ = ["Config", "DataConfig", "AugmentConfig", "TrainConfig", "parse_overrides", "apply_overrides"]
 
 C = TypeVar("C", bound="Config")
 
@@ -247,4 +247,22 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             raise ConfigError(f"option '{item}' must look like key=value (e.g. n_cases=32)")
         key, value = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict copy: ``{"classifier.model": "vgg16"}`` sets ``base["classifier"]["model"]``."""
+    import copy
+
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a section (it holds {node[part]!r})")
+            node = node[part]
+        node[parts[-1]] = value
     return out

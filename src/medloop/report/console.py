@@ -65,3 +65,20 @@ def summary_table(summary: DatasetSummary) -> Table:
     for note, count in summary.notes.items():
         row("note", f"{note}: {count}")
     return t
+
+
+def experiment_summary(results: dict) -> Table:
+    """Terminal summary of an experiment: per strategy, test AUC (mean over seeds) at each recorded stage."""
+    from medloop.report.experiment import stage_table
+
+    first = next(iter(results["tracks"]))
+    columns, _ = stage_table(results, first)
+    table = Table(title=f"{escape(results['experiment'])}: test AUC (mean over seeds)")
+    table.add_column("strategy")
+    for c in columns:
+        table.add_column(escape(c), justify="right")
+    for label in results["tracks"]:
+        cols, rows = stage_table(results, label)
+        by_col = dict(zip(cols, rows.get("AUC", [])))
+        table.add_row(escape(label), *["n/a" if by_col.get(c) is None else f"{by_col[c]:.3f}" for c in columns])
+    return table

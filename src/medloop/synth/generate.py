@@ -124,13 +124,15 @@ def generate_job(data: DataConfig, out: str | Path, per_image: int = 200, cgan: 
     ds = load_dataset(data, progress=progress)
     if ds[0].image.shape[0] != 1:
         raise ConfigError(f"{data.source}: the generator works on single-channel radiographs; set channels: 1")
-    if not checkpoint:
-        check_vgg_source(cgan, ds.labels[ds.has_mask])  # before any training
-    masks, mask_sources, seg_info = lung_masks_for(ds, segmenter, seg_epochs, seed, progress)
-    if checkpoint:
+    sampler = None
+    if checkpoint:  # checked before any training
         sampler = MaskConditionedSampler.load(checkpoint)
         if sampler.size != data.size:
             raise ConfigError(f"{checkpoint}: the generator was trained at {sampler.size} px; run with --size {sampler.size}")
+    else:
+        check_vgg_source(cgan, ds.labels[ds.has_mask])
+    masks, mask_sources, seg_info = lung_masks_for(ds, segmenter, seg_epochs, seed, progress)
+    if sampler is not None:
         trained = f"loaded from {checkpoint}"
     else:
         manual = np.nonzero(ds.has_mask)[0]

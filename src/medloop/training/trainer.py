@@ -95,8 +95,10 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
         layer.generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + 3 + i)
     size = tuple(train_ds[0].image.shape[-2:])
     transform = build_augmentation(config.augmentation, size, config.seed)
+    # a last batch of one sample breaks batch norm in training mode: drop it (it is reshuffled next epoch)
     loader = torch.utils.data.DataLoader(TrainingView(train_ds, transform), batch_size=config.batch_size,
-                                         shuffle=True, generator=shuffle_gen, num_workers=0)
+                                         shuffle=True, generator=shuffle_gen, num_workers=0,
+                                         drop_last=len(train_ds) % config.batch_size == 1 and len(train_ds) > 1)
     monitor = "auc" if task == "classify" else "dice_mean"
     best, best_epoch, best_state, stale, history = -math.inf, -1, None, 0, []
     stopped = False

@@ -1,0 +1,177 @@
+"""Query strategies: small registered classes that turn candidate scores into a selection.
+
+A strategy declares what it needs (``needs_mc``: MC-dropout scores of the candidates; ``generative``: the
+candidates are synthetic variants of unlabeled images, Mahapatra et al. 2018) and implements ``score``;
+the base class ranks, balances classes and breaks ties. Higher score = more informative. The loop never
+checks a strategy's type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medloop.errors import ConfigError
+from medloop.registry import Registry
+from medloop.uncertainty.measures import MEASURES
+
+__all__ = ["STRATEGIES", "QueryStrategy", "build_strategy", "select_top"]
+
+STRATEGIES: Registry[type["QueryStrategy"]] = Registry("strategy")
+
+
+def select_top(scores: np.ndarray, k: int, groups: np.ndarray | None = None, per_group: int | None = None) -> np.ndarray:
+    """Indices of the ``k`` highest scores (ties: lower index first).
+
+    With ``groups`` (e.g. the predicted class) and ``per_group``, take the top ``per_group`` of each group
+    first; when a group has fewer candidates, the rest of the ``k`` come from the best remaining overall, so
+    the query size does not shrink.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    k = min(k, len(scores))
+    order = np.lexsort((np.arange(len(scores)), -np.nan_to_num(scores, nan=-np.inf)))
+    if groups is None or per_group is None:
+        return order[:k]
+    chosen: list[int] = []
+    for g in np.unique(groups):
+        chosen += [int(i) for i in order if groups[i] == g][:per_group]
+    taken = set(chosen)
+    chosen += [int(i) for i in order if i not in taken][: max(0, k - len(chosen))]
+    return np.array(chosen[:k] if len(chosen) > k else chosen, dtype=np.int64)
+
+
+class QueryStrategy:
+    """Base: ``score(columns, rng) -> [N]``; ``select`` ranks (per predicted class when ``per_class``).
+
+    Args:
+        per_class: select ``query_per_class`` per predicted class (the paper's class-balanced top-k) instead
+            of the top ``query_per_class * num_classes`` overall.
+    """
+
+    needs_mc = True
+    generative = False
+    default_per_class = False
+
+    def __init__(self, per_class: bool | None = None, **params: Any):
+        if params:
+            raise ConfigError(f"strategy '{self.name}' has no parameter(s) {sorted(params)}; "
+                              f"allowed: {sorted(self.allowed_params())}")
+        self.per_class = self.default_per_class if per_class is None else bool(per_class)
+
+    name = "base"
+
+    @classmethod
+    def allowed_params(cls) -> set[str]:
+        return {"per_class"}
+
+    def score(self, columns: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        raise TypeError(f"{type(self).__name__} must implement score()")
+
+    def select(self, columns: dict[str, np.ndarray], query_per_class: int, num_classes: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (selected indices, all scores)."""
+        scores = self.score(columns, rng)
+        k = query_per_class * num_classes
+        groups = columns.get("pred") if self.per_class else None
+        return select_top(scores, k, groups, query_per_class if self.per_class else None), scores
+
+
+class _MeasureStrategy(QueryStrategy):
+    measure = "combined"
+
+    def score(self, columns: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        return np.asarray(columns[self.measure], dtype=np.float64)
+
+
+@STRATEGIES.register("random")
+class RandomStrategy(QueryStrategy):
+    """Uniformly random queries (the baseline every AL curve is compared with)."""
+
+    name = "random"
+    needs_mc = False
+
+    def score(self, columns: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        return rng.random(len(columns["index"]))
+
+
+@STRATEGIES.register("entropy")
+class EntropyStrategy(_MeasureStrategy):
+    """Predictive entropy of the MC-averaged prediction."""
+
+    name, measure = "entropy", "entropy"
+
+
+@STRATEGIES.register("margin")
+class MarginStrategy(_MeasureStrategy):
+    """Smallest gap between the two most probable classes (scored as 1 - gap)."""
+
+    name, measure = "margin", "margin"
+
+
+@STRATEGIES.register("bald")
+class BaldStrategy(_MeasureStrategy):
+    """BALD: mutual information between prediction and weights (Houlsby et al. 2011)."""
+
+    name, measure = "bald", "bald"
+
+
+@STRATEGIES.register("combined")
+class CombinedStrategy(_MeasureStrategy):
+    """Kendall & Gal epistemic + aleatoric uncertainty (Mahapatra et al. 2018, Eq. 6)."""
+
+    name, measure = "combined", "combined"
+
+
+@STRATEGIES.register("class_balanced")
+class ClassBalancedStrategy(_MeasureStrategy):
+    """Top-k per predicted class of a measure (the paper's selection; ``measure`` defaults to combined)."""
+
+    name = "class_balanced"
+    default_per_class = True
+
+    def __init__(self, measure: str = "combined", per_class: bool | None = None, **params: Any):
+        super().__init__(per_class, **params)
+        if measure not in MEASURES:
+            raise ConfigError(f"The 'measure' parameter of strategy class_balanced must be one of {sorted(MEASURES)}; "
+                              f"got {measure!r} instead")
+        self.measure = measure
+
+    @classmethod
+    def allowed_params(cls) -> set[str]:
+        return {"per_class", "measure"}
+
+
+@STRATEGIES.register("generative")
+class GenerativeStrategy(ClassBalancedStrategy):
+    """Mahapatra et al. 2018: candidates are up to ``per_image`` synthetic variants of each of ``candidates``
+    unlabeled images (all of them when 0); every variant is scored (``measure``, default combined); the top
+    ``query_per_class`` per predicted class join the training set with their source's label, which costs one
+    oracle query per distinct source."""
+
+    name = "generative"
+    generative = True
+
+    def __init__(self, measure: str = "combined", per_image: int = 20, candidates: int = 40,
+                 per_class: bool | None = None, **params: Any):
+        super().__init__(measure, per_class, **params)
+        if per_image < 1 or candidates < 0:
+            raise ConfigError(f"strategy generative needs per_image >= 1 and candidates >= 0; got {per_image}, {candidates}")
+        self.per_image, self.candidates = int(per_image), int(candidates)
+
+    @classmethod
+    def allowed_params(cls) -> set[str]:
+        return {"per_class", "measure", "per_image", "candidates"}
+
+
+def build_strategy(name: str, params: dict[str, Any] | None = None) -> QueryStrategy:
+    """Build a registered strategy; unknown names and parameters are ConfigErrors naming the allowed values."""
+    cls = STRATEGIES.get(name)
+    params = dict(params or {})
+    unknown = set(params) - cls.allowed_params()
+    if unknown:
+        raise ConfigError(f"strategy '{name}' has no parameter(s) {sorted(unknown)}; allowed: {sorted(cls.allowed_params())}")
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise ConfigError(f"bad parameters for strategy '{name}': {exc}") from None

@@ -1,0 +1,267 @@
+"""Experiment report from ``results.json``: the paper's Table 1 layout, learning curves, savings, galleries.
+
+``build_report(run_dir)`` writes ``report.md``, ``report.html``, ``curves.png``, ``gallery.png`` (most and
+least informative synthetic samples) and ``overlays.png`` (segmentations at several stages, the paper's
+Fig. 3). It reads only ``results.json`` and the arrays the tracks saved, so ``medloop report`` can rebuild it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medloop.errors import DataError
+
+__all__ = ["build_report", "stage_table", "curve"]
+
+COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _row_values(test: dict | None, seg: dict | None) -> dict[str, float | None]:
+    test = test or {}
+    out = {"Sensitivity": test.get("sensitivity"), "Specificity": test.get("specificity"), "AUC": test.get("auc")}
+    if seg is not None:
+        out["Dice"] = seg.get("dice_mean")
+        hd95 = [v for v in (seg.get("hd95") or {}).values() if v is not None]
+        hdm = [v for v in (seg.get("hd_max") or {}).values() if v is not None]
+        out["HD95 (px)"] = float(np.mean(hd95)) if hd95 else None
+        out["HD max (px)"] = float(np.mean(hdm)) if hdm else None
+    return out
+
+
+def stage_table(results: dict, label: str) -> tuple[list[str], dict[str, list[float | None]]]:
+    """Columns (recorded stages reached, then baselines) and rows (metric -> values), means over seeds."""
+    stages = results["config"]["record_at"]
+    by_seed = results["tracks"][label]
+    columns, rows = [], {}
+    for f in stages:
+        per_seed = []
+        for rounds in by_seed.values():
+            hit = [r for r in rounds if f in r.get("stages", [])]
+            if hit:
+                per_seed.append(_row_values(hit[0]["test"], hit[0].get("seg")))
+        if not per_seed:
+            continue
+        columns.append(f"{f * 100:.0f}%")
+        for key in per_seed[0]:
+            rows.setdefault(key, []).append(_mean([p.get(key) for p in per_seed]))
+    base = results["baselines"]
+    fsl = [_row_values(v["test"], v.get("seg")) for v in base["fsl"].values()]
+    extra = [("FSL", fsl)]
+    if base.get("random_subset"):
+        frac = base["random_subset"][0]["fraction"]
+        extra.append((f"FSL {frac * 100:.0f}% random", [_row_values(v["test"], v.get("seg")) for v in base["random_subset"]]))
+    if base.get("fsl_cv"):
+        folds = base["fsl_cv"]["folds"]
+        extra.append((f"FSL {len(folds)}-fold CV", [_row_values(v["test"], v.get("seg")) for v in folds]))
+    for name, vals in extra:
+        columns.append(name)
+        keys = set(rows) | set(vals[0])
+        for key in keys:
+            rows.setdefault(key, [None] * (len(columns) - 1))
+            rows[key].append(_mean([v.get(key) for v in vals]))
+    return columns, rows
+
+
+def curve(rounds_by_seed: dict[str, list[dict]], metric: str = "auc") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per round index: mean labeled fraction, mean and std of the test metric over seeds."""
+    n = max(len(r) for r in rounds_by_seed.values())
+    xs, ms, ss = [], [], []
+    for i in range(n):
+        pts = [(r[i]["fraction"], r[i]["test"].get(metric)) for r in rounds_by_seed.values() if i < len(r)]
+        vals = [v for _, v in pts if v is not None]
+        if not vals:
+            continue
+        xs.append(np.mean([f for f, _ in pts]))
+        ms.append(np.mean(vals))
+        ss.append(np.std(vals))
+    return np.array(xs), np.array(ms), np.array(ss)
+
+
+def _plot_curves(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_seg = any(r.get("seg") for t in results["tracks"].values() for rs in t.values() for r in rs)
+    fig, axes = plt.subplots(1, 2 if has_seg else 1, figsize=(11 if has_seg else 6, 4), squeeze=False)
+    ax = axes[0, 0]
+    for k, (label, by_seed) in enumerate(results["tracks"].items()):
+        x, m, s = curve(by_seed)
+        ax.plot(x * 100, m, "-o", ms=3, color=COLORS[k % len(COLORS)], label=f"{label} (n={len(by_seed)} seeds)")
+        ax.fill_between(x * 100, m - s, m + s, color=COLORS[k % len(COLORS)], alpha=0.15)
+    fsl = _mean([v["test"].get("auc") for v in results["baselines"]["fsl"].values()])
+    if fsl is not None:
+        ax.axhline(fsl, color="black", ls="--", lw=1, label="FSL (100% labeled)")
+        tol = results["config"]["savings_tolerance"]
+        ax.axhspan(fsl - tol, fsl, color="gray", alpha=0.1)
+    rs = results["baselines"].get("random_subset")
+    if rs:
+        vals = [v["test"].get("auc") for v in rs if v["test"].get("auc") is not None]
+        if vals:
+            ax.errorbar([rs[0]["fraction"] * 100], [np.mean(vals)], yerr=[np.std(vals)], fmt="s", color="gray",
+                        label=f"FSL random {rs[0]['fraction'] * 100:.0f}% ({len(vals)} draws)")
+    ax.set_xlabel("% of training pool labeled")
+    ax.set_ylabel("test ROC AUC")
+    ax.set_title("classification: mean ± std over seeds", fontsize=10)
+    ax.legend(fontsize=7)
+    if has_seg:
+        ax = axes[0, 1]
+        for k, (label, by_seed) in enumerate(results["tracks"].items()):
+            pts = {}
+            for rounds in by_seed.values():
+                for r in rounds:
+                    if r.get("seg") and r["seg"].get("dice_mean") is not None:
+                        pts.setdefault(round(r["fraction"], 3), []).append(r["seg"]["dice_mean"])
+            if pts:
+                xs = sorted(pts)
+                ax.errorbar([x * 100 for x in xs], [np.mean(pts[x]) for x in xs], yerr=[np.std(pts[x]) for x in xs],
+                            fmt="-o", ms=3, color=COLORS[k % len(COLORS)], label=label, capsize=2)
+        fsl_d = _mean([(v.get("seg") or {}).get("dice_mean") for v in results["baselines"]["fsl"].values()])
+        if fsl_d is not None:
+            ax.axhline(fsl_d, color="black", ls="--", lw=1, label="FSL")
+        ax.set_xlabel("% of training pool labeled")
+        ax.set_ylabel("test Dice (mean over classes)")
+        ax.set_title("segmentation (UNet) at recorded stages", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_gallery(run_dir: Path, track: str, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = sorted((run_dir / "tracks" / track).glob("gallery_round_*.npz"))
+    if not files:
+        return False
+    rows = []
+    for f in files[:3]:
+        d = np.load(f)
+        rows.append((f.stem.split("_")[-1], d))
+    fig, axes = plt.subplots(len(rows), 8, figsize=(16, 2.3 * len(rows)), squeeze=False)
+    for r, (rnd, d) in enumerate(rows):
+        imgs = list(zip(d["top_images"], d["top_scores"], ["most"] * 4)) + list(
+            zip(d["bottom_images"], d["bottom_scores"], ["least"] * 4))
+        for c, (img, score, kind) in enumerate(imgs[:8]):
+            ax = axes[r, c]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"r{int(rnd)} {kind} {score:.3g}", fontsize=7)
+            ax.axis("off")
+    fig.suptitle(f"{track}: most (left) and least (right) informative synthetic samples, combined uncertainty", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def _plot_overlays(run_dir: Path, track: str, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = sorted((run_dir / "tracks" / track).glob("overlay_round_*.npz"))
+    if not files:
+        return False
+    data = [(f.stem.split("_")[-1], np.load(f)) for f in files[:4]]
+    n_img = min(3, len(data[0][1]["image"]))
+    fig, axes = plt.subplots(n_img, len(data), figsize=(2.6 * len(data), 2.6 * n_img), squeeze=False)
+    for c, (rnd, d) in enumerate(data):
+        for r in range(n_img):
+            ax = axes[r, c]
+            ax.imshow(d["image"][r], cmap="gray")
+            ax.contour(d["truth"][r] > 0, levels=[0.5], colors="#009E73", linewidths=0.8)
+            ax.contour(d["pred"][r] > 0, levels=[0.5], colors="#D55E00", linewidths=0.8)
+            ax.axis("off")
+            if r == 0:
+                ax.set_title(f"round {int(rnd)}", fontsize=8)
+    fig.suptitle(f"{track}: UNet segmentation at recorded stages (green: truth, orange: prediction)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write report.md / report.html and figures next to ``results.json``; returns the report.md path."""
+    run_dir = Path(run_dir)
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise DataError("no results.json here; give the --out folder of a finished `medloop run`", path, "missing")
+    try:
+        results: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"results.json is not valid JSON ({exc}); rerun `medloop run` to rewrite it", path, "corrupt") from None
+    labels = list(results["tracks"])
+    main = labels[0]
+    lines = [f"# {results['experiment']}: active learning report", "",
+             f"medloop {results['medloop_version']}; data `{results['data']['root']}` ({results['data']['n_samples']} "
+             f"samples; pool / val / test per seed {results['data']['pool_size']} / {results['data']['val_size']} / "
+             f"{results['data']['test_size']}); seeds {results['config']['seeds']}; {results['minutes']} min.", "",
+             f"Stopping uses the {results['stopping']}.", ""]
+    for label in labels:
+        columns, rows = stage_table(results, label)
+        lines += [f"## Table 1 layout: {label}", "", "Means over seeds at the recorded labeled fractions, and the "
+                  "fully supervised baselines (FSL).", "",
+                  "| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for key, vals in rows.items():
+            digits = 1 if key.startswith("HD") else 3
+            lines.append(f"| {key} | " + " | ".join(_fmt(v, digits) for v in vals) + " |")
+        lines.append("")
+    _plot_curves(results, run_dir / "curves.png")
+    lines += ["## Learning curves", "", "![curves](curves.png)", ""]
+    lines += ["## Annotation savings", "",
+              f"First round where the test AUC is within {results['config']['savings_tolerance']} of FSL's (per seed; "
+              "fractions of the training pool).", "", "| strategy | seed | round | % images | % annotated pixels | AUC |",
+              "|---|---|---|---|---|---|"]
+    for label, per_seed in results["savings"].items():
+        for seed, s in per_seed.items():
+            if s is None:
+                lines.append(f"| {label} | {seed} | not reached | | | |")
+            else:
+                lines.append(f"| {label} | {seed} | {s['round']} | {s['image_fraction'] * 100:.1f} | "
+                             f"{s['pixel_fraction'] * 100:.1f} | {s['auc']:.3f} |")
+    lines.append("")
+    lines += ["## Rounds", "", "| strategy | seed | round | labeled | % | synthetic | test AUC | val AUC | stop |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for label, by_seed in results["tracks"].items():
+        for seed, rounds in by_seed.items():
+            for r in rounds:
+                lines.append(f"| {label} | {seed} | {r['round']} | {r['n_labeled']} | {r['fraction'] * 100:.1f} | "
+                             f"{r['n_synthetic']} | {_fmt(r['test'].get('auc'))} | {_fmt(r['val'].get('auc'))} | "
+                             f"{r['stop'] or ''} |")
+    lines.append("")
+    gen = [lab for lab, spec in zip(labels, results["config"]["strategies"]) if spec["name"] == "generative"]
+    seed0 = str(results["config"]["seeds"][0])
+    if gen and _plot_gallery(run_dir, f"{gen[0]}-seed{seed0}", run_dir / "gallery.png"):
+        lines += ["## Synthetic samples", "", "![gallery](gallery.png)", ""]
+    if _plot_overlays(run_dir, f"{main}-seed{seed0}", run_dir / "overlays.png"):
+        lines += ["## Segmentation at several stages", "", "![overlays](overlays.png)", ""]
+    md = "\n".join(lines)
+    (run_dir / "report.md").write_text(md)
+    import markdown
+
+    body = markdown.markdown(md, extensions=["tables"])
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
+    (run_dir / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>"
+                                         f"{results['experiment']}</title><style>{style}</style></head><body>{body}</body></html>")
+    return run_dir / "report.md"
