@@ -194,6 +194,7 @@ def run(
     data: Annotated[Optional[str], typer.Option(help="Override data.source (builtin:NAME or a folder).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (rerun with the same folder to resume).")] = None,
     seeds: Annotated[Optional[int], typer.Option(help="Run seeds 0..N-1 (overrides the config's seeds).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after a kill.")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override key=value; dotted keys for sections "
                                                                     "(classifier.model=vgg16).")] = None,
 ) -> None:
@@ -209,7 +210,7 @@ def run(
         overrides["seeds"] = list(range(seeds))
     cfg = ExperimentConfig.from_dict(apply_overrides(base, overrides), where=str(config))
     out = out or Path("runs") / cfg.name
-    results = run_experiment(cfg, out, console=console)
+    results = run_experiment(cfg, out, resume=resume, console=console)
     from medloop.report.console import experiment_summary
 
     console.print(experiment_summary(results))

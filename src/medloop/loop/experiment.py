@@ -122,14 +122,17 @@ def _sampler_factory(ctx: Context, out: Path):
     return sampler_for
 
 
-def run_experiment(config: ExperimentConfig, out: str | Path, progress: bool = True, interrupt=None,
-                   oracle_factory=None, console=None) -> dict:
-    """Run (or resume: completed rounds and baselines are kept) an experiment; writes results and the report."""
+def run_experiment(config: ExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True,
+                   interrupt=None, oracle_factory=None, console=None) -> dict:
+    """Run an experiment, or with ``resume`` continue one in ``out`` (completed rounds and baselines are kept,
+    the round in progress at the kill is redone); writes results.json and the report."""
     from medloop.report.experiment import build_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.yaml"
+    if saved.exists() and not resume:
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     if saved.exists():
         previous = ExperimentConfig.from_yaml(saved)
         if previous.to_dict() != config.to_dict():

@@ -46,16 +46,20 @@ def stage_table(results: dict, label: str) -> tuple[list[str], dict[str, list[fl
     """Columns (recorded stages reached, then baselines) and rows (metric -> values), means over seeds."""
     stages = results["config"]["record_at"]
     by_seed = results["tracks"][label]
-    columns, rows = [], {}
+    columns, rows, seen = [], {}, set()
     for f in stages:
-        per_seed = []
+        per_seed, fractions, rounds_hit = [], [], []
         for rounds in by_seed.values():
             hit = [r for r in rounds if f in r.get("stages", [])]
             if hit:
                 per_seed.append(_row_values(hit[0]["test"], hit[0].get("seg")))
-        if not per_seed:
-            continue
-        columns.append(f"{f * 100:.0f}%")
+                fractions.append(hit[0]["fraction"])
+                rounds_hit.append(hit[0]["round"])
+        if not per_seed or tuple(rounds_hit) in seen:
+            continue  # stage not reached, or reached by the same round as the previous stage
+        seen.add(tuple(rounds_hit))
+        # the column says the labeled fraction actually used (the first round at or beyond the stage)
+        columns.append(f"{np.mean(fractions) * 100:.0f}%")
         for key in per_seed[0]:
             rows.setdefault(key, []).append(_mean([p.get(key) for p in per_seed]))
     base = results["baselines"]
@@ -219,8 +223,8 @@ def build_report(run_dir: str | Path) -> Path:
              f"Stopping uses the {results['stopping']}.", ""]
     for label in labels:
         columns, rows = stage_table(results, label)
-        lines += [f"## Table 1 layout: {label}", "", "Means over seeds at the recorded labeled fractions, and the "
-                  "fully supervised baselines (FSL).", "",
+        lines += [f"## Table 1 layout: {label}", "", "Means over seeds at the first round reaching each recorded stage "
+                  "(columns: % of the training pool labeled in that round), and the fully supervised baselines (FSL).", "",
                   "| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for key, vals in rows.items():
             digits = 1 if key.startswith("HD") else 3
