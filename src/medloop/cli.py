@@ -232,13 +232,13 @@ def report(
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("medloop-demo"),
     seed: Annotated[int, typer.Option(help="Seed for everything in the demo.")] = 0,
-    size: Annotated[int, typer.Option(help="Working size of the phantoms.")] = 128,
-    epochs: Annotated[int, typer.Option(help="Training epochs of the demo models.")] = 12,
+    size: Annotated[int, typer.Option(help="Working size of the phantoms (the AL experiment uses at most 64).")] = 64,
+    quick: Annotated[bool, typer.Option("--quick", help="A one-minute smoke test of the same steps (tiny sizes).")] = False,
 ) -> None:
-    """Run medloop's main job on the built-in phantoms (offline, CPU)."""
+    """Run medloop's main job on the built-in phantoms (offline, CPU, ~10 minutes)."""
     from medloop.demo import run_demo
 
-    run_demo(out, seed=seed, size=size, console=console, epochs=epochs)
+    run_demo(out, seed=seed, size=size, console=console, quick=quick)
 
 
 def main() -> None:

@@ -1,9 +1,10 @@
-"""`medloop demo`: everything medloop does today, for real, on the built-in phantoms.
+"""`medloop demo`: everything medloop does today, for real, on the built-in phantoms, in minutes on a CPU.
 
 Renders both phantoms, inspects them (counts, label values, intensities, mask coverage), writes their
-preview montages and seeded stratified splits by case; then trains a Bayesian ResNet-18 on the chest
-phantom and a Bayesian UNet on the cardiac phantom (short CPU schedules), scores held-out images with MC
-dropout (every uncertainty measure, maps for segmentation), and records config, versions and seed.
+preview montages and seeded stratified splits by case; then runs a reduced version of the generative
+active-learning experiment (Mahapatra et al. 2018, ``experiments/mahapatra2018.yaml``) on the chest phantom:
+the mask-conditioned cGAN, generative / uncertainty / random strategies with the ground-truth oracle, the
+fully supervised baselines, results.json and the report.
 """
 
 from __future__ import annotations
@@ -14,13 +15,49 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from medloop.config import DataConfig, TrainConfig
+from medloop.config import DataConfig
 from medloop.data import load_dataset, save_preview, split_by_case, summarize
-from medloop.jobs import score_job, train_job
 from medloop.report.console import summary_table
 from medloop.runinfo import write_run_record
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "demo_experiment"]
+
+
+def demo_experiment(size: int = 64, seed: int = 0, quick: bool = False) -> dict:
+    """The reduced generative AL experiment of the demo (sizes chosen to finish in minutes on 2 cores).
+
+    ``quick`` shrinks it to a smoke test (24 phantom cases, one epoch each): it checks the machinery, not results.
+    """
+    if quick:
+        return {
+            "name": "mahapatra2018-quick", "seeds": [seed],
+            "data": {"source": "builtin:chest-xray", "size": 32, "seed": seed, "options": {"n_normal": 12, "n_nodule": 12}},
+            "classifier": {"model": "resnet18", "model_params": {"width": 4}, "epochs": 1, "batch_size": 8, "patience": 0},
+            "segmenter": {"epochs": 1, "batch_size": 8, "model_params": {"channels": [4, 8, 8, 8]}},
+            "strategies": [{"name": "generative", "params": {"per_image": 2, "candidates": 3}},
+                           {"name": "class_balanced", "label": "uncertainty"}, {"name": "random"}],
+            "generator": {"epochs": 1, "ae_epochs": 1, "vgg_epochs": 1, "vgg_width": 4, "g_features": 8, "g_blocks": 1,
+                          "d_features": 4, "d_dense": 8, "latent_dim": 8, "ae_channels": [8, 8]},
+            "initial_per_class": 2, "query_per_class": 2, "augment_copies": 1, "n_mc_samples": 3,
+            "record_at": [0.1, 0.3], "budget": 0.6, "max_rounds": 1, "patience": 0,
+            "fsl_folds": 0, "random_subset_draws": 1,
+        }
+    return {
+        "name": "mahapatra2018-demo",
+        "data": {"source": "builtin:chest-xray", "size": size, "seed": seed},
+        "seeds": [seed],
+        "classifier": {"model": "resnet18", "model_params": {"width": 16}, "epochs": 6, "batch_size": 16,
+                       "lr": 0.002, "patience": 3},
+        "segmenter": {"epochs": 8, "batch_size": 8, "lr": 0.003, "patience": 4,
+                      "model_params": {"channels": [16, 32, 64, 128]}},
+        "strategies": [{"name": "generative", "params": {"per_image": 10, "candidates": 16}},
+                       {"name": "class_balanced", "label": "uncertainty"}, {"name": "random"}],
+        "generator": {"epochs": 6, "ae_epochs": 20, "vgg_epochs": 4, "g_features": 32, "g_blocks": 4,
+                      "d_features": 16, "d_dense": 128},
+        "initial_per_class": 8, "query_per_class": 8, "augment_copies": 2, "n_mc_samples": 10,
+        "record_at": [0.1, 0.2, 0.3], "budget": 0.35, "max_rounds": 3, "patience": 0,
+        "fsl_folds": 0, "random_subset_fraction": 0.35, "random_subset_draws": 2,
+    }
 
 
 def _split_table(name: str, ds, split) -> Table:
@@ -38,22 +75,7 @@ def _split_table(name: str, ds, split) -> Table:
     return table
 
 
-def _model_table(results: dict) -> Table:
-    table = Table(title="Bayesian models (test split, deterministic pass)")
-    for col in ("phantom", "model", "metrics", "scored"):
-        table.add_column(col)
-    for name, r in results.items():
-        test = r["metrics"]["test"]
-        if "auc" in test:
-            text = f"AUC {test['auc']:.3f}, sens {test['sensitivity']:.3f}, spec {test['specificity']:.3f}, ECE {test['ece']:.3f}"
-        else:
-            text = f"Dice {', '.join(f'{k} {v:.3f}' for k, v in test['dice'].items())}; HD95 " + ", ".join(
-                f"{k} {v:.1f}px" for k, v in test["hd95"].items())
-        table.add_row(name, r["model"], text, str(r["scores"]))
-    return table
-
-
-def run_demo(out: Path, seed: int = 0, size: int = 128, console: Console | None = None, epochs: int = 12) -> dict:
+def run_demo(out: Path, seed: int = 0, size: int = 64, console: Console | None = None, quick: bool = False) -> dict:
     """Run the demo; returns {phantom: {summary, preview, splits, metrics}} and writes everything under ``out``."""
     console = console or Console()
     out = Path(out)
@@ -75,26 +97,20 @@ def run_demo(out: Path, seed: int = 0, size: int = 128, console: Console | None 
         (folder / "splits.json").write_text(json.dumps({k: [ds.sample_ids[i] for i in v] for k, v in split.to_dict().items()}, indent=2))
         config.to_yaml(folder / "data.yaml")
         results[name] = {"summary": summary.to_dict(), "preview": str(preview), "splits": split.to_dict()}
-    trainings = {
-        "chest-xray": TrainConfig(task="classify", model="resnet18", model_params={"width": 16}, epochs=epochs,
-                                  patience=max(3, epochs // 2), seed=seed, lr=2e-3),
-        "cardiac-mr": TrainConfig(task="segment", model="unet", model_params={"channels": [16, 32, 64, 128]},
-                                  epochs=epochs, patience=max(3, epochs // 2), seed=seed, lr=3e-3),
-    }
-    model_results = {}
-    for name, train_cfg in trainings.items():
-        console.print(f"\n[bold]{name}[/bold]: training {train_cfg.model} ({train_cfg.task}), {epochs} epochs")
-        folder = out / name
-        metrics = train_job(configs[name], train_cfg, folder / "model")
-        scores = score_job(folder / "model" / "checkpoint.pt", configs[name], folder / "scores", n_mc_samples=20,
-                           seed=seed, max_maps=8, progress=True)
-        results[name]["metrics"] = metrics
-        model_results[name] = {"model": train_cfg.model, "metrics": metrics, "scores": scores}
-    console.print(_model_table(model_results))
+    from medloop.loop import ExperimentConfig, run_experiment
+    from medloop.report.console import experiment_summary
+
+    experiment = ExperimentConfig.from_dict(demo_experiment(min(size, 64), seed, quick))
+    console.print("\n[bold]generative active learning[/bold] (reduced Mahapatra et al. 2018 on builtin:chest-xray)")
+    al_dir = out / "mahapatra2018"
+    results["mahapatra2018"] = run_experiment(experiment, al_dir, resume=(al_dir / "config.yaml").exists(),
+                                              console=console)
+    console.print(experiment_summary(results["mahapatra2018"]))
     record = write_run_record(out, seed, {**{k: v.to_dict() for k, v in configs.items()},
-                                          **{f"train-{k}": v.to_dict() for k, v in trainings.items()}}, "medloop demo")
-    console.print(f"\n[bold]Written to {out}/[/bold]: run.json (versions, seed, configs), and per phantom "
-                  "preview.png (montage with mask overlays), summary.json, splits.json, data.yaml, model/ (checkpoint, "
-                  "metrics.json, report.md, history.png) and scores/ (scores.csv; maps/ for segmentation)")
+                                          "experiment": experiment.to_dict()}, "medloop demo")
+    console.print(f"\n[bold]Written to {out}/[/bold]: run.json (versions, seed, configs); per phantom preview.png "
+                  "(montage with mask overlays), summary.json, splits.json, data.yaml; mahapatra2018/ (results.json, "
+                  "report.md, report.html, curves.png, gallery.png, overlays.png, tracks/, baselines/)")
+    console.print(f"report: {al_dir / 'report.md'}")
     console.print(f"run record: {record}")
     return results

@@ -68,9 +68,9 @@ def test_version():
     assert result.exit_code == 0 and result.output.startswith("medloop ")
 
 
-def test_demo_writes_previews_summaries_splits_and_run_record(tmp_path):
+def test_demo_writes_previews_summaries_splits_experiment_and_run_record(tmp_path):
     out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out), "--size", "32", "--seed", "3", "--epochs", "1"], terminal_width=200)
+    result = runner.invoke(app, ["demo", "--out", str(out), "--size", "32", "--seed", "3", "--quick"], terminal_width=200)
     assert result.exit_code == 0, result.output
     record = json.loads((out / "run.json").read_text())
     assert record["seed"] == 3 and record["medloop_version"] and record["config"]["chest-xray"]["size"] == 32
@@ -81,9 +81,10 @@ def test_demo_writes_previews_summaries_splits_and_run_record(tmp_path):
         assert sum(len(v) for v in splits.values()) == summary["n_samples"]
     chest = json.loads((out / "chest-xray" / "summary.json").read_text())
     assert chest["class_counts"] == {"normal": 93, "nodule": 154}
-    assert (out / "chest-xray" / "model" / "checkpoint.pt").is_file() and (out / "chest-xray" / "scores" / "scores.csv").is_file()
-    assert list((out / "cardiac-mr" / "scores" / "maps").glob("*.png"))
-    assert "Bayesian models" in result.output
+    results = json.loads((out / "mahapatra2018" / "results.json").read_text())
+    assert set(results["tracks"]) == {"generative", "uncertainty", "random"}
+    assert (out / "mahapatra2018" / "report.html").is_file() and (out / "mahapatra2018" / "gallery.png").is_file()
+    assert "test AUC" in result.output and "report:" in result.output
 
 
 def test_train_classifier_then_score_pool(tmp_path):

@@ -1,0 +1,72 @@
+"""The experiment report built from a small hand-made results.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medloop.errors import DataError
+from medloop.loop import savings
+from medloop.report.experiment import build_report, curve, stage_table
+
+
+def rnd(i: int, frac: float, auc: float, stages=(), dice=None) -> dict:
+    seg = None if dice is None else {"dice_mean": dice, "dice": {"lung": dice}, "hd95": {"lung": 3.0}, "hd_max": {"lung": 6.0}}
+    return {"round": i, "n_labeled": int(frac * 100), "fraction": frac, "n_synthetic": 0,
+            "cost": {"images": int(frac * 100), "pixels": int(frac * 1000), "pixel_fraction": frac},
+            "val": {"auc": auc}, "test": {"auc": auc, "sensitivity": 0.5, "specificity": 0.6}, "seg": seg,
+            "stages": list(stages), "queried": [], "stop": None}
+
+
+def results() -> dict:
+    al = {"0": [rnd(0, 0.1, 0.70, [0.1], 0.8), rnd(1, 0.2, 0.85, [0.2], 0.85), rnd(2, 0.3, 0.90)],
+          "1": [rnd(0, 0.1, 0.60, [0.1], 0.7), rnd(1, 0.2, 0.80, [0.2], 0.8), rnd(2, 0.3, 0.92)]}
+    rand = {"0": [rnd(0, 0.1, 0.70, [0.1], 0.8), rnd(1, 0.2, 0.75, [0.2], 0.8)],
+            "1": [rnd(0, 0.1, 0.60, [0.1], 0.7), rnd(1, 0.2, 0.65, [0.2], 0.7)]}
+    fsl = {"test": {"auc": 0.9, "sensitivity": 0.8, "specificity": 0.9},
+           "seg": {"dice_mean": 0.9, "hd95": {"lung": 2.0}, "hd_max": {"lung": 4.0}}}
+    return {"experiment": "toy", "medloop_version": "0", "minutes": 1.0, "stopping": "validation split",
+            "config": {"record_at": [0.1, 0.2], "seeds": [0, 1], "savings_tolerance": 0.02,
+                       "strategies": [{"name": "combined"}, {"name": "random"}]},
+            "data": {"root": "builtin:x", "n_samples": 10, "pool_size": {}, "val_size": {}, "test_size": {}},
+            "tracks": {"combined": al, "random": rand},
+            "baselines": {"fsl": {"0": fsl, "1": fsl}, "random_subset": [{"fraction": 0.35, **fsl}], "fsl_cv": None},
+            "savings": {"combined": {"0": savings(al["0"], 0.9, 0.02), "1": savings(al["1"], 0.9, 0.02)},
+                        "random": {"0": None, "1": None}}}
+
+
+def test_stage_table_has_the_papers_rows_and_columns():
+    columns, rows = stage_table(results(), "combined")
+    assert columns == ["10%", "20%", "FSL", "FSL 35% random"]
+    assert rows["AUC"][:3] == [pytest.approx(0.65), pytest.approx(0.825), pytest.approx(0.9)]
+    assert rows["Dice"][0] == pytest.approx(0.75) and rows["HD95 (px)"][0] == pytest.approx(3.0)
+    assert set(rows) == {"Sensitivity", "Specificity", "AUC", "Dice", "HD95 (px)", "HD max (px)"}
+
+
+def test_curve_is_mean_and_std_over_seeds():
+    x, m, s = curve(results()["tracks"]["combined"])
+    assert x.tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert m.tolist() == pytest.approx([0.65, 0.825, 0.91]) and s[0] == pytest.approx(0.05)
+
+
+def test_savings_is_the_first_round_within_tolerance():
+    s = savings(results()["tracks"]["combined"]["0"], 0.9, 0.02)
+    assert s["round"] == 2 and s["image_fraction"] == 0.3
+    assert savings(results()["tracks"]["random"]["0"], 0.9, 0.02) is None
+
+
+def test_report_files_from_results_json(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(results()))
+    path = build_report(tmp_path)
+    md = path.read_text()
+    assert "| AUC | 0.650 | 0.825 | 0.900 |" in md
+    assert "not reached" in md and "| combined | 0 | 2 | 30.0 |" in md
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    html = (tmp_path / "report.html").read_text()
+    assert "<table>" in html and "curves.png" in html
+
+
+def test_report_without_results_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="results.json"):
+        build_report(tmp_path)
