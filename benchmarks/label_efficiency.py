@@ -1,0 +1,97 @@
+"""Label efficiency: active learning against random sampling over several seeds (issue targets).
+
+Runs ``experiments/mahapatra2018.yaml`` (or ``--config``) with two strategies, the AL strategy (``--strategy``,
+default the class-balanced Kendall-Gal uncertainty of real images; ``generative`` for the paper's cGAN
+candidates) and ``random``, on ``--seeds`` seeds, and the fully supervised baseline (FSL) per seed on the same
+test split. Final line JSON:
+
+    {"fsl_auc", "al_auc_at": {"0.10": ..}, "random_auc_at": {..}, "fraction_to_98pct_fsl_al",
+     "fraction_to_98pct_fsl_random", "curve_area_al", "curve_area_random", "minutes", ...}
+
+``*_auc_at`` are mean test AUCs over seeds at the first round reaching each labeled fraction;
+``fraction_to_98pct_fsl_*`` the mean (over seeds) labeled fraction at which the test AUC first reaches 98% of
+that seed's FSL AUC (null if a seed never does; ``reached`` counts them); ``curve_area_*`` the area under the
+mean AUC-vs-fraction curve over the common fraction range, divided by its width (a mean AUC).
+
+    python benchmarks/label_efficiency.py --data ../shared/data/cxr-tb-256 --out runs/label-efficiency-tb
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from medloop.config import apply_overrides, parse_overrides
+from medloop.loop import ExperimentConfig, run_experiment
+from medloop.report.experiment import curve
+
+
+def first_reaching(rounds: list[dict], target: float) -> float | None:
+    for r in rounds:
+        if r["test"].get("auc") is not None and r["test"]["auc"] >= target:
+            return r["fraction"]
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="builtin:chest-xray")
+    ap.add_argument("--config", default=str(Path(__file__).parents[1] / "experiments" / "mahapatra2018.yaml"))
+    ap.add_argument("--strategy", default="class_balanced")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out", default="runs/label-efficiency")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--set", action="append", default=[], help="experiment override key=value (dotted keys)")
+    args = ap.parse_args()
+    started = time.time()
+    base = yaml.safe_load(Path(args.config).read_text())
+    overrides = {"data.source": args.data, "seeds": list(range(args.seeds)),
+                 "strategies": [{"name": args.strategy, "label": "al"}, {"name": "random"}],
+                 "segmenter": None, "fsl_folds": 0, "random_subset_draws": 0, "patience": 0,
+                 **parse_overrides(args.set)}
+    if args.strategy == "generative":
+        overrides["segmenter"] = base.get("segmenter") or {}
+        overrides["strategies"] = [{"name": "generative", "label": "al", "params": {"per_image": 20, "candidates": 40}},
+                                   {"name": "random"}]
+    cfg = ExperimentConfig.from_dict(apply_overrides(base, overrides))
+    results = run_experiment(cfg, args.out, resume=args.resume)
+    fsl = {s: v["test"]["auc"] for s, v in results["baselines"]["fsl"].items()}
+    fsl_auc = float(np.mean(list(fsl.values())))
+    out: dict = {"data": args.data, "strategy": args.strategy, "seeds": args.seeds, "fsl_auc": round(fsl_auc, 4),
+                 "fsl_auc_per_seed": {k: round(v, 4) for k, v in fsl.items()}}
+    grid = [f for f in cfg.record_at]
+    areas = {}
+    for label, key in (("al", "al"), ("random", "random")):
+        by_seed = results["tracks"][label]
+        at = {}
+        for f in grid:
+            vals = []
+            for rounds in by_seed.values():
+                hit = [r for r in rounds if r["fraction"] + 1e-9 >= f]
+                if hit and hit[0]["test"].get("auc") is not None:
+                    vals.append(hit[0]["test"]["auc"])
+            at[f"{f:.2f}"] = round(float(np.mean(vals)), 4) if vals else None
+        out[f"{key}_auc_at"] = at
+        reach = [first_reaching(rounds, 0.98 * fsl[s]) for s, rounds in by_seed.items()]
+        got = [r for r in reach if r is not None]
+        out[f"fraction_to_98pct_fsl_{key}"] = round(float(np.mean(got)), 4) if got else None
+        out[f"reached_98pct_fsl_{key}"] = f"{len(got)}/{len(reach)}"
+        x, m, _ = curve(by_seed)
+        areas[key] = (x, m)
+    lo = max(a[0].min() for a in areas.values())
+    hi = min(a[0].max() for a in areas.values())
+    for key, (x, m) in areas.items():
+        xs = np.linspace(lo, hi, 200)
+        out[f"curve_area_{key}"] = round(float(np.trapezoid(np.interp(xs, x, m), xs) / max(hi - lo, 1e-9)), 4)
+    out["fraction_range"] = [round(float(lo), 4), round(float(hi), 4)]
+    out["minutes"] = round((time.time() - started) / 60, 2)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
