@@ -199,18 +199,17 @@ def run(
                                                                     "(classifier.model=vgg16).")] = None,
 ) -> None:
     """Run (or resume) an active-learning experiment; writes results.json and the report."""
-    from medloop.config import apply_overrides, parse_overrides
-    from medloop.loop import ExperimentConfig, run_experiment
+    from medloop.config import parse_overrides
+    from medloop.loop import load_experiment_config, run_any
 
-    base = ExperimentConfig.from_yaml(config).to_dict()
     overrides = parse_overrides(set_)
     if data is not None:
         overrides["data.source"] = data
     if seeds is not None:
         overrides["seeds"] = list(range(seeds))
-    cfg = ExperimentConfig.from_dict(apply_overrides(base, overrides), where=str(config))
+    cfg = load_experiment_config(config, overrides)
     out = out or Path("runs") / cfg.name
-    results = run_experiment(cfg, out, resume=resume, console=console)
+    results = run_any(cfg, out, resume=resume, console=console)
     from medloop.report.console import experiment_summary
 
     console.print(experiment_summary(results))
@@ -222,9 +221,9 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="The --out folder of a `medloop run`.")],
 ) -> None:
     """Rebuild report.md / report.html and the figures from results.json."""
-    from medloop.report.experiment import build_report
+    from medloop.report import build_any_report
 
-    path = build_report(run_dir)
+    path = build_any_report(run_dir)
     console.print(f"report written to {path} (and report.html)")
 
 

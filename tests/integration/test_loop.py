@@ -194,3 +194,15 @@ def test_sigkill_mid_round_then_resume_matches_an_uninterrupted_run(tmp_path):
     a = json.loads((tmp_path / "ref" / "results.json").read_text())["tracks"]
     b = json.loads((out / "results.json").read_text())["tracks"]
     assert strip(a["class_balanced"]["0"]) == strip(b["class_balanced"]["0"])
+
+
+def test_vgg16_classifier_runs_in_the_loop(tmp_path):
+    cfg = tiny(classifier={**TINY["classifier"], "model": "vgg16"}, segmenter=None, max_rounds=1,
+               strategies=[{"name": "bald"}])
+    ctx = prepare(cfg, progress=False)
+    rounds = run_track(ctx, 0, cfg.strategies[0], tmp_path / "v")
+    assert len(rounds) == 2 and len(rounds[0]["queried"]) == 4 and rounds[0]["seg"] is None
+    import torch
+
+    state = torch.load(tmp_path / "v" / "model_round_001.pt", weights_only=True)
+    assert any(k.startswith("features.") for k in state)  # the VGG-16 trunk was trained and saved

@@ -16,6 +16,7 @@ class ExperimentConfig(Config):
     """One active-learning experiment: data, models, strategies, protocol, baselines.
 
     Attributes:
+        method: ``mahapatra2018`` (generative AL; ``ravanbakhsh2018`` files use ``CollaborativeConfig``).
         name: experiment name (report title).
         data: ``DataConfig`` fields (source, size, layout, options...).
         seeds: one run of every strategy per seed (split, initial set, training, MC masks all follow it).
@@ -43,6 +44,7 @@ class ExperimentConfig(Config):
         device: ``auto``, ``cpu`` or ``cuda``.
     """
 
+    method: typing.Literal["mahapatra2018"] = "mahapatra2018"
     name: str = "experiment"
     data: dict = dataclasses.field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)

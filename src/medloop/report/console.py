@@ -68,8 +68,23 @@ def summary_table(summary: DatasetSummary) -> Table:
 
 
 def experiment_summary(results: dict) -> Table:
-    """Terminal summary of an experiment: per strategy, test AUC (mean over seeds) at each recorded stage."""
+    """Terminal summary of an experiment: per strategy, test AUC (mean over seeds) at each recorded stage;
+    for collaborative segmentation, the mean Dice per budget."""
     from medloop.report.experiment import stage_table
+
+    if results.get("method") == "ravanbakhsh2018":
+        from medloop.report.collaborative import dice_table
+
+        header, rows = dice_table(results)
+        table = Table(title=f"{escape(results['experiment'])}: test Dice (mean over folds)")
+        keep = [0] + [i for i, h in enumerate(header) if h.endswith(": average")]
+        for i in keep:
+            table.add_column(escape(header[i]), justify="right")
+        for row in rows:
+            table.add_row(*[str(row[0])] + ["n/a" if row[i] is None else f"{row[i]:.3f}" for i in keep[1:]])
+        r = results["correlation"]["pearson_r"]
+        table.caption = "discriminator-Dice Pearson r " + ("n/a" if r is None else f"{r:.3f} (p {results['correlation']['p_value']:.2g})")
+        return table
 
     first = next(iter(results["tracks"]))
     columns, _ = stage_table(results, first)

@@ -1,0 +1,146 @@
+"""Report of the collaborative-segmentation experiment from ``results.json`` (Ravanbakhsh et al. Table 1 layout).
+
+Writes ``report.md`` / ``report.html``, ``dice_by_budget.png``, ``correlation.png`` (per-slice discriminator
+plausibility against Dice, with Pearson r and p) and ``discriminator.png`` (the paper's Fig. 2: slice, ground
+truth, prediction, discriminator map with unreliable areas in red).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medloop.errors import DataError
+
+__all__ = ["build_collaborative_report", "dice_table"]
+
+COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"]
+
+
+def _dice(test: dict, names: dict[str, str]) -> dict[str, float | None]:
+    per = {names[c]: test["dice"].get(names[c]) for c in names}
+    vals = [v for v in per.values() if v is not None]
+    per["average"] = float(np.mean(vals)) if vals else None
+    return per
+
+
+def dice_table(results: dict) -> tuple[list[str], list[list]]:
+    """Rows (budget, then FSL) x columns (strategy: each class and the average), means over folds."""
+    names = results["class_names"]
+    header = ["budget"]
+    labels = list(results["tracks"])
+    cls = [*names.values(), "average"]
+    header += [f"{lab}: {c}" for lab in labels for c in cls]
+    budgets = sorted({b for lab in labels for b in results["tracks"][lab]}, key=float)
+    rows = []
+    for b in budgets:
+        row: list = [f"{float(b) * 100:.0f}%"]
+        for lab in labels:
+            folds = results["tracks"][lab].get(b, {})
+            finals = [_dice(recs[-1]["test"], names) for recs in folds.values() if recs and recs[-1].get("final")]
+            for c in cls:
+                vals = [f[c] for f in finals if f[c] is not None]
+                row.append(float(np.mean(vals)) if vals else None)
+        rows.append(row)
+    if results.get("fsl"):
+        fsl = [_dice(v["test"], names) for v in results["fsl"].values()]
+        row = ["FSL (100%)"]
+        for _ in labels:
+            for c in cls:
+                vals = [f[c] for f in fsl if f[c] is not None]
+                row.append(float(np.mean(vals)) if vals else None)
+        rows.append(row)
+    return header, rows
+
+
+def build_collaborative_report(run_dir: str | Path) -> Path:
+    import markdown
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise DataError("no results.json here; give the --out folder of a finished `medloop run`", path, "missing")
+    results = json.loads(path.read_text())
+    names = results["class_names"]
+    header, rows = dice_table(results)
+    corr = results["correlation"]
+    lines = [f"# {results['experiment']}: human-machine collaborative segmentation", "",
+             f"medloop {results['medloop_version']}; data `{results['data']['root']}` ({results['data']['n_slices']} "
+             f"slices of {results['data']['n_volumes']} volumes); cross-validation by volume, "
+             f"{results['data']['folds_run']} of {results['config']['folds']} folds run; {results['minutes']} min.", "",
+             "## Dice by budget (Table 1 layout)", "",
+             "Test Dice after Algorithm 1 (mean over folds). Labels: `strategy-nN` = N cycles; FSL = the cGAN trained "
+             "on every pool slice with its true labels.", "",
+             "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join([row[0]] + ["n/a" if v is None else f"{v:.3f}" for v in row[1:]]) + " |")
+    lines += ["", "![dice](dice_by_budget.png)", "", "## Discriminator score and Dice", ""]
+    if corr["pearson_r"] is not None:
+        lines.append(f"Pearson correlation between per-slice discriminator plausibility and per-slice Dice of the base "
+                     f"model (trained on one volume) on the test volumes: **r = {corr['pearson_r']:.3f}**, "
+                     f"p = {corr['p_value']:.2g}, n = {corr['n_slices']} slices.")
+    else:
+        lines.append(f"Correlation undefined (n = {corr['n_slices']} slices, or a constant score).")
+    lines += ["", "![correlation](correlation.png)", "", "![discriminator](discriminator.png)", ""]
+    # figures
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(4.2 * (len(names) + 1), 3.5), squeeze=False)
+    cls = [*names.values(), "average"]
+    labels = list(results["tracks"])
+    budgets = [float(r[0].rstrip("%")) for r in rows if r[0].endswith("%")]
+    for j, c in enumerate(cls):
+        ax = axes[0, j]
+        for k, lab in enumerate(labels):
+            col = 1 + k * len(cls) + j
+            ax.plot(budgets, [r[col] for r in rows if r[0].endswith("%")], "-o", ms=3, color=COLORS[k % len(COLORS)],
+                    label=lab)
+            if rows and rows[-1][0].startswith("FSL") and rows[-1][col] is not None and k == 0:
+                ax.axhline(rows[-1][col], color="black", ls="--", lw=1, label="FSL")
+        ax.set_title(c, fontsize=10)
+        ax.set_xlabel("budget (% of pool slices)")
+        ax.set_ylabel("test Dice")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / "dice_by_budget.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.scatter(corr["plausibility"], corr["dice"], s=8, alpha=0.6, color="#0072B2")
+    ax.set_xlabel("discriminator plausibility (slice mean)")
+    ax.set_ylabel("Dice (mean over classes)")
+    if corr["pearson_r"] is not None:
+        ax.set_title(f"r = {corr['pearson_r']:.3f}, p = {corr['p_value']:.2g}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(run_dir / "correlation.png", dpi=100)
+    plt.close(fig)
+    figs = sorted((run_dir / "baselines").glob("fold*-figure.npz"))
+    if figs:
+        d = np.load(figs[0])
+        n = len(d["image"])
+        fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
+        for r in range(n):
+            axes[r, 0].imshow(d["image"][r], cmap="gray")
+            axes[r, 1].imshow(d["truth"][r], cmap="viridis", vmin=0, vmax=max(2, int(d["truth"].max())))
+            axes[r, 2].imshow(d["pred"][r], cmap="viridis", vmin=0, vmax=max(2, int(d["truth"].max())))
+            axes[r, 3].imshow(d["image"][r], cmap="gray")
+            bad = np.ma.masked_where(d["plausibility"][r] >= 0.5, 1.0 - d["plausibility"][r])
+            axes[r, 3].imshow(bad, cmap="Reds", alpha=0.6, vmin=0, vmax=1)
+            for c, title in enumerate(("slice", "ground truth", "prediction", "discriminator: unreliable in red")):
+                axes[r, c].axis("off")
+                if r == 0:
+                    axes[r, c].set_title(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(run_dir / "discriminator.png", dpi=90)
+        plt.close(fig)
+    md = "\n".join(lines)
+    (run_dir / "report.md").write_text(md)
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
+    (run_dir / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{results['experiment']}"
+                                         f"</title><style>{style}</style></head><body>"
+                                         f"{markdown.markdown(md, extensions=['tables'])}</body></html>")
+    return run_dir / "report.md"

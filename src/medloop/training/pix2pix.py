@@ -1,0 +1,146 @@
+"""pix2pix training recipe for label maps (Isola et al. 2017; Ravanbakhsh et al.): alternating D / G updates.
+
+D learns real pairs (image, one-hot label map) against generated pairs (image, softmax of G); G minimizes the
+adversarial loss plus ``lambda_sup`` times a supervised term (cross-entropy, or L1 on one-hot maps). Each sample
+carries a weight, so pseudo-labeled samples can count less (``pseudo_weight``) in both networks' losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import torch
+import torch.nn.functional as F
+
+from medloop.config import Config
+from medloop.errors import ConfigError
+from medloop.models.pix2pix import Pix2PixDiscriminator
+from medloop.models.unet import BayesianUNet
+from medloop.progress import make_progress
+
+__all__ = ["Pix2PixConfig", "Pix2PixTrainer", "train_pix2pix"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pix2PixConfig(Config):
+    """pix2pix for segmentation. ``lambda_sup`` 100 as pix2pix; ``pseudo_weight`` for pseudo-labeled samples."""
+
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 2e-4
+    lambda_sup: float = 100.0
+    supervised: typing.Literal["ce", "l1"] = "ce"
+    adv_weight: float = 1.0
+    pseudo_weight: float = 0.5
+    g_channels: tuple[int, ...] = (16, 32, 64, 128)
+    dropout: float = 0.2
+    d_features: int = 64
+    d_layers: int | None = None
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"The '{name}' parameter of Pix2PixConfig must be >= 1; got {getattr(self, name)}")
+        for name in ("lambda_sup", "adv_weight", "pseudo_weight", "lr"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"The '{name}' parameter of Pix2PixConfig must be >= 0; got {getattr(self, name)}")
+
+
+class Pix2PixTrainer:
+    """Holds G, D and their optimizers; ``step`` is one D update then one G update."""
+
+    def __init__(self, in_channels: int, num_classes: int, size: int, config: Pix2PixConfig):
+        from medloop.device import resolve_device
+
+        self.config, self.num_classes = config, num_classes
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.G = BayesianUNet(in_channels, num_classes, channels=config.g_channels, dropout=config.dropout).to(self.device)
+        self.D = Pix2PixDiscriminator(in_channels, num_classes, size, config.d_features, config.d_layers).to(self.device)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=(0.5, 0.999))
+
+    def _onehot(self, labels: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(labels.long(), self.num_classes).permute(0, 3, 1, 2).float()
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> dict[str, float]:
+        """``images [N, C, H, W]``, ``labels [N, H, W]``, ``weights [N]`` (1 expert, < 1 pseudo)."""
+        cfg = self.config
+        x, y, w = images.to(self.device), labels.to(self.device), weights.to(self.device).float()
+        self.G.train()
+        self.D.train()
+        logits, _ = self.G(x)
+        probs = logits.softmax(1)
+        real, fake = self.D(x, self._onehot(y)), self.D(x, probs.detach())
+        wd = w.view(-1, 1, 1, 1).expand_as(real)
+        d_loss = 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real), weight=wd)
+                        + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), weight=wd))
+        self.opt_d.zero_grad()
+        d_loss.backward()
+        self.opt_d.step()
+        judged = self.D(x, probs)
+        adv = F.binary_cross_entropy_with_logits(judged, torch.ones_like(judged))
+        if cfg.supervised == "ce":
+            sup = (F.cross_entropy(logits, y, reduction="none").flatten(1).mean(1) * w).sum() / w.sum().clamp_min(1e-8)
+        else:
+            sup = ((probs - self._onehot(y)).abs().flatten(1).mean(1) * w).sum() / w.sum().clamp_min(1e-8)
+        g_loss = cfg.adv_weight * adv + cfg.lambda_sup * sup
+        self.opt_g.zero_grad()
+        g_loss.backward()
+        self.opt_g.step()
+        return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "g_adv": adv.item(), "g_sup": sup.item()}
+
+    @torch.no_grad()
+    def generator_loss(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """The generator's loss without updating (dropout off)."""
+        self.G.eval()
+        self.D.eval()
+        x, y = images.to(self.device), labels.to(self.device)
+        logits, _ = self.G(x)
+        judged = self.D(x, logits.softmax(1))
+        adv = F.binary_cross_entropy_with_logits(judged, torch.ones_like(judged))
+        return float(self.config.adv_weight * adv + self.config.lambda_sup * F.cross_entropy(logits, y))
+
+    def state_dict(self) -> dict:
+        """Networks and optimizer states (so a resumed run continues exactly where it stopped)."""
+        return {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
+                "opt_d": self.opt_d.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+
+
+def train_pix2pix(trainer: Pix2PixTrainer, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                  seed: int, progress: bool = True) -> list[dict[str, float]]:
+    """``config.epochs`` epochs of alternating updates over the samples (seeded shuffling)."""
+    from medloop.models.dropout import mc_dropout_layers
+
+    cfg = trainer.config
+    gen = torch.Generator().manual_seed(seed)
+    for i, layer in enumerate(mc_dropout_layers(trainer.G)):  # seeded dropout masks (pix2pix's noise)
+        layer.generator = torch.Generator(device=trainer.device).manual_seed(seed * 7919 + 5 + i)
+    history = []
+    with make_progress(transient=not progress) as bar:
+        task = bar.add_task("training pix2pix", total=cfg.epochs, visible=progress)
+        for epoch in range(cfg.epochs):
+            sums: dict[str, float] = {}
+            seen = 0
+            for idx in torch.randperm(len(images), generator=gen).split(cfg.batch_size):
+                if len(idx) < 2:
+                    continue  # batch norm needs two samples
+                for k, v in trainer.step(images[idx], labels[idx], weights[idx]).items():
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
+                seen += len(idx)
+            history.append({"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()}})
+            bar.update(task, advance=1, description=f"pix2pix epoch {epoch + 1}/{cfg.epochs} "
+                                                    f"sup {history[-1].get('g_sup', float('nan')):.3f}")
+    trainer.G.eval()
+    trainer.D.eval()
+
+    return history
