@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from medloop.config import DataConfig, TrainConfig
 from medloop.data import load_dataset, split_by_case
 from medloop.models import build_model
 from medloop.synth.generate import lung_masks_for
-from medloop.synth.generator import fit_generator
+from medloop.synth.generator import MaskConditionedSampler, fit_generator
 from medloop.training import evaluate, fit
 from medloop.training.cgan import CGANConfig, mask_dice
 
@@ -48,7 +49,11 @@ def main() -> None:
     ap.add_argument("--g-features", type=int, default=64)
     ap.add_argument("--d-features", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=None, help="folder keeping the trained judges and generator (reused if there)")
     args = ap.parse_args()
+    work = Path(args.work) if args.work else None
+    if work:
+        work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     ds = load_dataset(DataConfig(source=args.data, size=args.size, seed=args.seed))
     split = split_by_case(ds, val=0.15, test=0.2, seed=args.seed)
@@ -58,12 +63,22 @@ def main() -> None:
     torch.manual_seed(args.seed)
     seg = build_model("unet", in_channels=1, num_classes=2)
     seg_cfg = TrainConfig(task="segment", model="unet", epochs=args.seg_epochs, patience=8, seed=args.seed)
-    fit(seg, train, val, seg_cfg)
+    if work and (work / "seg.pt").exists():
+        seg.load_state_dict(torch.load(work / "seg.pt", weights_only=True))
+    else:
+        fit(seg, train, val, seg_cfg)
+        if work:
+            torch.save(seg.state_dict(), work / "seg.pt")
     seg_test = evaluate(seg, test, "segment")
     torch.manual_seed(args.seed)
     cls = build_model("resnet18", in_channels=1, num_classes=2, width=16)
     cls_cfg = TrainConfig(model="resnet18", model_params={"width": 16}, epochs=args.cls_epochs, patience=10, seed=args.seed)
-    fit(cls, train, val, cls_cfg)
+    if work and (work / "cls.pt").exists():
+        cls.load_state_dict(torch.load(work / "cls.pt", weights_only=True))
+    else:
+        fit(cls, train, val, cls_cfg)
+        if work:
+            torch.save(cls.state_dict(), work / "cls.pt")
     cls_test = evaluate(cls, test, "classify")
 
     # the generator, trained on the training side only
@@ -74,14 +89,21 @@ def main() -> None:
     cgan = CGANConfig(epochs=args.epochs, g_features=args.g_features, d_features=args.d_features, d_dense=256,
                       seed=args.seed)
     t0 = time.time()
-    sampler, record = fit_generator(images, lung, cgan, train.labels[has])
+    if work and (work / "generator.pt").exists():
+        sampler = MaskConditionedSampler.load(work / "generator.pt")
+        record = sampler.record
+    else:
+        sampler, record = fit_generator(images, lung, cgan, train.labels[has])
+        if work:
+            sampler.save(work / "generator.pt")
     train_minutes = (time.time() - t0) / 60
 
     # variants of test images
     te_masks, _, _ = lung_masks_for(test, None, args.seg_epochs, args.seed)
     pick = [i for i in range(len(test)) if test.labels[i] >= 0][: args.max_test]
     rng = np.random.default_rng(args.seed + 1)
-    cond_vs_src, fid, fid_src, agree, agree_correct, ssim, l1, n_gen = [], [], [], [], [], [], 0
+    cond_vs_src, fid, fid_src, agree, agree_correct, ssim, l1 = [], [], [], [], [], [], []
+    n_gen = 0
     gen_seconds = 0.0
     for i in pick:
         s = test[i]

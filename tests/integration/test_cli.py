@@ -84,7 +84,9 @@ def test_demo_writes_previews_summaries_splits_experiment_and_run_record(tmp_pat
     results = json.loads((out / "mahapatra2018" / "results.json").read_text())
     assert set(results["tracks"]) == {"generative", "uncertainty", "random"}
     assert (out / "mahapatra2018" / "report.html").is_file() and (out / "mahapatra2018" / "gallery.png").is_file()
-    assert "test AUC" in result.output and "report:" in result.output
+    collab = json.loads((out / "ravanbakhsh2018" / "results.json").read_text())
+    assert collab["method"] == "ravanbakhsh2018" and (out / "ravanbakhsh2018" / "correlation.png").is_file()
+    assert "test AUC" in result.output and "reports:" in result.output and "Pearson r" in result.output
 
 
 def test_train_classifier_then_score_pool(tmp_path):
