@@ -56,7 +56,6 @@ def dice_table(results: dict) -> tuple[list[str], list[list]]:
 
 
 def build_collaborative_report(run_dir: str | Path) -> Path:
-    import markdown
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,11 +135,6 @@ def build_collaborative_report(run_dir: str | Path) -> Path:
         fig.tight_layout()
         fig.savefig(run_dir / "discriminator.png", dpi=90)
         plt.close(fig)
-    md = "\n".join(lines)
-    (run_dir / "report.md").write_text(md)
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
-    (run_dir / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{results['experiment']}"
-                                         f"</title><style>{style}</style></head><body>"
-                                         f"{markdown.markdown(md, extensions=['tables'])}</body></html>")
-    return run_dir / "report.md"
+    from medloop.report.html import write_report
+
+    return write_report(run_dir, "\n".join(lines), results["experiment"])

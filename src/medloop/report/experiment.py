@@ -259,13 +259,6 @@ def build_report(run_dir: str | Path) -> Path:
         lines += ["## Synthetic samples", "", "![gallery](gallery.png)", ""]
     if _plot_overlays(run_dir, f"{main}-seed{seed0}", run_dir / "overlays.png"):
         lines += ["## Segmentation at several stages", "", "![overlays](overlays.png)", ""]
-    md = "\n".join(lines)
-    (run_dir / "report.md").write_text(md)
-    import markdown
+    from medloop.report.html import write_report
 
-    body = markdown.markdown(md, extensions=["tables"])
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
-    (run_dir / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>"
-                                         f"{results['experiment']}</title><style>{style}</style></head><body>{body}</body></html>")
-    return run_dir / "report.md"
+    return write_report(run_dir, "\n".join(lines), results["experiment"])

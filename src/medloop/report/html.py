@@ -1,0 +1,24 @@
+"""report.md and its HTML twin (tables rendered, figures linked), shared by every report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["write_report"]
+
+_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;line-height:1.4}"
+          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+          "img{max-width:100%}")
+
+
+def write_report(run_dir: Path, markdown_text: str, title: str) -> Path:
+    """Write ``report.md`` and ``report.html`` in ``run_dir``; returns the markdown path."""
+    import html
+
+    import markdown
+
+    (run_dir / "report.md").write_text(markdown_text)
+    body = markdown.markdown(markdown_text, extensions=["tables"])
+    (run_dir / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+                                         f"</title><style>{_STYLE}</style></head><body>{body}</body></html>")
+    return run_dir / "report.md"
