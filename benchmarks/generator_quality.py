@@ -4,8 +4,10 @@ Splits the data by case; on the training side trains a UNet segmenter and a ResN
 images, and the generator (mask autoencoder + cGAN). For every test image it renders ``--per-image`` variants and
 measures:
   (i)   mask fidelity: Dice between the real-trained segmenter's prediction on the generated image and the
-        conditioning mask (beside it, the same Dice against the source's own mask: the generator should follow
-        the new mask, not copy the old one);
+        conditioning mask (beside it, the same Dice against the source's own mask, and the Dice between the two
+        masks); and, on the pixels where the boundary moved, the fraction the segmenter puts on the conditioning
+        mask's side, on the generated image and on the source (the generator should follow the new mask, not
+        copy the old one);
   (ii)  label preservation: agreement of the real-trained classifier's predicted class between generated images
         and their sources (with the classifier's own test AUC, since agreement means little for a classifier at
         chance);
@@ -46,6 +48,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20, help="cGAN epochs")
     ap.add_argument("--seg-epochs", type=int, default=25)
     ap.add_argument("--cls-epochs", type=int, default=40)
+    ap.add_argument("--cls-patience", type=int, default=10)
+    ap.add_argument("--cls-lr", type=float, default=1e-3)
     ap.add_argument("--g-features", type=int, default=64)
     ap.add_argument("--d-features", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
@@ -72,7 +76,8 @@ def main() -> None:
     seg_test = evaluate(seg, test, "segment")
     torch.manual_seed(args.seed)
     cls = build_model("resnet18", in_channels=1, num_classes=2, width=16)
-    cls_cfg = TrainConfig(model="resnet18", model_params={"width": 16}, epochs=args.cls_epochs, patience=10, seed=args.seed)
+    cls_cfg = TrainConfig(model="resnet18", model_params={"width": 16}, epochs=args.cls_epochs,
+                          patience=args.cls_patience, lr=args.cls_lr, seed=args.seed)
     if work and (work / "cls.pt").exists():
         cls.load_state_dict(torch.load(work / "cls.pt", weights_only=True))
     else:
@@ -103,6 +108,7 @@ def main() -> None:
     pick = [i for i in range(len(test)) if test.labels[i] >= 0][: args.max_test]
     rng = np.random.default_rng(args.seed + 1)
     cond_vs_src, fid, fid_src, agree, agree_correct, ssim, l1 = [], [], [], [], [], [], []
+    follow, follow_src = [], []
     n_gen = 0
     gen_seconds = 0.0
     for i in pick:
@@ -120,6 +126,14 @@ def main() -> None:
             p_gen = cls.eval()(gen)[0].softmax(1).argmax(1)
             p_src = cls(s.image[None])[0].softmax(1).argmax(1)
         cond_vs_src += mask_dice(cond, src_masks).tolist()
+        # where the boundary moved: does the segmenter see the new side on the generated image (and on the source)?
+        with torch.no_grad():
+            pred_src_img = seg(src)[0].argmax(1) > 0
+        for pm, ps, c, m in zip(pred_mask, pred_src_img, cond, src_masks):
+            changed = c ^ m
+            if changed.any():
+                follow.append(float((pm == c)[changed].float().mean()))
+                follow_src.append(float((ps == c)[changed].float().mean()))
         fid += mask_dice(pred_mask, cond).tolist()
         fid_src += mask_dice(pred_mask, src_masks).tolist()
         agree += (p_gen == p_src).float().tolist()
@@ -134,6 +148,8 @@ def main() -> None:
         "mask_fidelity_dice": round(float(np.mean(fid)), 4),
         "dice_to_source_mask": round(float(np.mean(fid_src)), 4),
         "dice_condition_vs_source_mask": round(float(np.mean(cond_vs_src)), 4),
+        "moved_pixels_following_condition": round(float(np.mean(follow)), 4) if follow else None,
+        "moved_pixels_following_condition_on_source": round(float(np.mean(follow_src)), 4) if follow_src else None,
         "label_preservation": round(float(np.mean(agree)), 4),
         "label_preservation_where_source_correct": round(float(np.mean(agree_correct)), 4) if agree_correct else None,
         "ssim_mean": round(float(np.mean(ssim)), 4), "ssim_min": round(float(np.min(ssim)), 4),

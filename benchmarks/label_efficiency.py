@@ -46,6 +46,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default="runs/label-efficiency")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--at", default="0.10,0.15,0.25,0.30,0.35,0.50", help="labeled fractions reported in the JSON")
+    ap.add_argument("--per-image", type=int, default=20, help="generative: variants per candidate image")
+    ap.add_argument("--candidates", type=int, default=40, help="generative: unlabeled images per round")
     ap.add_argument("--set", action="append", default=[], help="experiment override key=value (dotted keys)")
     args = ap.parse_args()
     started = time.time()
@@ -56,15 +59,17 @@ def main() -> None:
                  **parse_overrides(args.set)}
     if args.strategy == "generative":
         overrides["segmenter"] = base.get("segmenter") or {}
-        overrides["strategies"] = [{"name": "generative", "label": "al", "params": {"per_image": 20, "candidates": 40}},
+        overrides["strategies"] = [{"name": "generative", "label": "al",
+                                    "params": {"per_image": args.per_image, "candidates": args.candidates}},
                                    {"name": "random"}]
+        overrides["record_at"] = [0.1]  # the UNet (masks of unlabeled images) is trained once, at the start
     cfg = ExperimentConfig.from_dict(apply_overrides(base, overrides))
     results = run_experiment(cfg, args.out, resume=args.resume)
     fsl = {s: v["test"]["auc"] for s, v in results["baselines"]["fsl"].items()}
     fsl_auc = float(np.mean(list(fsl.values())))
     out: dict = {"data": args.data, "strategy": args.strategy, "seeds": args.seeds, "fsl_auc": round(fsl_auc, 4),
                  "fsl_auc_per_seed": {k: round(v, 4) for k, v in fsl.items()}}
-    grid = [f for f in cfg.record_at]
+    grid = [float(f) for f in args.at.split(",")]
     areas = {}
     for label, key in (("al", "al"), ("random", "random")):
         by_seed = results["tracks"][label]

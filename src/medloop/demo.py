@@ -34,9 +34,9 @@ def demo_collaborative(seed: int = 0, quick: bool = False) -> dict:
                 "pix2pix": {"epochs": 1, "batch_size": 8, "g_channels": [4, 8, 8], "d_features": 4}}
     return {"method": "ravanbakhsh2018", "name": "ravanbakhsh2018-demo", "seed": seed,
             "data": {"source": "builtin:cardiac-mr", "size": 64, "seed": seed},
-            "folds": 5, "max_folds": 1, "budgets": [0.1, 0.3, 0.5], "cycles": [1],
+            "folds": 5, "max_folds": 1, "budgets": [0.1, 0.5], "cycles": [1],
             "strategies": ["discriminator", "random"],
-            "pix2pix": {"epochs": 8, "batch_size": 8, "lr": 0.001, "g_channels": [16, 32, 64, 128], "d_features": 16}}
+            "pix2pix": {"epochs": 6, "batch_size": 8, "lr": 0.001, "g_channels": [16, 32, 64, 128], "d_features": 16}}
 
 
 def demo_experiment(size: int = 64, seed: int = 0, quick: bool = False) -> dict:

@@ -45,6 +45,8 @@ class CGANConfig(Config):
         adv_weight, l1_weight: adversarial and L1 weights (the paper: lambda = 10 for L1).
         content_weight, nmi_weight, vgg_weight, mse_weight: the content loss and its three terms.
         identity_prob: fraction of training pairs that ask for no change.
+        band_weight: weight of the L1 term on the pixels where the boundary moved (1: plain L1). The moved
+            band is a few percent of the image; without the weight L1 is satisfied by copying the input.
         vgg: VGG16 for the content loss: a local torchvision ImageNet ``vgg16``/``vgg16_bn`` file or a
             ``medloop train --model vgg16`` checkpoint; ``None`` trains the project's own vgg16 classifier
             (``vgg_width``, ``vgg_epochs``) on the labeled images first. The run record says which was used.
@@ -69,6 +71,7 @@ class CGANConfig(Config):
     vgg_weight: float = 0.05
     mse_weight: float = 0.05
     identity_prob: float = 0.2
+    band_weight: float = 10.0
     vgg: str | None = None
     vgg_width: int = 16
     vgg_epochs: int = 8
@@ -86,6 +89,8 @@ class CGANConfig(Config):
         for name in ("adv_weight", "l1_weight", "content_weight", "nmi_weight", "vgg_weight", "mse_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"The '{name}' parameter of CGANConfig must be >= 0; got {getattr(self, name)} instead")
+        if self.band_weight < 1.0:
+            raise ConfigError(f"The 'band_weight' parameter of CGANConfig must be >= 1; got {self.band_weight}")
         if not 0.0 <= self.identity_prob <= 1.0:
             raise ConfigError(f"The 'identity_prob' parameter of CGANConfig must be in [0, 1]; got {self.identity_prob}")
         PerturbConfig.from_dict(self.perturb, where="cgan.perturb")
@@ -276,8 +281,17 @@ class CGANTrainer:
         terms["vgg"] = self.vgg.distance(x, y).mean() if (self.vgg is not None and cfg.vgg_weight) else x.new_zeros(())
         return terms
 
-    def step(self, inputs: torch.Tensor, target_masks: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        """One D update then one G update. ``inputs``/``targets [N, C, S, S]``, ``target_masks [N, S, S]``."""
+    def l1(self, y: torch.Tensor, target: torch.Tensor, band: torch.Tensor | None) -> torch.Tensor:
+        """L1 to the target; pixels in ``band [N, S, S]`` (where the boundary moved) weigh ``band_weight``."""
+        if band is None or self.config.band_weight == 1.0:
+            return F.l1_loss(y, target)
+        w = 1.0 + (self.config.band_weight - 1.0) * band.to(y.device, y.dtype)[:, None]
+        return ((y - target).abs() * w).sum() / (w.sum() * y.shape[1])
+
+    def step(self, inputs: torch.Tensor, target_masks: torch.Tensor, targets: torch.Tensor,
+             band: torch.Tensor | None = None) -> dict[str, float]:
+        """One D update then one G update. ``inputs``/``targets [N, C, S, S]``, ``target_masks [N, S, S]``,
+        ``band [N, S, S]`` the pixels where the boundary moved (optional)."""
         cfg = self.config
         x, y_real = inputs.to(self.device), targets.to(self.device)
         z, prior = self.condition(target_masks)
@@ -295,7 +309,7 @@ class CGANTrainer:
         # generator: fool D, stay close to the target (L1), move away from the input (content)
         d_gen = self.D(cond, y_fake)
         adv = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
-        l1 = F.l1_loss(y_fake, y_real)
+        l1 = self.l1(y_fake, y_real, band)
         terms = self.content_terms(x, y_fake)
         content = cfg.nmi_weight * terms["nmi"] - cfg.vgg_weight * terms["vgg"] - cfg.mse_weight * terms["mse"]
         g_loss = cfg.adv_weight * adv + cfg.l1_weight * l1 + cfg.content_weight * content
@@ -328,13 +342,25 @@ def training_pairs(images: np.ndarray, masks: np.ndarray, config: CGANConfig,
 
     ``images [B, C, S, S]`` (channel 0 is deformed; other channels follow the same pixels), ``masks [B, S, S]``.
     """
+    inputs, target_masks, targets, _ = training_pairs_with_band(images, masks, config, rng)
+    return inputs, target_masks, targets
+
+
+def training_pairs_with_band(images: np.ndarray, masks: np.ndarray, config: CGANConfig, rng: np.random.Generator):
+    """``training_pairs`` plus the band ``[B, S, S]`` where the lung boundary moved (pixels that changed side,
+    dilated by one pixel): the L1 term weighs it ``band_weight`` times, since the change is what G must learn."""
+    from scipy import ndimage
+
     op = BoundaryDisplacement(config.perturb_config)
     inputs = images.copy()
+    band = np.zeros(masks.shape, dtype=bool)
     for i in range(len(images)):
         if rng.random() >= config.identity_prob:
-            crude, _, _ = op(images[i, 0], masks[i].astype(np.int64), rng)
+            crude, moved, _ = op(images[i, 0], masks[i].astype(np.int64), rng)
             inputs[i, 0] = crude
-    return torch.from_numpy(inputs).float(), torch.from_numpy(masks > 0), torch.from_numpy(images).float()
+            band[i] = ndimage.binary_dilation((moved > 0) != (masks[i] > 0))
+    return (torch.from_numpy(inputs).float(), torch.from_numpy(masks > 0), torch.from_numpy(images).float(),
+            torch.from_numpy(band))
 
 
 def train_cgan(images: torch.Tensor, masks: torch.Tensor, ae: MaskAutoencoder, config: CGANConfig,
@@ -355,8 +381,8 @@ def train_cgan(images: torch.Tensor, masks: torch.Tensor, ae: MaskAutoencoder, c
                 if len(idx) < 2:
                     bar.update(task, advance=1)
                     continue  # batch norm needs two samples
-                inputs, tmasks, targets = training_pairs(imgs[idx.numpy()], msks[idx.numpy()], config, rng)
-                for k, v in trainer.step(inputs, tmasks, targets).items():
+                inputs, tmasks, targets, band = training_pairs_with_band(imgs[idx.numpy()], msks[idx.numpy()], config, rng)
+                for k, v in trainer.step(inputs, tmasks, targets, band).items():
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
                 seen += len(idx)
                 bar.update(task, advance=1, description=f"cGAN epoch {epoch + 1}/{config.epochs} "

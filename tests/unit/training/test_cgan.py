@@ -135,3 +135,19 @@ def test_sampler_round_trip_and_variants(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="bad.pt"):
         MaskConditionedSampler.load(tmp_path / "bad.pt")
+
+
+def test_band_marks_where_the_boundary_moved_and_weighs_l1():
+    from medloop.training.cgan import training_pairs_with_band
+
+    images, masks = lungs(4)
+    cfg = CGANConfig(**{**TINY, "identity_prob": 0.0, "band_weight": 10.0})
+    inputs, tmasks, targets, band = training_pairs_with_band(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
+    assert band.shape == (4, 32, 32) and band.any(dim=(1, 2)).all()
+    changed = (inputs != targets)[:, 0]
+    assert (band | ~changed).all()  # every changed pixel lies in the band
+    ae, _ = train_mask_autoencoder(masks, CGANConfig(**{**TINY, "ae_epochs": 1}), progress=False)
+    trainer = CGANTrainer(ae, 1, cfg, vgg=None)
+    err = torch.zeros(4, 1, 32, 32)
+    err[:, 0][band] = 1.0  # error only in the band
+    assert float(trainer.l1(err, torch.zeros_like(err), band)) > float(trainer.l1(err, torch.zeros_like(err), None))
