@@ -36,7 +36,7 @@ def demo_collaborative(seed: int = 0, quick: bool = False) -> dict:
             "data": {"source": "builtin:cardiac-mr", "size": 64, "seed": seed},
             "folds": 5, "max_folds": 1, "budgets": [0.1, 0.5], "cycles": [1],
             "strategies": ["discriminator", "random"],
-            "pix2pix": {"epochs": 6, "batch_size": 8, "lr": 0.001, "g_channels": [16, 32, 64, 128], "d_features": 16}}
+            "pix2pix": {"epochs": 5, "batch_size": 8, "lr": 0.001, "g_channels": [16, 32, 64, 128], "d_features": 16}}
 
 
 def demo_experiment(size: int = 64, seed: int = 0, quick: bool = False) -> dict:
@@ -62,17 +62,17 @@ def demo_experiment(size: int = 64, seed: int = 0, quick: bool = False) -> dict:
         "name": "mahapatra2018-demo",
         "data": {"source": "builtin:chest-xray", "size": size, "seed": seed},
         "seeds": [seed],
-        "classifier": {"model": "resnet18", "model_params": {"width": 16}, "epochs": 6, "batch_size": 16,
+        "classifier": {"model": "resnet18", "model_params": {"width": 16}, "epochs": 5, "batch_size": 16,
                        "lr": 0.002, "patience": 3},
-        "segmenter": {"epochs": 8, "batch_size": 8, "lr": 0.003, "patience": 4,
+        "segmenter": {"epochs": 5, "batch_size": 8, "lr": 0.003, "patience": 3,
                       "model_params": {"channels": [16, 32, 64, 128]}},
         "strategies": [{"name": "generative", "params": {"per_image": 10, "candidates": 16}},
                        {"name": "class_balanced", "label": "uncertainty"}, {"name": "random"}],
         "generator": {"epochs": 6, "ae_epochs": 20, "vgg_epochs": 4, "g_features": 32, "g_blocks": 4,
                       "d_features": 16, "d_dense": 128},
         "initial_per_class": 8, "query_per_class": 8, "augment_copies": 2, "n_mc_samples": 10,
-        "record_at": [0.1, 0.2, 0.3], "budget": 0.35, "max_rounds": 3, "patience": 0,
-        "fsl_folds": 0, "random_subset_fraction": 0.35, "random_subset_draws": 2,
+        "record_at": [0.1, 0.3], "budget": 0.35, "max_rounds": 2, "patience": 0,
+        "fsl_folds": 0, "random_subset_fraction": 0.35, "random_subset_draws": 1,
     }
 
 
