@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--cls-lr", type=float, default=1e-3)
     ap.add_argument("--g-features", type=int, default=64)
     ap.add_argument("--d-features", type=int, default=32)
+    ap.add_argument("--max-train", type=int, default=None, help="train the generator on at most N images (CPU time)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="folder keeping the trained judges and generator (reused if there)")
     args = ap.parse_args()
@@ -89,6 +90,8 @@ def main() -> None:
     # the generator, trained on the training side only
     tr_masks, _, _ = lung_masks_for(train, None, args.seg_epochs, args.seed)
     has = np.nonzero(train.has_mask)[0]
+    if args.max_train:
+        has = np.sort(np.random.default_rng(args.seed).choice(has, min(args.max_train, len(has)), replace=False))
     images = torch.stack([train[i].image for i in has])
     lung = torch.from_numpy(np.stack([tr_masks[i] for i in has])).long()
     cgan = CGANConfig(epochs=args.epochs, g_features=args.g_features, d_features=args.d_features, d_dense=256,
