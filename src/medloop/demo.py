@@ -36,7 +36,7 @@ def demo_collaborative(seed: int = 0, quick: bool = False) -> dict:
             "data": {"source": "builtin:cardiac-mr", "size": 64, "seed": seed},
             "folds": 5, "max_folds": 1, "budgets": [0.1, 0.5], "cycles": [1],
             "strategies": ["discriminator", "random"],
-            "pix2pix": {"epochs": 5, "batch_size": 8, "lr": 0.001, "g_channels": [16, 32, 64, 128], "d_features": 16}}
+            "pix2pix": {"epochs": 4, "batch_size": 8, "lr": 0.002, "g_channels": [8, 16, 32, 64], "d_features": 8}}
 
 
 def demo_experiment(size: int = 64, seed: int = 0, quick: bool = False) -> dict:
@@ -65,7 +65,7 @@ def demo_experiment(size: int = 64, seed: int = 0, quick: bool = False) -> dict:
         "classifier": {"model": "resnet18", "model_params": {"width": 16}, "epochs": 5, "batch_size": 16,
                        "lr": 0.002, "patience": 3},
         "segmenter": {"epochs": 5, "batch_size": 8, "lr": 0.003, "patience": 3,
-                      "model_params": {"channels": [16, 32, 64, 128]}},
+                      "model_params": {"channels": [8, 16, 32, 64]}},
         "strategies": [{"name": "generative", "params": {"per_image": 10, "candidates": 16}},
                        {"name": "class_balanced", "label": "uncertainty"}, {"name": "random"}],
         "generator": {"epochs": 6, "ae_epochs": 20, "vgg_epochs": 4, "g_features": 32, "g_blocks": 4,
