@@ -70,7 +70,7 @@ def demo_experiment(size: int = 64, seed: int = 0, quick: bool = False) -> dict:
                        {"name": "class_balanced", "label": "uncertainty"}, {"name": "random"}],
         "generator": {"epochs": 6, "ae_epochs": 20, "vgg_epochs": 4, "g_features": 32, "g_blocks": 4,
                       "d_features": 16, "d_dense": 128},
-        "initial_per_class": 8, "query_per_class": 8, "augment_copies": 2, "n_mc_samples": 10,
+        "initial_per_class": 9, "query_per_class": 8, "augment_copies": 2, "n_mc_samples": 10,
         "record_at": [0.1, 0.3], "budget": 0.35, "max_rounds": 2, "patience": 0,
         "fsl_folds": 0, "random_subset_fraction": 0.35, "random_subset_draws": 1,
     }

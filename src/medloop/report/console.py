@@ -68,10 +68,9 @@ def summary_table(summary: DatasetSummary) -> Table:
 
 
 def experiment_summary(results: dict) -> Table:
-    """Terminal summary of an experiment: per strategy, test AUC (mean over seeds) at each recorded stage;
-    for collaborative segmentation, the mean Dice per budget."""
-    from medloop.report.experiment import stage_table
-
+    """Terminal summary of an experiment: per strategy, test AUC (mean over seeds) at the first round reaching
+    each recorded stage (with the fraction actually labeled) and at the last round; for collaborative
+    segmentation, the mean Dice per budget."""
     if results.get("method") == "ravanbakhsh2018":
         from medloop.report.collaborative import dice_table
 
@@ -86,14 +85,32 @@ def experiment_summary(results: dict) -> Table:
         table.caption = "discriminator-Dice Pearson r " + ("n/a" if r is None else f"{r:.3f} (p {results['correlation']['p_value']:.2g})")
         return table
 
-    first = next(iter(results["tracks"]))
-    columns, _ = stage_table(results, first)
-    table = Table(title=f"{escape(results['experiment'])}: test AUC (mean over seeds)")
+    import numpy as np
+
+    stages = results["config"]["record_at"]
+    table = Table(title=f"{escape(results['experiment'])}: test AUC (mean over seeds) @ labeled fraction")
     table.add_column("strategy")
-    for c in columns:
-        table.add_column(escape(c), justify="right")
-    for label in results["tracks"]:
-        cols, rows = stage_table(results, label)
-        by_col = dict(zip(cols, rows.get("AUC", [])))
-        table.add_row(escape(label), *["n/a" if by_col.get(c) is None else f"{by_col[c]:.3f}" for c in columns])
+    reached = {}
+    for label, by_seed in results["tracks"].items():
+        for f in stages:
+            hits = [next((r for r in rounds if f in r.get("stages", [])), None) for rounds in by_seed.values()]
+            hits = [h for h in hits if h is not None and h["test"].get("auc") is not None]
+            if hits:
+                reached[(label, f)] = (float(np.mean([h["test"]["auc"] for h in hits])),
+                                       float(np.mean([h["fraction"] for h in hits])))
+    shown = [f for f in stages if any((label, f) in reached for label in results["tracks"])]
+    for f in shown:
+        table.add_column(f">= {f * 100:.0f}%", justify="right")
+    table.add_column("last round", justify="right")
+    table.add_column("FSL", justify="right")
+    fsl = [v["test"].get("auc") for v in results["baselines"]["fsl"].values()]
+    fsl = [v for v in fsl if v is not None]
+    for label, by_seed in results["tracks"].items():
+        cells = [f"{reached[(label, f)][0]:.3f} @{reached[(label, f)][1] * 100:.0f}%" if (label, f) in reached else "n/a"
+                 for f in shown]
+        last = [rounds[-1] for rounds in by_seed.values() if rounds and rounds[-1]["test"].get("auc") is not None]
+        cells.append(f"{np.mean([r['test']['auc'] for r in last]):.3f} @{np.mean([r['fraction'] for r in last]) * 100:.0f}%"
+                     if last else "n/a")
+        cells.append(f"{np.mean(fsl):.3f}" if fsl else "n/a")
+        table.add_row(escape(label), *cells)
     return table
