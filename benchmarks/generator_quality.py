@@ -33,10 +33,10 @@ from skimage.metrics import structural_similarity
 from medloop.config import DataConfig, TrainConfig
 from medloop.data import load_dataset, split_by_case
 from medloop.models import build_model
-from medloop.synth.generate import lung_masks_for
 from medloop.synth.generator import MaskConditionedSampler, fit_generator
 from medloop.training import evaluate, fit
-from medloop.training.cgan import CGANConfig, mask_dice
+from medloop.metrics import mask_dice
+from medloop.training.cgan import CGANConfig
 
 
 def main() -> None:
@@ -66,34 +66,23 @@ def main() -> None:
 
     # real-image segmenter and classifier (the judges)
     torch.manual_seed(args.seed)
-    seg = build_model("unet", in_channels=1, num_classes=2)
-    seg_cfg = TrainConfig(task="segment", model="unet", epochs=args.seg_epochs, patience=8, seed=args.seed)
-    if work and (work / "seg.pt").exists():
-        seg.load_state_dict(torch.load(work / "seg.pt", weights_only=True))
-    else:
-        fit(seg, train, val, seg_cfg)
-        if work:
-            torch.save(seg.state_dict(), work / "seg.pt")
+    seg = _cached(work, "seg.pt", build_model("unet", in_channels=1, num_classes=2),
+                  lambda m: fit(m, train, val, TrainConfig(task="segment", model="unet", epochs=args.seg_epochs,
+                                                           patience=8, seed=args.seed)))
     seg_test = evaluate(seg, test, "segment")
     torch.manual_seed(args.seed)
-    cls = build_model("resnet18", in_channels=1, num_classes=2, width=16)
-    cls_cfg = TrainConfig(model="resnet18", model_params={"width": 16}, epochs=args.cls_epochs,
-                          patience=args.cls_patience, lr=args.cls_lr, seed=args.seed)
-    if work and (work / "cls.pt").exists():
-        cls.load_state_dict(torch.load(work / "cls.pt", weights_only=True))
-    else:
-        fit(cls, train, val, cls_cfg)
-        if work:
-            torch.save(cls.state_dict(), work / "cls.pt")
+    cls = _cached(work, "cls.pt", build_model("resnet18", in_channels=1, num_classes=2, width=16),
+                  lambda m: fit(m, train, val, TrainConfig(model="resnet18", model_params={"width": 16},
+                                                           epochs=args.cls_epochs, patience=args.cls_patience,
+                                                           lr=args.cls_lr, seed=args.seed)))
     cls_test = evaluate(cls, test, "classify")
 
-    # the generator, trained on the training side only
-    tr_masks, _, _ = lung_masks_for(train, None, args.seg_epochs, args.seed)
+    # the generator, trained on the training side only, on the images with manual lung masks
     has = np.nonzero(train.has_mask)[0]
     if args.max_train:
         has = np.sort(np.random.default_rng(args.seed).choice(has, min(args.max_train, len(has)), replace=False))
     images = torch.stack([train[i].image for i in has])
-    lung = torch.from_numpy(np.stack([tr_masks[i] for i in has])).long()
+    lung = torch.stack([(train[i].mask > 0).long() for i in has])
     cgan = CGANConfig(epochs=args.epochs, g_features=args.g_features, d_features=args.d_features, d_dense=256,
                       seed=args.seed)
     t0 = time.time()
@@ -107,8 +96,7 @@ def main() -> None:
     train_minutes = (time.time() - t0) / 60
 
     # variants of test images
-    te_masks, _, _ = lung_masks_for(test, None, args.seg_epochs, args.seed)
-    pick = [i for i in range(len(test)) if test.labels[i] >= 0][: args.max_test]
+    pick = [i for i in range(len(test)) if test.labels[i] >= 0 and test.has_mask[i]][: args.max_test]
     rng = np.random.default_rng(args.seed + 1)
     cond_vs_src, fid, fid_src, agree, agree_correct, ssim, l1 = [], [], [], [], [], [], []
     follow, follow_src = [], []
@@ -117,7 +105,7 @@ def main() -> None:
     for i in pick:
         s = test[i]
         t1 = time.perf_counter()
-        variants = sampler.variants(s.image.numpy(), te_masks[i].astype(np.int64), args.per_image, rng)
+        variants = sampler.variants(s.image.numpy(), (s.mask.numpy() > 0).astype(np.int64), args.per_image, rng)
         gen_seconds += time.perf_counter() - t1
         n_gen += len(variants)
         gen = torch.from_numpy(np.stack([v.image for v in variants]))
@@ -167,6 +155,17 @@ def main() -> None:
         "minutes": round((time.time() - started) / 60, 2),
     }
     print(json.dumps(result))
+
+
+def _cached(work: Path | None, name: str, model: torch.nn.Module, train) -> torch.nn.Module:
+    """Load ``work/name`` when it exists, else ``train(model)`` and save it there."""
+    if work and (work / name).exists():
+        model.load_state_dict(torch.load(work / name, weights_only=True))
+        return model
+    train(model)
+    if work:
+        torch.save(model.state_dict(), work / name)
+    return model
 
 
 if __name__ == "__main__":

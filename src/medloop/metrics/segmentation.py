@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
-__all__ = ["segmentation_metrics"]
+__all__ = ["segmentation_metrics", "mask_dice"]
 
 
 def _nanmean(values: torch.Tensor) -> list[float]:
@@ -42,3 +42,10 @@ def segmentation_metrics(pred: torch.Tensor, target: torch.Tensor, label_names: 
         "hd_max": dict(zip(names, hdmax_c)),
         "n": int(pred.shape[0]),
     }
+
+
+def mask_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice of binary masks per image, ``[N, ...] -> [N]`` (1 when both are empty)."""
+    p, t = pred.flatten(1).float(), target.flatten(1).float()
+    inter, total = (p * t).sum(1), p.sum(1) + t.sum(1)
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-8), torch.ones_like(total))

@@ -52,6 +52,7 @@ class MaskConditionedGenerator(nn.Module):
 
     def __init__(self, in_channels: int = 1, latent_dim: int = 64, features: int = 64, n_blocks: int = 6):
         super().__init__()
+        self.params = {"in_channels": in_channels, "latent_dim": latent_dim, "features": features, "n_blocks": n_blocks}
         c = in_channels + 1
         self.stem = nn.Sequential(nn.Conv2d(c, features // 2, 7, padding=3), nn.BatchNorm2d(features // 2), nn.ReLU(True))
         self.down = nn.Sequential(
@@ -88,6 +89,7 @@ class PairDiscriminator(nn.Module):
 
     def __init__(self, in_channels: int = 3, features: int = 64, dense: int = 1024, pool: int = 4):
         super().__init__()
+        self.params = {"in_channels": in_channels, "features": features, "dense": dense, "pool": pool}
         widths = [features, features, 2 * features, 2 * features, 4 * features, 4 * features, 8 * features, 8 * features]
         layers, c = [], in_channels
         for i, w in enumerate(widths):

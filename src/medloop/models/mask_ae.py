@@ -54,6 +54,14 @@ class MaskAutoencoder(nn.Module):
         h = self.from_latent(z).view(len(z), self.channels[-1], self.grid, self.grid)
         return self.decoder(h)
 
+    @torch.no_grad()
+    def condition(self, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the generator is conditioned on: binary masks ``[N, S, S]`` -> (code ``z [N, latent_dim]``,
+        decoded mask prior ``[N, 1, S, S]`` in [0, 1])."""
+        device = next(self.parameters()).device
+        z = self.encode((masks > 0).float()[:, None].to(device))
+        return z, torch.sigmoid(self.decode(z))
+
     def forward(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encode(mask)
         return self.decode(z), z

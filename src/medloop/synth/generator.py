@@ -56,16 +56,18 @@ class MaskConditionedSampler:
 
     @torch.no_grad()
     def render(self, sources: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Generator output for sources ``[B, C, S, S]`` conditioned on binary masks ``[B, S, S]``."""
-        z = self.ae.encode((masks > 0).float()[:, None].to(self.device))
-        prior = torch.sigmoid(self.ae.decode(z))
+        """Generator output for sources ``[B, 1, S, S]`` conditioned on binary masks ``[B, S, S]``."""
+        z, prior = self.ae.condition(masks)
         return self.G(sources.float().to(self.device), z, prior).cpu()
 
     def variants(self, image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor, n: int,
                  rng: np.random.Generator, batch_size: int = 32) -> list[GeneratedVariant]:
-        """Up to ``n`` variants of ``image [C, S, S]`` with lung ``mask [S, S]`` (rendered in batches)."""
+        """Up to ``n`` variants of a single-channel ``image [1, S, S]`` with lung ``mask [S, S]`` (in batches)."""
         image = np.asarray(image, dtype=np.float32)
         mask = np.asarray(mask).astype(np.int64)
+        if image.ndim != 3 or image.shape[0] != 1:
+            raise ConfigError(f"the generator works on single-channel radiographs; got an image of shape "
+                              f"{tuple(image.shape)}: load the data with channels: 1")
         if image.shape[-1] != self.size or mask.shape != image.shape[-2:]:
             raise ConfigError(f"the generator was trained at {self.size} px; got an image of {tuple(image.shape[-2:])} "
                               f"and a mask of {tuple(mask.shape)}: load the data at size {self.size}")
@@ -74,7 +76,7 @@ class MaskConditionedSampler:
         out = []
         for start in range(0, len(drawn), batch_size):
             chunk = drawn[start:start + batch_size]
-            sources = torch.from_numpy(np.stack([_geometric_all_channels(image, v) for v in chunk]))
+            sources = torch.from_numpy(np.stack([v.geometric[None] for v in chunk]).astype(np.float32))
             masks = torch.from_numpy(np.stack([v.mask for v in chunk]))
             rendered = self.render(sources, masks).numpy()
             for v, src, img in zip(chunk, sources.numpy(), rendered):
@@ -91,11 +93,13 @@ class MaskConditionedSampler:
         tmp = path.with_suffix(path.suffix + ".tmp")
         from medloop import __version__
 
-        torch.save({"kind": "medloop-mask-cgan", "medloop_version": __version__,
+        # the record first: what describes the networks below always comes from the networks themselves
+        torch.save({**self.record, **record, "kind": "medloop-mask-cgan", "medloop_version": __version__,
                     "ae_params": {"size": self.ae.size, "latent_dim": self.ae.latent_dim, "channels": list(self.ae.channels)},
-                    "g_params": self.g_params, "d_params": self.d_params, "perturb": self.perturb.to_dict(),
+                    "g_params": self.G.params, "d_params": self.D.params if self.D is not None else None,
+                    "perturb": self.perturb.to_dict(),
                     "ae": self.ae.state_dict(), "G": self.G.state_dict(),
-                    "D": self.D.state_dict() if self.D is not None else None, **self.record, **record}, tmp)
+                    "D": self.D.state_dict() if self.D is not None else None}, tmp)
         tmp.replace(path)
         return path
 
@@ -124,50 +128,6 @@ class MaskConditionedSampler:
         record = {k: v for k, v in state.items() if k not in ("ae", "G", "D")}
         sampler = cls(ae, G, PerturbConfig.from_dict(state["perturb"]), device, D, record)
         return sampler
-
-    @property
-    def g_params(self) -> dict[str, int]:
-        g = self.G
-        return {"in_channels": g.out[-1].out_channels, "latent_dim": self.ae.latent_dim,
-                "features": g.blocks[0].film.out_features // 2 if len(g.blocks) else g.down[0].out_channels,
-                "n_blocks": len(g.blocks)}
-
-    @property
-    def d_params(self) -> dict[str, int] | None:
-        if self.D is None:
-            return None
-        d = self.D
-        return {"in_channels": d.features[0].in_channels, "features": d.features[0].out_channels,
-                "dense": d.classifier[0].out_features, "pool": d.pool.output_size}
-
-
-def _geometric_all_channels(image: np.ndarray, variant) -> np.ndarray:
-    """The source for the generator: every channel through the variant's geometric ops."""
-    if image.shape[0] == 1:
-        return variant.geometric[None].astype(np.float32)
-    channels = []
-    for c in range(image.shape[0]):
-        img, msk = image[c], np.zeros(image.shape[-2:], dtype=np.int64)
-        for op in variant.ops:
-            if op["op"] == "flip":
-                img = img[:, ::-1]
-            elif op["op"] in ("rotate", "translate"):
-                img = _replay(op, img, msk)
-        channels.append(img)
-    return np.stack(channels).astype(np.float32)
-
-
-def _replay(op: dict[str, Any], image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    import math
-
-    from medloop.synth.perturb import affine_pair
-
-    if op["op"] == "translate":
-        return affine_pair(image, mask, np.eye(2), np.array([-op["dy"], -op["dx"]], dtype=float))[0]
-    t = math.radians(op["degrees"])
-    rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
-    centre = (np.array(image.shape, dtype=float) - 1) / 2
-    return affine_pair(image, mask, rot, centre - rot @ centre)[0]
 
 
 def check_vgg_source(config: CGANConfig, labels: np.ndarray | None) -> None:

@@ -25,11 +25,12 @@ from torch import nn
 from medloop.config import Config
 from medloop.errors import ConfigError
 from medloop.models.cgan import MaskConditionedGenerator, PairDiscriminator
+from medloop.metrics.segmentation import mask_dice
 from medloop.models.mask_ae import MaskAutoencoder
 from medloop.progress import make_progress
 from medloop.synth.perturb import BoundaryDisplacement, PerturbConfig
 
-__all__ = ["CGANConfig", "nmi", "VGGFeatures", "train_mask_autoencoder", "train_cgan", "mask_dice", "CGANTrainer"]
+__all__ = ["CGANConfig", "nmi", "VGGFeatures", "train_mask_autoencoder", "train_cgan", "training_pairs", "CGANTrainer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,13 +178,6 @@ class VGGFeatures(nn.Module):
         return (fx - fy).pow(2).sum(1).flatten(1).mean(1)
 
 
-def mask_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Dice of binary masks per image, ``[N, ...] -> [N]`` (1 when both are empty)."""
-    p, t = pred.flatten(1).float(), target.flatten(1).float()
-    inter, total = (p * t).sum(1), p.sum(1) + t.sum(1)
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-8), torch.ones_like(total))
-
-
 # -------------------------------------------------------------------------------------------- autoencoder
 
 
@@ -268,12 +262,6 @@ class CGANTrainer:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=(0.5, 0.999))
         self.vgg = vgg.to(self.device) if vgg is not None else None
 
-    @torch.no_grad()
-    def condition(self, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Binary masks ``[N, S, S]`` -> (code ``z [N, L]``, decoded mask prior ``[N, 1, S, S]`` in [0, 1])."""
-        z = self.ae.encode((masks > 0).float()[:, None].to(self.device))
-        return z, torch.sigmoid(self.ae.decode(z))
-
     def content_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
         terms = {"nmi": nmi(x, y).mean() if cfg.nmi_weight else x.new_zeros(()),
@@ -292,9 +280,8 @@ class CGANTrainer:
              band: torch.Tensor | None = None) -> dict[str, float]:
         """One D update then one G update. ``inputs``/``targets [N, C, S, S]``, ``target_masks [N, S, S]``,
         ``band [N, S, S]`` the pixels where the boundary moved (optional)."""
-        cfg = self.config
         x, y_real = inputs.to(self.device), targets.to(self.device)
-        z, prior = self.condition(target_masks)
+        z, prior = self.ae.condition(target_masks)
         cond = torch.cat([x, prior], dim=1)
         self.G.train()
         self.D.train()
@@ -307,48 +294,43 @@ class CGANTrainer:
         d_loss.backward()
         self.opt_d.step()
         # generator: fool D, stay close to the target (L1), move away from the input (content)
-        d_gen = self.D(cond, y_fake)
-        adv = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
-        l1 = self.l1(y_fake, y_real, band)
-        terms = self.content_terms(x, y_fake)
-        content = cfg.nmi_weight * terms["nmi"] - cfg.vgg_weight * terms["vgg"] - cfg.mse_weight * terms["mse"]
-        g_loss = cfg.adv_weight * adv + cfg.l1_weight * l1 + cfg.content_weight * content
+        g_loss, logs = self._generator_loss(x, cond, y_fake, y_real, band)
         self.opt_g.zero_grad()
         g_loss.backward()
         self.opt_g.step()
-        return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "g_adv": adv.item(), "g_l1": l1.item(),
-                "nmi": terms["nmi"].item(), "vgg": terms["vgg"].item(), "mse": terms["mse"].item()}
+        return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), **logs}
 
-    def generator_loss(self, inputs: torch.Tensor, target_masks: torch.Tensor, targets: torch.Tensor) -> float:
-        """The generator's loss on a batch without updating anything (for tests and monitoring)."""
+    def _generator_loss(self, x: torch.Tensor, cond: torch.Tensor, y: torch.Tensor, y_real: torch.Tensor,
+                        band: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Eqs. 1-5: adversarial + l1_weight * L1 + content_weight * (NMI - VGG - MSE), and its terms."""
         cfg = self.config
-        with torch.no_grad():
-            x, y_real = inputs.to(self.device), targets.to(self.device)
-            z, prior = self.condition(target_masks)
-            self.G.eval()
-            self.D.eval()
-            y = self.G(x, z, prior)
-            d = self.D(torch.cat([x, prior], 1), y)
-            terms = self.content_terms(x, y)
-            content = cfg.nmi_weight * terms["nmi"] - cfg.vgg_weight * terms["vgg"] - cfg.mse_weight * terms["mse"]
-            loss = (cfg.adv_weight * F.binary_cross_entropy_with_logits(d, torch.ones_like(d))
-                    + cfg.l1_weight * F.l1_loss(y, y_real) + cfg.content_weight * content)
-        return float(loss)
+        d_gen = self.D(cond, y)
+        adv = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+        l1 = self.l1(y, y_real, band)
+        terms = self.content_terms(x, y)
+        content = cfg.nmi_weight * terms["nmi"] - cfg.vgg_weight * terms["vgg"] - cfg.mse_weight * terms["mse"]
+        loss = cfg.adv_weight * adv + cfg.l1_weight * l1 + cfg.content_weight * content
+        return loss, {"g_adv": adv.item(), "g_l1": l1.item(), **{k: v.item() for k, v in terms.items()}}
+
+    @torch.no_grad()
+    def generator_loss(self, inputs: torch.Tensor, target_masks: torch.Tensor, targets: torch.Tensor,
+                       band: torch.Tensor | None = None) -> float:
+        """The generator's loss on a batch without updating anything (networks in eval mode)."""
+        x, y_real = inputs.to(self.device), targets.to(self.device)
+        z, prior = self.ae.condition(target_masks)
+        self.G.eval()
+        self.D.eval()
+        cond = torch.cat([x, prior], dim=1)
+        return float(self._generator_loss(x, cond, self.G(x, z, prior), y_real, band)[0])
 
 
-def training_pairs(images: np.ndarray, masks: np.ndarray, config: CGANConfig,
-                   rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input, target mask, target) for a batch: the input is a boundary-deformed crude copy of the target.
+def training_pairs(images: np.ndarray, masks: np.ndarray, config: CGANConfig, rng: np.random.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input, target mask, target, band) for a batch: the input is a boundary-deformed crude copy of the target.
 
-    ``images [B, C, S, S]`` (channel 0 is deformed; other channels follow the same pixels), ``masks [B, S, S]``.
+    ``images [B, 1, S, S]``, ``masks [B, S, S]``. The band ``[B, S, S]`` marks where the lung boundary moved
+    (pixels that changed side, dilated by one pixel): the L1 term weighs it ``band_weight`` times.
     """
-    inputs, target_masks, targets, _ = training_pairs_with_band(images, masks, config, rng)
-    return inputs, target_masks, targets
-
-
-def training_pairs_with_band(images: np.ndarray, masks: np.ndarray, config: CGANConfig, rng: np.random.Generator):
-    """``training_pairs`` plus the band ``[B, S, S]`` where the lung boundary moved (pixels that changed side,
-    dilated by one pixel): the L1 term weighs it ``band_weight`` times, since the change is what G must learn."""
     from scipy import ndimage
 
     op = BoundaryDisplacement(config.perturb_config)
@@ -381,7 +363,7 @@ def train_cgan(images: torch.Tensor, masks: torch.Tensor, ae: MaskAutoencoder, c
                 if len(idx) < 2:
                     bar.update(task, advance=1)
                     continue  # batch norm needs two samples
-                inputs, tmasks, targets, band = training_pairs_with_band(imgs[idx.numpy()], msks[idx.numpy()], config, rng)
+                inputs, tmasks, targets, band = training_pairs(imgs[idx.numpy()], msks[idx.numpy()], config, rng)
                 for k, v in trainer.step(inputs, tmasks, targets, band).items():
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
                 seen += len(idx)

@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from medloop.errors import ConfigError, DataError
+from medloop.metrics import mask_dice
 from medloop.models import VGG16Classifier
 from medloop.synth.generator import MaskConditionedSampler, build_vgg
 from medloop.training.cgan import (
     CGANConfig,
     CGANTrainer,
     VGGFeatures,
-    mask_dice,
     nmi,
     training_pairs,
     train_mask_autoencoder,
@@ -97,7 +97,7 @@ def test_autoencoder_reconstructs_tiny_masks():
 def test_training_pairs_deform_inputs_and_keep_targets():
     images, masks = lungs(6)
     cfg = CGANConfig(**{**TINY, "identity_prob": 0.0})
-    inputs, tmasks, targets = training_pairs(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
+    inputs, tmasks, targets, _ = training_pairs(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
     assert torch.equal(targets, images) and torch.equal(tmasks, masks > 0)
     assert all(not torch.equal(inputs[i], images[i]) for i in range(6))
 
@@ -107,7 +107,7 @@ def test_one_cgan_step_lowers_the_generator_loss():
     cfg = CGANConfig(**{**TINY, "ae_epochs": 2, "lr": 1e-3})
     ae, _ = train_mask_autoencoder(masks, cfg, progress=False)
     trainer = CGANTrainer(ae, 1, cfg, vgg=None)
-    inputs, tmasks, targets = training_pairs(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
+    inputs, tmasks, targets, _ = training_pairs(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
     before = trainer.generator_loss(inputs, tmasks, targets)
     logs = trainer.step(inputs, tmasks, targets)
     after = trainer.generator_loss(inputs, tmasks, targets)
@@ -138,11 +138,9 @@ def test_sampler_round_trip_and_variants(tmp_path):
 
 
 def test_band_marks_where_the_boundary_moved_and_weighs_l1():
-    from medloop.training.cgan import training_pairs_with_band
-
     images, masks = lungs(4)
     cfg = CGANConfig(**{**TINY, "identity_prob": 0.0, "band_weight": 10.0})
-    inputs, tmasks, targets, band = training_pairs_with_band(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
+    inputs, tmasks, targets, band = training_pairs(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
     assert band.shape == (4, 32, 32) and band.any(dim=(1, 2)).all()
     changed = (inputs != targets)[:, 0]
     assert (band | ~changed).all()  # every changed pixel lies in the band
