@@ -52,13 +52,16 @@ def test_two_rounds_with_the_ground_truth_oracle(tmp_path):
     queried = [s for r in rounds for s in r["queried"]]
     assert len(queried) == len(set(queried)) == 8  # 2 per class per round, never twice
     pool = ctx.pool(0)
-    initial = {pool.sample_ids[i] for i in range(len(pool))} - set(queried)
-    assert len(initial) == len(pool) - 8
+    from medloop.loop.engine import initial_set
+
+    initial = [pool.sample_ids[i] for i in initial_set(ctx, 0)]
+    assert sorted(pool.labels[initial_set(ctx, 0)].tolist()) == [0, 0, 1, 1]  # 2 per class, as configured
+    assert not set(initial) & set(queried)  # an initial image is never queried again
     assert rounds[1]["cost"]["pixels"] > rounds[0]["cost"]["pixels"] > 0
     assert 0 < rounds[0]["cost"]["pixel_fraction"] < rounds[2]["cost"]["pixel_fraction"] <= 1
     assert rounds[0]["seg"] is not None and rounds[0]["stages"] == [0.1]  # 4 of 15 labeled: the 10% stage
     assert all(r["test"]["auc"] is None or 0 <= r["test"]["auc"] <= 1 for r in rounds)
-    # selections are class-balanced by predicted class, and the test split is never queried
+    # the test split is never queried (class balance of selections is tested in tests/unit/query)
     test_ids = set(ctx.test(0).sample_ids)
     assert not test_ids & set(queried)
 

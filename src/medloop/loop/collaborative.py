@@ -31,7 +31,7 @@ from medloop.data import MedDataset, kfold_by_case, load_dataset
 from medloop.errors import ConfigError, DataError
 from medloop.loop.engine import _append_line, _plain, _read_rounds, _seed
 from medloop.loop.oracle import AnswerLog, GroundTruthOracle, PersistentOracle, collect
-from medloop.metrics import segmentation_metrics
+from medloop.metrics import mask_dice, segmentation_metrics
 from medloop.runinfo import write_run_record
 from medloop.training.pix2pix import Pix2PixConfig, Pix2PixTrainer, train_pix2pix
 from medloop.uncertainty import score_pool
@@ -206,10 +206,12 @@ def algorithm1(data: _Data, train_idx: np.ndarray, test_idx: np.ndarray, base_ca
     start = len(records)
 
     def training_set() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx = s_true + [i for i in pseudo if i not in set(s_true)]
-        labels = [torch.from_numpy(np.asarray(answers[ids[i]].mask)).long() if i in set(s_true)
-                  else torch.from_numpy(pseudo[i]).long() for i in idx]
-        weights = [1.0 if i in set(s_true) else cfg.pseudo_weight for i in idx]
+        """S = S_true (expert masks, weight 1) + S_pseudo (G's label maps, weight pseudo_weight)."""
+        pseudo_idx = sorted(pseudo)  # a fixed order, the same after a resume; disjoint from S_true
+        idx = s_true + pseudo_idx
+        labels = [torch.from_numpy(np.asarray(answers[ids[i]].mask)).long() for i in s_true]
+        labels += [torch.from_numpy(pseudo[i]).long() for i in pseudo_idx]
+        weights = [1.0] * len(s_true) + [cfg.pseudo_weight] * len(pseudo)
         return data.images[idx], torch.stack(labels), torch.tensor(weights)
 
     for c in range(start, cycles + 1):
@@ -226,7 +228,8 @@ def algorithm1(data: _Data, train_idx: np.ndarray, test_idx: np.ndarray, base_ca
         if final:
             record["test"] = _evaluate(trainer, data.images[test_idx], data.masks[test_idx], data.names)
         else:
-            remaining = [i for i in pool if i not in set(s_true)]
+            labeled = set(s_true)
+            remaining = [i for i in pool if i not in labeled]
             rng = np.random.default_rng([config.seed, c, 23])
             scores = _rank(strategy, trainer, data.images[remaining], config, rng, _seed(config.seed, c, 24))
             order = np.lexsort((np.arange(len(scores)), -scores))[: per_cycle[c]]
@@ -237,10 +240,11 @@ def algorithm1(data: _Data, train_idx: np.ndarray, test_idx: np.ndarray, base_ca
             hook("answered", c)
             answers.update(got)
             s_true += queried
+            labeled |= set(queried)
             for i in queried:
                 pseudo.pop(i, None)  # an expert label replaces a pseudo-label
             # pseudo-label every remaining pool slice with G (optionally only plausible ones)
-            rest = [i for i in pool if i not in set(s_true) and (config.repseudo or i not in pseudo)]
+            rest = [i for i in pool if i not in labeled and (config.repseudo or i not in pseudo)]
             if rest:
                 d_scores, _, pred = discriminator_scores(trainer.G, trainer.D, data.images[rest])
                 plaus = 1.0 - d_scores.numpy()
@@ -264,15 +268,11 @@ def _correlation(trainer: Pix2PixTrainer, images: torch.Tensor, masks: torch.Ten
                  num_classes: int) -> dict[str, list[float]]:
     """Per-slice plausibility (1 - score) and Dice (mean over foreground classes present) of a model."""
     scores, _, pred = discriminator_scores(trainer.G, trainer.D, images, reduction=config.slice_reduction, q=config.q)
-    dices = []
-    for p, t in zip(pred, masks):
-        per = []
-        for cls in range(1, num_classes):
-            a, b = p == cls, t == cls
-            if a.any() or b.any():
-                per.append(float(2 * (a & b).sum() / (a.sum() + b.sum())))
-        dices.append(float(np.mean(per)) if per else 1.0)
-    return {"plausibility": (1.0 - scores).tolist(), "dice": dices}
+    classes = range(1, num_classes)
+    dice = torch.stack([mask_dice(pred == c, masks == c) for c in classes], 1)  # [N, K-1]
+    present = torch.stack([((pred == c) | (masks == c)).flatten(1).any(1) for c in classes], 1)
+    per_slice = torch.where(present.any(1), (dice * present).sum(1) / present.sum(1).clamp_min(1), torch.ones(len(dice)))
+    return {"plausibility": (1.0 - scores).tolist(), "dice": per_slice.tolist()}
 
 
 def run_collaborative(config: CollaborativeConfig, out: str | Path, resume: bool = False, progress: bool = True,

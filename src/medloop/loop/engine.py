@@ -34,7 +34,8 @@ from medloop.query import build_strategy
 from medloop.training import evaluate, fit, predict
 from medloop.uncertainty import score_pool
 
-__all__ = ["Context", "prepare", "run_track", "train_classifier", "train_segmenter", "Interrupt"]
+__all__ = ["Context", "prepare", "run_track", "train_classifier", "train_segmenter", "new_classifier", "new_segmenter",
+           "Interrupt"]
 
 
 class Interrupt(Exception):
@@ -52,6 +53,7 @@ class Context:
     splits: dict[int, Any]
     progress: bool = True
     oracle_factory: Callable[[MedDataset], Oracle] | None = None
+    _pixels: dict[int, float] = dataclasses.field(default_factory=dict)
 
     def pool(self, seed: int) -> MedDataset:
         return self.dataset.subset(self.splits[seed].train)
@@ -65,6 +67,17 @@ class Context:
     def budget_count(self, pool_size: int) -> int:
         b = self.config.budget
         return int(round(b * pool_size)) if b <= 1 else int(b)
+
+    @property
+    def seg_classes(self) -> int:
+        return max(max(self.dataset.info.mask_labels, default=1) + 1, 2)
+
+    def pool_mask_pixels(self, seed: int) -> float:
+        """Foreground pixels of every mask in the seed's pool (the denominator of the pixel cost), read once."""
+        if seed not in self._pixels:
+            pool = self.pool(seed)
+            self._pixels[seed] = float(sum(int((pool[i].mask > 0).sum()) for i in np.nonzero(pool.has_mask)[0])) or 1.0
+        return self._pixels[seed]
 
 
 def prepare(config: ExperimentConfig, progress: bool = True, oracle_factory=None) -> Context:
@@ -124,26 +137,35 @@ def _info(ctx: Context, name: str) -> DatasetInfo:
     return DatasetInfo(name, i.root, i.class_names, i.mask_labels, i.volumetric)
 
 
+def new_classifier(ctx: Context, seed: int) -> torch.nn.Module:
+    cfg = ctx.config.classifier_config
+    torch.manual_seed(seed)
+    return build_model(cfg.model, in_channels=ctx.in_channels, num_classes=ctx.num_classes, **cfg.model_params)
+
+
+def new_segmenter(ctx: Context, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model("unet", in_channels=ctx.in_channels, num_classes=ctx.seg_classes,
+                       **ctx.config.segmenter_config.model_params)
+
+
 def train_classifier(ctx: Context, model: torch.nn.Module | None, samples: list[Sample], val: MedDataset,
                      seed: int) -> torch.nn.Module:
     """Fit (or continue fitting) the classifier on ``samples``; early stopping on ``val``."""
     cfg = ctx.config.classifier_config.replace(seed=seed)
-    if model is None:
-        torch.manual_seed(seed)
-        model = build_model(cfg.model, in_channels=ctx.in_channels, num_classes=ctx.num_classes, **cfg.model_params)
+    model = model if model is not None else new_classifier(ctx, seed)
     fit(model, MedDataset.from_samples(samples, _info(ctx, "labeled")), val, cfg, progress=ctx.progress)
     return model.cpu()
 
 
-def train_segmenter(ctx: Context, samples: list[Sample], val: MedDataset, seed: int) -> torch.nn.Module:
-    """A UNet trained from scratch on the samples that have masks (real and synthetic)."""
+def train_segmenter(ctx: Context, samples: list[Sample], val: MedDataset | None, seed: int) -> torch.nn.Module:
+    """A UNet trained from scratch on the samples that have masks (real and synthetic); early stopping on the
+    validation samples with masks, if any."""
     cfg = ctx.config.segmenter_config.replace(seed=seed)
     with_masks = [s for s in samples if s.mask is not None]
-    num_classes = max(max(ctx.dataset.info.mask_labels, default=1) + 1, 2)
-    torch.manual_seed(seed)
-    model = build_model("unet", in_channels=ctx.in_channels, num_classes=num_classes, **cfg.model_params)
-    val = val.subset(np.nonzero(val.has_mask)[0])
-    fit(model, MedDataset.from_samples(with_masks, _info(ctx, "labeled")), val if len(val) else None, cfg,
+    model = new_segmenter(ctx, seed)
+    val = val.subset(np.nonzero(val.has_mask)[0]) if val is not None else None
+    fit(model, MedDataset.from_samples(with_masks, _info(ctx, "labeled")), val if val is not None and len(val) else None, cfg,
         progress=ctx.progress)
     return model.cpu()
 
@@ -214,6 +236,11 @@ def _labeled_samples(pool: MedDataset, state: _State, copies: int) -> list[Sampl
     return out
 
 
+def _patience(best: float, stale: int, value: float) -> tuple[float, int]:
+    """(best validation score so far, rounds since it improved) after a round scoring ``value``."""
+    return (value, 0) if value > best else (best, stale + 1)
+
+
 def _stage_hits(config: ExperimentConfig, fraction: float, done: set[float]) -> list[float]:
     return [f for f in config.record_at if fraction + 1e-9 >= f and f not in done]
 
@@ -238,7 +265,7 @@ def run_track(ctx: Context, seed: int, spec: dict, folder: Path, sampler_for: Ca
     pool_ids = pool.sample_ids
     pos_of = {s: i for i, s in enumerate(pool_ids)}
     budget = ctx.budget_count(len(pool))
-    total_pixels = float(sum(int((pool[i].mask > 0).sum()) for i in range(len(pool)) if pool.has_mask[i])) or 1.0
+    total_pixels = ctx.pool_mask_pixels(seed)
     log = AnswerLog(folder / "answers")
     inner = ctx.oracle_factory(pool) if ctx.oracle_factory else GroundTruthOracle.from_dataset(pool, with_masks=True)
     oracle = PersistentOracle(inner, log)
@@ -259,23 +286,16 @@ def run_track(ctx: Context, seed: int, spec: dict, folder: Path, sampler_for: Ca
     start_round = len(rounds)
     model = seg = None
     if start_round > 0:
-        last = start_round - 1
-        torch.manual_seed(0)
-        model = build_model(cfg.classifier_config.model, in_channels=ctx.in_channels, num_classes=ctx.num_classes,
-                            **cfg.classifier_config.model_params)
-        model.load_state_dict(torch.load(folder / f"model_round_{last:03d}.pt", weights_only=True))
+        model = new_classifier(ctx, seed)
+        model.load_state_dict(torch.load(folder / f"model_round_{start_round - 1:03d}.pt", weights_only=True))
         seg_rounds = [r["round"] for r in rounds if r.get("seg") is not None]
         if seg_rounds:
-            seg = build_model("unet", in_channels=ctx.in_channels,
-                              num_classes=max(max(ctx.dataset.info.mask_labels, default=1) + 1, 2),
-                              **cfg.segmenter_config.model_params)
+            seg = new_segmenter(ctx, seed)
             seg.load_state_dict(torch.load(folder / f"unet_round_{seg_rounds[-1]:03d}.pt", weights_only=True))
     stages_done = {f for r in rounds for f in r.get("stages", [])}
     best_val, stale = -np.inf, 0
-    for r in rounds:  # the same bookkeeping as below, replayed
-        v = r["val"]["auc_or_acc"]
-        stale = 0 if v > best_val else stale + 1
-        best_val = max(best_val, v)
+    for r in rounds:  # the same bookkeeping as in the loop, replayed
+        best_val, stale = _patience(best_val, stale, r["val"]["auc_or_acc"])
 
     for round_idx in range(start_round, cfg.max_rounds + 1):
         t0 = time.time()
@@ -305,8 +325,7 @@ def run_track(ctx: Context, seed: int, spec: dict, folder: Path, sampler_for: Ca
                                 truth=np.stack([s.mask.numpy() for s in shown]).astype(np.uint8))
         stages_done |= set(hits)
         # stopping
-        stale = 0 if val_score > best_val else stale + 1
-        best_val = max(best_val, val_score)
+        best_val, stale = _patience(best_val, stale, val_score)
         stop = None
         if len(state.labeled) >= budget:
             stop = "budget"
@@ -349,10 +368,7 @@ def run_track(ctx: Context, seed: int, spec: dict, folder: Path, sampler_for: Ca
         hook("recorded", round_idx)
         state.rounds.append(record)
         state.labeled += [pos_of[s] for s in queried]
-        for old in (round_idx - 2,):  # keep the last two model files
-            p = folder / f"model_round_{old:03d}.pt"
-            if old >= 0 and p.exists():
-                p.unlink()
+        (folder / f"model_round_{round_idx - 2:03d}.pt").unlink(missing_ok=True)  # keep the last two
         if stop is not None:
             break
     done_path.write_text(json.dumps({"rounds": len(state.rounds), "stop": state.rounds[-1]["stop"]}))

@@ -44,7 +44,7 @@ def _supervised(ctx: Context, train_idx: np.ndarray, test_ds, seed: int, val_ds=
     out = {"n_train": len(samples), "test": _plain(evaluate(cls, test_ds, "classify"))}
     if ctx.config.segmenter is not None:
         seg_samples = [ds[int(i)] for i in train_idx if ds.has_mask[int(i)]]
-        seg = train_segmenter(ctx, seg_samples, val_ds if val_ds is not None else test_ds.subset([]), seed)
+        seg = train_segmenter(ctx, seg_samples, val_ds, seed)
         out["seg"] = _plain(evaluate(seg, test_ds, "segment"))
     return out
 
@@ -134,9 +134,9 @@ def run_experiment(config: ExperimentConfig, out: str | Path, resume: bool = Fal
     if saved.exists() and not resume:
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     if saved.exists():
-        previous = ExperimentConfig.from_yaml(saved)
-        if previous.to_dict() != config.to_dict():
-            changed = sorted(k for k, v in config.to_dict().items() if previous.to_dict().get(k) != v)
+        previous, current = ExperimentConfig.from_yaml(saved).to_dict(), config.to_dict()
+        if previous != current:
+            changed = sorted(k for k, v in current.items() if previous.get(k) != v)
             raise ConfigError(f"{out} holds a run with a different config (changed: {', '.join(changed)}); "
                               "use a new --out folder, or the same config to resume")
     ctx = prepare(config, progress=progress, oracle_factory=oracle_factory)

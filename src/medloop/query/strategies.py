@@ -53,17 +53,15 @@ class QueryStrategy:
     generative = False
     default_per_class = False
 
-    def __init__(self, per_class: bool | None = None, **params: Any):
-        if params:
-            raise ConfigError(f"strategy '{self.name}' has no parameter(s) {sorted(params)}; "
-                              f"allowed: {sorted(self.allowed_params())}")
+    def __init__(self, per_class: bool | None = None):
         self.per_class = self.default_per_class if per_class is None else bool(per_class)
-
-    name = "base"
 
     @classmethod
     def allowed_params(cls) -> set[str]:
-        return {"per_class"}
+        """The constructor's keyword arguments (what ``params`` in the config may set)."""
+        import inspect
+
+        return {n for n in inspect.signature(cls.__init__).parameters if n != "self"}
 
     def score(self, columns: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
         raise TypeError(f"{type(self).__name__} must implement score()")
@@ -88,7 +86,6 @@ class _MeasureStrategy(QueryStrategy):
 class RandomStrategy(QueryStrategy):
     """Uniformly random queries (the baseline every AL curve is compared with)."""
 
-    name = "random"
     needs_mc = False
 
     def score(self, columns: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
@@ -99,47 +96,42 @@ class RandomStrategy(QueryStrategy):
 class EntropyStrategy(_MeasureStrategy):
     """Predictive entropy of the MC-averaged prediction."""
 
-    name, measure = "entropy", "entropy"
+    measure = "entropy"
 
 
 @STRATEGIES.register("margin")
 class MarginStrategy(_MeasureStrategy):
     """Smallest gap between the two most probable classes (scored as 1 - gap)."""
 
-    name, measure = "margin", "margin"
+    measure = "margin"
 
 
 @STRATEGIES.register("bald")
 class BaldStrategy(_MeasureStrategy):
     """BALD: mutual information between prediction and weights (Houlsby et al. 2011)."""
 
-    name, measure = "bald", "bald"
+    measure = "bald"
 
 
 @STRATEGIES.register("combined")
 class CombinedStrategy(_MeasureStrategy):
     """Kendall & Gal epistemic + aleatoric uncertainty (Mahapatra et al. 2018, Eq. 6)."""
 
-    name, measure = "combined", "combined"
+    measure = "combined"
 
 
 @STRATEGIES.register("class_balanced")
 class ClassBalancedStrategy(_MeasureStrategy):
     """Top-k per predicted class of a measure (the paper's selection; ``measure`` defaults to combined)."""
 
-    name = "class_balanced"
     default_per_class = True
 
-    def __init__(self, measure: str = "combined", per_class: bool | None = None, **params: Any):
-        super().__init__(per_class, **params)
+    def __init__(self, measure: str = "combined", per_class: bool | None = None):
+        super().__init__(per_class)
         if measure not in MEASURES:
             raise ConfigError(f"The 'measure' parameter of strategy class_balanced must be one of {sorted(MEASURES)}; "
                               f"got {measure!r} instead")
         self.measure = measure
-
-    @classmethod
-    def allowed_params(cls) -> set[str]:
-        return {"per_class", "measure"}
 
 
 @STRATEGIES.register("generative")
@@ -149,19 +141,14 @@ class GenerativeStrategy(ClassBalancedStrategy):
     ``query_per_class`` per predicted class join the training set with their source's label, which costs one
     oracle query per distinct source."""
 
-    name = "generative"
     generative = True
 
     def __init__(self, measure: str = "combined", per_image: int = 20, candidates: int = 40,
-                 per_class: bool | None = None, **params: Any):
-        super().__init__(measure, per_class, **params)
+                 per_class: bool | None = None):
+        super().__init__(measure, per_class)
         if per_image < 1 or candidates < 0:
             raise ConfigError(f"strategy generative needs per_image >= 1 and candidates >= 0; got {per_image}, {candidates}")
         self.per_image, self.candidates = int(per_image), int(candidates)
-
-    @classmethod
-    def allowed_params(cls) -> set[str]:
-        return {"per_class", "measure", "per_image", "candidates"}
 
 
 def build_strategy(name: str, params: dict[str, Any] | None = None) -> QueryStrategy:

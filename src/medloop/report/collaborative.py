@@ -7,16 +7,14 @@ truth, prediction, discriminator map with unreliable areas in red).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from medloop.errors import DataError
 
 __all__ = ["build_collaborative_report", "dice_table"]
 
-COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"]
+from medloop.report.experiment import COLORS
 
 
 def _dice(test: dict, names: dict[str, str]) -> dict[str, float | None]:
@@ -62,10 +60,9 @@ def build_collaborative_report(run_dir: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    path = run_dir / "results.json"
-    if not path.is_file():
-        raise DataError("no results.json here; give the --out folder of a finished `medloop run`", path, "missing")
-    results = json.loads(path.read_text())
+    from medloop.report.html import read_results
+
+    results = read_results(run_dir)
     names = results["class_names"]
     header, rows = dice_table(results)
     corr = results["correlation"]

@@ -7,14 +7,12 @@ Fig. 3). It reads only ``results.json`` and the arrays the tracks saved, so ``me
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medloop.errors import DataError
 
 __all__ = ["build_report", "stage_table", "curve"]
 
@@ -207,13 +205,9 @@ def _plot_overlays(run_dir: Path, track: str, path: Path) -> bool:
 def build_report(run_dir: str | Path) -> Path:
     """Write report.md / report.html and figures next to ``results.json``; returns the report.md path."""
     run_dir = Path(run_dir)
-    path = run_dir / "results.json"
-    if not path.is_file():
-        raise DataError("no results.json here; give the --out folder of a finished `medloop run`", path, "missing")
-    try:
-        results: dict[str, Any] = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"results.json is not valid JSON ({exc}); rerun `medloop run` to rewrite it", path, "corrupt") from None
+    from medloop.report.html import read_results
+
+    results: dict[str, Any] = read_results(run_dir)
     labels = list(results["tracks"])
     main = labels[0]
     lines = [f"# {results['experiment']}: active learning report", "",

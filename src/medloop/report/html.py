@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "read_results"]
 
 _STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;line-height:1.4}"
           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
@@ -22,3 +22,18 @@ def write_report(run_dir: Path, markdown_text: str, title: str) -> Path:
     (run_dir / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
                                          f"</title><style>{_STYLE}</style></head><body>{body}</body></html>")
     return run_dir / "report.md"
+
+
+def read_results(run_dir: Path) -> dict:
+    """``run_dir/results.json``; a missing or broken file is a DataError saying what to do."""
+    import json
+
+    from medloop.errors import DataError
+
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise DataError("no results.json here; give the --out folder of a finished `medloop run`", path, "missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"results.json is not valid JSON ({exc}); rerun `medloop run` to rewrite it", path, "corrupt") from None
