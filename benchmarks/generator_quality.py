@@ -10,18 +10,26 @@ measures:
         copy the old one);
   (ii)  label preservation: agreement of the real-trained classifier's predicted class between generated images
         and their sources (with the classifier's own test AUC, since agreement means little for a classifier at
-        chance);
+        chance). ``--judge resnet18`` is the project's ResNet-18 (early stopping on the validation split);
+        ``--judge smallcnn`` is the global-max-pooling CNN of ``phantom_difficulty.py`` trained on train + val
+        with its fixed schedule: the phantom's nodules are small local findings that the ResNet-18 does not
+        learn from ~160 images (test AUC at chance) while this CNN does;
   (iii) diversity: SSIM and L1 distance between generated image and its source (the source after the variant's
         geometric ops, i.e. what the generator received);
-plus generation throughput (images/s). Final line: JSON.
+plus generation throughput (images/s), and agreement / SSIM split by which perturbation ops made the variant
+(``by_op``: with and without each op). Final line: JSON.
 
-    python benchmarks/generator_quality.py --data builtin:chest-xray --size 128
-    python benchmarks/generator_quality.py --data ../shared/data/cxr-tb-256 --size 128
+    python benchmarks/generator_quality.py --data builtin:chest-xray --size 128 --judge smallcnn --work W
+    python benchmarks/generator_quality.py --data ../shared/data/cxr-tb-256 --size 128 --work W2
+
+``--work`` keeps the judges and the generator; the generator file is keyed by its training config
+(``generator-<hash>.pt``), so runs with other ``--cgan key=value`` settings reuse the judges only.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -30,7 +38,7 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from medloop.config import DataConfig, TrainConfig
+from medloop.config import DataConfig, TrainConfig, apply_overrides, parse_overrides
 from medloop.data import load_dataset, split_by_case
 from medloop.models import build_model
 from medloop.synth.generator import MaskConditionedSampler, fit_generator
@@ -53,6 +61,10 @@ def main() -> None:
     ap.add_argument("--g-features", type=int, default=64)
     ap.add_argument("--d-features", type=int, default=32)
     ap.add_argument("--max-train", type=int, default=None, help="train the generator on at most N images (CPU time)")
+    ap.add_argument("--judge", choices=("resnet18", "smallcnn"), default="resnet18",
+                    help="label-preservation classifier (smallcnn for the phantom: see the module docstring)")
+    ap.add_argument("--cgan", action="append", default=[], metavar="KEY=VALUE",
+                    help="a CGANConfig field, e.g. --cgan vgg_weight=1.0 (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="folder keeping the trained judges and generator (reused if there)")
     args = ap.parse_args()
@@ -71,11 +83,27 @@ def main() -> None:
                                                            patience=8, seed=args.seed)))
     seg_test = evaluate(seg, test, "segment")
     torch.manual_seed(args.seed)
-    cls = _cached(work, "cls.pt", build_model("resnet18", in_channels=1, num_classes=2, width=16),
-                  lambda m: fit(m, train, val, TrainConfig(model="resnet18", model_params={"width": 16},
-                                                           epochs=args.cls_epochs, patience=args.cls_patience,
-                                                           lr=args.cls_lr, seed=args.seed)))
-    cls_test = evaluate(cls, test, "classify")
+    if args.judge == "resnet18":
+        cls = _cached(work, "cls.pt", build_model("resnet18", in_channels=1, num_classes=2, width=16),
+                      lambda m: fit(m, train, val, TrainConfig(model="resnet18", model_params={"width": 16},
+                                                               epochs=args.cls_epochs, patience=args.cls_patience,
+                                                               lr=args.cls_lr, seed=args.seed)))
+        cls_test = evaluate(cls, test, "classify")
+        classify = lambda x: cls.eval()(x)[0].argmax(1)  # noqa: E731
+    else:
+        from phantom_difficulty import predict, small_cnn, train_fold
+
+        both = ds.subset(np.concatenate([split.train, split.val]))
+        x_tr = torch.stack([s.image for s in both])
+        y_tr = torch.from_numpy(both.labels)
+        cls = _cached(work, "smallcnn.pt", small_cnn(),
+                      lambda m: m.load_state_dict(train_fold(x_tr, y_tr, args.cls_epochs, args.seed).state_dict()))
+        from medloop.metrics import classification_metrics
+
+        x_te = torch.stack([s.image for s in test])
+        p_te = predict(cls, x_te)
+        cls_test = classification_metrics(np.stack([1 - p_te, p_te], 1), test.labels)
+        classify = lambda x: torch.from_numpy(predict(cls, x) > 0.5).long()  # noqa: E731
 
     # the generator, trained on the training side only, on the images with manual lung masks
     has = np.nonzero(train.has_mask)[0]
@@ -83,16 +111,21 @@ def main() -> None:
         has = np.sort(np.random.default_rng(args.seed).choice(has, min(args.max_train, len(has)), replace=False))
     images = torch.stack([train[i].image for i in has])
     lung = torch.stack([(train[i].mask > 0).long() for i in has])
-    cgan = CGANConfig(epochs=args.epochs, g_features=args.g_features, d_features=args.d_features, d_dense=256,
-                      seed=args.seed)
+    overrides = parse_overrides(args.cgan)
+    cgan = CGANConfig.from_dict(apply_overrides({"epochs": args.epochs, "g_features": args.g_features,
+                                                 "d_features": args.d_features, "d_dense": 256, "seed": args.seed},
+                                                overrides))
+    key = hashlib.sha1(json.dumps({"cgan": cgan.to_dict(), "max_train": args.max_train, "data": args.data,
+                                   "size": args.size}, sort_keys=True).encode()).hexdigest()[:10]
+    gen_file = work / f"generator-{key}.pt" if work else None
     t0 = time.time()
-    if work and (work / "generator.pt").exists():
-        sampler = MaskConditionedSampler.load(work / "generator.pt")
+    if gen_file and gen_file.exists():
+        sampler = MaskConditionedSampler.load(gen_file)
         record = sampler.record
     else:
         sampler, record = fit_generator(images, lung, cgan, train.labels[has])
-        if work:
-            sampler.save(work / "generator.pt")
+        if gen_file:
+            sampler.save(gen_file)
     train_minutes = (time.time() - t0) / 60
 
     # variants of test images
@@ -100,6 +133,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed + 1)
     cond_vs_src, fid, fid_src, agree, agree_correct, ssim, l1 = [], [], [], [], [], [], []
     follow, follow_src = [], []
+    made_by, agree_v = [], []
     n_gen = 0
     gen_seconds = 0.0
     for i in pick:
@@ -114,8 +148,8 @@ def main() -> None:
         src_masks = torch.from_numpy(np.stack([v.source_mask > 0 for v in variants]))
         with torch.no_grad():
             pred_mask = seg.eval()(gen)[0].argmax(1) > 0
-            p_gen = cls.eval()(gen)[0].softmax(1).argmax(1)
-            p_src = cls(s.image[None])[0].softmax(1).argmax(1)
+            p_gen = classify(gen)
+            p_src = classify(s.image[None])
         cond_vs_src += mask_dice(cond, src_masks).tolist()
         # where the boundary moved: does the segmenter see the new side on the generated image (and on the source)?
         with torch.no_grad():
@@ -130,9 +164,18 @@ def main() -> None:
         agree += (p_gen == p_src).float().tolist()
         if int(p_src) == s.label:
             agree_correct += (p_gen == p_src).float().tolist()
-        for g, r in zip(gen.numpy(), src.numpy()):
+        for v, g, r, a in zip(variants, gen.numpy(), src.numpy(), (p_gen == p_src).tolist()):
             ssim.append(structural_similarity(g[0], r[0], data_range=1.0))
             l1.append(float(np.abs(g[0] - r[0]).mean()))
+            made_by.append({o["op"] for o in v.ops if o["op"] != "intensity" or o.get("shift")})
+            agree_v.append(bool(a))
+    by_op = {}
+    for op in ("boundary", "intensity", "flip", "rotate", "translate"):
+        has_op = np.array([op in m for m in made_by])
+        by_op[op] = {"n": int(has_op.sum()),
+                     **{f"{k}_{side}": round(float(np.mean(np.asarray(vals)[sel])), 4) if sel.any() else None
+                        for k, vals in (("agreement", agree_v), ("ssim", ssim))
+                        for side, sel in (("with", has_op), ("without", ~has_op))}}
     result = {
         "data": args.data, "size": args.size, "n_train_images": len(images), "n_test_sources": len(pick),
         "variants_per_image": args.per_image, "n_generated": n_gen,
@@ -147,11 +190,12 @@ def main() -> None:
         "ssim_max": round(float(np.max(ssim)), 4), "l1_mean": round(float(np.mean(l1)), 4),
         "images_per_s": round(n_gen / max(gen_seconds, 1e-9), 2),
         "segmenter_test_dice": round(float(seg_test["dice_mean"]), 4),
-        "classifier_test_auc": round(float(cls_test["auc"]), 4),
+        "judge": args.judge, "classifier_test_auc": round(float(cls_test["auc"]), 4),
         "classifier_test_accuracy": round(float(cls_test["accuracy"]), 4),
         "autoencoder_val_dice": record["autoencoder"].get("val_dice"),
         "content_vgg": record["content_vgg"]["vgg"], "g_features": args.g_features, "d_features": args.d_features,
-        "cgan_epochs": args.epochs, "cgan_train_minutes": round(train_minutes, 2),
+        "cgan_epochs": args.epochs, "cgan_overrides": overrides, "generator_file": gen_file.name if gen_file else None,
+        "cgan_train_minutes": round(train_minutes, 2), "by_op": by_op,
         "minutes": round((time.time() - started) / 60, 2),
     }
     print(json.dumps(result))

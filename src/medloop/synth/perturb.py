@@ -32,6 +32,7 @@ __all__ = [
     "Translate",
     "Variant",
     "make_variants",
+    "geometric_ops",
     "affine_pair",
 ]
 
@@ -341,6 +342,21 @@ class Variant:
     ops: list[dict[str, Any]]
 
 
+def geometric_ops(image: np.ndarray, mask: np.ndarray, config: PerturbConfig, rng: np.random.Generator,
+                  ops: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Flip, rotate, translate (each with its probability in ``config``), exact on image and mask together.
+
+    Returns the moved ``(image, mask)`` and the record of the ops applied, in order.
+    """
+    ops = ops or {name: PERTURBATIONS.get(name)(config) for name in ("flip", "rotate", "translate")}
+    record = []
+    for name, p in (("flip", config.p_flip), ("rotate", config.p_rotate), ("translate", config.p_translate)):
+        if rng.random() < p:
+            image, mask, params = ops[name](image, mask, rng)
+            record.append({"op": name, **params})
+    return image, mask, record
+
+
 def make_variants(image: np.ndarray, mask: np.ndarray, n: int, config: PerturbConfig,
                   rng: np.random.Generator) -> list[Variant]:
     """Up to ``n`` variants: geometric ops (each with its probability), boundary displacement (always), intensity.
@@ -351,11 +367,7 @@ def make_variants(image: np.ndarray, mask: np.ndarray, n: int, config: PerturbCo
     ops = {name: PERTURBATIONS.get(name)(config) for name in PERTURBATIONS.names()}
     out = []
     for _ in range(n):
-        img, msk, record = image, mask, []
-        for name, p in (("flip", config.p_flip), ("rotate", config.p_rotate), ("translate", config.p_translate)):
-            if rng.random() < p:
-                img, msk, params = ops[name](img, msk, rng)
-                record.append({"op": name, **params})
+        img, msk, record = geometric_ops(image, mask, config, rng, ops)
         geometric, geometric_mask = img.copy(), msk.copy()
         img, msk, params = ops["boundary"](img, msk, rng)
         record.append({"op": "boundary", **params})

@@ -28,7 +28,7 @@ from medloop.models.cgan import MaskConditionedGenerator, PairDiscriminator
 from medloop.metrics.segmentation import mask_dice
 from medloop.models.mask_ae import MaskAutoencoder
 from medloop.progress import make_progress
-from medloop.synth.perturb import BoundaryDisplacement, PerturbConfig
+from medloop.synth.perturb import BoundaryDisplacement, PerturbConfig, geometric_ops
 
 __all__ = ["CGANConfig", "nmi", "VGGFeatures", "train_mask_autoencoder", "train_cgan", "training_pairs", "CGANTrainer"]
 
@@ -46,6 +46,9 @@ class CGANConfig(Config):
         adv_weight, l1_weight: adversarial and L1 weights (the paper: lambda = 10 for L1).
         content_weight, nmi_weight, vgg_weight, mse_weight: the content loss and its three terms.
         identity_prob: fraction of training pairs that ask for no change.
+        augment_geometry: apply the perturbation config's flips, rotations and translations (with their
+            probabilities) to each training pair first, so the generator is trained on the poses it is given at
+            generation time (variants are flipped / rotated / translated before it renders them).
         band_weight: weight of the L1 term on the pixels where the boundary moved (1: plain L1). The moved
             band is a few percent of the image; without the weight L1 is satisfied by copying the input.
         vgg: VGG16 for the content loss: a local torchvision ImageNet ``vgg16``/``vgg16_bn`` file or a
@@ -72,6 +75,7 @@ class CGANConfig(Config):
     vgg_weight: float = 0.05
     mse_weight: float = 0.05
     identity_prob: float = 0.2
+    augment_geometry: bool = True
     band_weight: float = 10.0
     vgg: str | None = None
     vgg_width: int = 16
@@ -328,12 +332,20 @@ def training_pairs(images: np.ndarray, masks: np.ndarray, config: CGANConfig, rn
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input, target mask, target, band) for a batch: the input is a boundary-deformed crude copy of the target.
 
+    With ``config.augment_geometry`` each target is first flipped / rotated / translated as variants are.
+
     ``images [B, 1, S, S]``, ``masks [B, S, S]``. The band ``[B, S, S]`` marks where the lung boundary moved
     (pixels that changed side, dilated by one pixel): the L1 term weighs it ``band_weight`` times.
     """
     from scipy import ndimage
 
-    op = BoundaryDisplacement(config.perturb_config)
+    perturb = config.perturb_config
+    op = BoundaryDisplacement(perturb)
+    images, masks = images.copy(), masks.copy()
+    if config.augment_geometry:
+        for i in range(len(images)):
+            image, mask, _ = geometric_ops(images[i, 0], masks[i].astype(np.int64), perturb, rng)
+            images[i, 0], masks[i] = image, mask > 0 if masks.dtype == bool else mask
     inputs = images.copy()
     band = np.zeros(masks.shape, dtype=bool)
     for i in range(len(images)):

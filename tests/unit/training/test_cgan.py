@@ -96,10 +96,22 @@ def test_autoencoder_reconstructs_tiny_masks():
 
 def test_training_pairs_deform_inputs_and_keep_targets():
     images, masks = lungs(6)
-    cfg = CGANConfig(**{**TINY, "identity_prob": 0.0})
+    cfg = CGANConfig(**{**TINY, "identity_prob": 0.0, "augment_geometry": False})
     inputs, tmasks, targets, _ = training_pairs(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
     assert torch.equal(targets, images) and torch.equal(tmasks, masks > 0)
     assert all(not torch.equal(inputs[i], images[i]) for i in range(6))
+
+
+def test_training_pairs_take_the_poses_of_generation():
+    images, masks = lungs(4)
+    flip_only = {"p_flip": 1.0, "p_rotate": 0.0, "p_translate": 0.0}
+    cfg = CGANConfig(**{**TINY, "identity_prob": 1.0, "perturb": flip_only})
+    inputs, tmasks, targets, band = training_pairs(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
+    assert torch.equal(targets, images.flip(-1)) and torch.equal(tmasks, masks.flip(-1) > 0)
+    assert torch.equal(inputs, targets) and not band.any()  # identity pairs: nothing moved
+    rotate = CGANConfig(**{**TINY, "identity_prob": 0.0, "perturb": {"p_flip": 0.0, "p_rotate": 1.0, "p_translate": 0.0}})
+    _, tmasks, targets, _ = training_pairs(images.numpy(), masks.numpy(), rotate, np.random.default_rng(0))
+    assert not torch.equal(tmasks, masks > 0) and tmasks.sum() > 0.8 * (masks > 0).sum()
 
 
 def test_one_cgan_step_lowers_the_generator_loss():
