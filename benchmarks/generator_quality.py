@@ -9,8 +9,10 @@ measures:
         mask's side, on the generated image and on the source (the generator should follow the new mask, not
         copy the old one);
   (ii)  label preservation: agreement of the real-trained classifier's predicted class between generated images
-        and their sources (with the classifier's own test AUC, since agreement means little for a classifier at
-        chance). ``--judge resnet18`` is the project's ResNet-18 (early stopping on the validation split);
+        and their sources (the source as the generator received it, after the variant's flip / rotation / shift,
+        so a judge that is not flip-invariant does not count against the generator; the agreement with the
+        untransformed source is reported beside it), with the classifier's own test AUC, since agreement means
+        little for a classifier at chance. ``--judge resnet18`` is the project's ResNet-18 (early stopping on the validation split);
         ``--judge smallcnn`` is the global-max-pooling CNN of ``phantom_difficulty.py`` trained on train + val
         with its fixed schedule: the phantom's nodules are small local findings that the ResNet-18 does not
         learn from ~160 images (test AUC at chance) while this CNN does;
@@ -133,7 +135,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed + 1)
     cond_vs_src, fid, fid_src, agree, agree_correct, ssim, l1 = [], [], [], [], [], [], []
     follow, follow_src = [], []
-    made_by, agree_v = [], []
+    made_by, agree_v, agree_orig = [], [], []
     n_gen = 0
     gen_seconds = 0.0
     for i in pick:
@@ -149,6 +151,7 @@ def main() -> None:
         with torch.no_grad():
             pred_mask = seg.eval()(gen)[0].argmax(1) > 0
             p_gen = classify(gen)
+            p_geo = classify(src)  # the source as the generator received it (after the variant's flip/rotation/shift)
             p_src = classify(s.image[None])
         cond_vs_src += mask_dice(cond, src_masks).tolist()
         # where the boundary moved: does the segmenter see the new side on the generated image (and on the source)?
@@ -161,10 +164,11 @@ def main() -> None:
                 follow_src.append(float((ps == c)[changed].float().mean()))
         fid += mask_dice(pred_mask, cond).tolist()
         fid_src += mask_dice(pred_mask, src_masks).tolist()
-        agree += (p_gen == p_src).float().tolist()
+        agree += (p_gen == p_geo).float().tolist()
+        agree_orig += (p_gen == p_src).float().tolist()
         if int(p_src) == s.label:
-            agree_correct += (p_gen == p_src).float().tolist()
-        for v, g, r, a in zip(variants, gen.numpy(), src.numpy(), (p_gen == p_src).tolist()):
+            agree_correct += (p_gen == p_geo).float().tolist()
+        for v, g, r, a in zip(variants, gen.numpy(), src.numpy(), (p_gen == p_geo).tolist()):
             ssim.append(structural_similarity(g[0], r[0], data_range=1.0))
             l1.append(float(np.abs(g[0] - r[0]).mean()))
             made_by.append({o["op"] for o in v.ops if o["op"] != "intensity" or o.get("shift")})
@@ -185,6 +189,7 @@ def main() -> None:
         "moved_pixels_following_condition": round(float(np.mean(follow)), 4) if follow else None,
         "moved_pixels_following_condition_on_source": round(float(np.mean(follow_src)), 4) if follow_src else None,
         "label_preservation": round(float(np.mean(agree)), 4),
+        "label_preservation_vs_untransformed_source": round(float(np.mean(agree_orig)), 4),
         "label_preservation_where_source_correct": round(float(np.mean(agree_correct)), 4) if agree_correct else None,
         "ssim_mean": round(float(np.mean(ssim)), 4), "ssim_min": round(float(np.min(ssim)), 4),
         "ssim_max": round(float(np.max(ssim)), 4), "l1_mean": round(float(np.mean(l1)), 4),

@@ -48,11 +48,18 @@ class MaskConditionedGenerator(nn.Module):
         latent_dim: length of ``z``.
         features: feature maps of the residual blocks (the paper: 64).
         n_blocks: residual blocks.
+        upsample: ``"transpose"`` (4x4 transposed convolutions) or ``"resize"`` (nearest-neighbour upsampling
+            then a 3x3 convolution, which cannot make the checkerboard patterns transposed convolutions make:
+            Odena et al., Distill 2016).
     """
 
-    def __init__(self, in_channels: int = 1, latent_dim: int = 64, features: int = 64, n_blocks: int = 6):
+    def __init__(self, in_channels: int = 1, latent_dim: int = 64, features: int = 64, n_blocks: int = 6,
+                 upsample: str = "transpose"):
         super().__init__()
-        self.params = {"in_channels": in_channels, "latent_dim": latent_dim, "features": features, "n_blocks": n_blocks}
+        if upsample not in ("transpose", "resize"):
+            raise ValueError(f"upsample must be 'transpose' or 'resize'; got {upsample!r}")
+        self.params = {"in_channels": in_channels, "latent_dim": latent_dim, "features": features, "n_blocks": n_blocks,
+                       "upsample": upsample}
         c = in_channels + 1
         self.stem = nn.Sequential(nn.Conv2d(c, features // 2, 7, padding=3), nn.BatchNorm2d(features // 2), nn.ReLU(True))
         self.down = nn.Sequential(
@@ -60,10 +67,14 @@ class MaskConditionedGenerator(nn.Module):
             nn.Conv2d(features, features, 3, stride=2, padding=1), nn.BatchNorm2d(features), nn.ReLU(True),
         )
         self.blocks = nn.ModuleList([ResidualBlock(features, latent_dim) for _ in range(n_blocks)])
-        self.up = nn.Sequential(
-            nn.ConvTranspose2d(features, features, 4, stride=2, padding=1), nn.BatchNorm2d(features), nn.ReLU(True),
-            nn.ConvTranspose2d(features, features // 2, 4, stride=2, padding=1), nn.BatchNorm2d(features // 2), nn.ReLU(True),
-        )
+        def up(cin: int, cout: int) -> list[nn.Module]:
+            if upsample == "transpose":
+                conv = [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)]
+            else:
+                conv = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1)]
+            return [*conv, nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+        self.up = nn.Sequential(*up(features, features), *up(features, features // 2))
         self.out = nn.Sequential(nn.Conv2d(features + c, features // 2, 3, padding=1), nn.ReLU(True),
                                  nn.Conv2d(features // 2, in_channels, 3, padding=1))
 

@@ -41,8 +41,13 @@ class CGANConfig(Config):
         latent_dim: length of the mask code z.
         ae_channels, ae_epochs, ae_lr: mask autoencoder widths and training.
         g_features, g_blocks: generator residual trunk (the paper: 64 maps).
+        g_upsample: ``transpose`` or ``resize`` (nearest + conv: no checkerboard artifacts) in the generator.
         d_features, d_dense: discriminator base width (doubles to 8x) and dense layer size.
         epochs, batch_size, lr: cGAN training (Adam, betas 0.5 / 0.999 as pix2pix).
+        d_lr_factor: the discriminator's learning rate is ``lr * d_lr_factor`` (two time-scale updates).
+        d_joint_batch: judge real and generated pairs in one batch (shared batch-norm statistics, so an artifact
+            common to all generated images is not normalised away), and score the generator with D's running
+            statistics.
         adv_weight, l1_weight: adversarial and L1 weights (the paper: lambda = 10 for L1).
         content_weight, nmi_weight, vgg_weight, mse_weight: the content loss and its three terms.
         identity_prob: fraction of training pairs that ask for no change.
@@ -63,11 +68,14 @@ class CGANConfig(Config):
     ae_lr: float = 1e-3
     g_features: int = 64
     g_blocks: int = 6
+    g_upsample: str = "transpose"
     d_features: int = 64
     d_dense: int = 1024
     epochs: int = 20
     batch_size: int = 8
     lr: float = 2e-4
+    d_lr_factor: float = 1.0
+    d_joint_batch: bool = False
     adv_weight: float = 1.0
     l1_weight: float = 10.0
     content_weight: float = 1.0
@@ -96,6 +104,10 @@ class CGANConfig(Config):
                 raise ConfigError(f"The '{name}' parameter of CGANConfig must be >= 0; got {getattr(self, name)} instead")
         if self.band_weight < 1.0:
             raise ConfigError(f"The 'band_weight' parameter of CGANConfig must be >= 1; got {self.band_weight}")
+        if self.g_upsample not in ("transpose", "resize"):
+            raise ConfigError(f"The 'g_upsample' parameter of CGANConfig must be 'transpose' or 'resize'; got {self.g_upsample!r}")
+        if self.d_lr_factor <= 0:
+            raise ConfigError(f"The 'd_lr_factor' parameter of CGANConfig must be > 0; got {self.d_lr_factor}")
         if not 0.0 <= self.identity_prob <= 1.0:
             raise ConfigError(f"The 'identity_prob' parameter of CGANConfig must be in [0, 1]; got {self.identity_prob}")
         PerturbConfig.from_dict(self.perturb, where="cgan.perturb")
@@ -260,10 +272,11 @@ class CGANTrainer:
         self.ae = ae.to(self.device).eval()
         for p in self.ae.parameters():
             p.requires_grad_(False)
-        self.G = MaskConditionedGenerator(in_channels, config.latent_dim, config.g_features, config.g_blocks).to(self.device)
+        self.G = MaskConditionedGenerator(in_channels, config.latent_dim, config.g_features, config.g_blocks,
+                                          config.g_upsample).to(self.device)
         self.D = PairDiscriminator(2 * in_channels + 1, config.d_features, config.d_dense).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.999))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr * config.d_lr_factor, betas=(0.5, 0.999))
         self.vgg = vgg.to(self.device) if vgg is not None else None
 
     def content_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -291,13 +304,18 @@ class CGANTrainer:
         self.D.train()
         y_fake = self.G(x, z, prior)
         # discriminator: real pairs -> 1, generated pairs -> 0
-        d_real, d_fake = self.D(cond, y_real), self.D(cond, y_fake.detach())
+        if self.config.d_joint_batch:
+            d_real, d_fake = self.D(torch.cat([cond, cond]), torch.cat([y_real, y_fake.detach()])).chunk(2)
+        else:
+            d_real, d_fake = self.D(cond, y_real), self.D(cond, y_fake.detach())
         d_loss = 0.5 * (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                         + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
         self.opt_d.zero_grad()
         d_loss.backward()
         self.opt_d.step()
         # generator: fool D, stay close to the target (L1), move away from the input (content)
+        if self.config.d_joint_batch:
+            self.D.eval()  # running statistics of real and generated pairs together
         g_loss, logs = self._generator_loss(x, cond, y_fake, y_real, band)
         self.opt_g.zero_grad()
         g_loss.backward()

@@ -56,3 +56,12 @@ def test_discriminator_structure_and_output():
         assert logits.shape == (4,)
         p = torch.sigmoid(logits)
         assert ((p > 0) & (p < 1)).all()
+
+
+@pytest.mark.parametrize("upsample", ["transpose", "resize"])
+def test_generator_upsampling_modes_keep_the_size(upsample):
+    g = MaskConditionedGenerator(1, latent_dim=8, features=16, n_blocks=1, upsample=upsample).eval()
+    out = g(torch.rand(2, 1, 32, 32), torch.randn(2, 8), torch.rand(2, 1, 32, 32))
+    assert out.shape == (2, 1, 32, 32) and g.params["upsample"] == upsample
+    with pytest.raises(ValueError, match="upsample"):
+        MaskConditionedGenerator(1, 8, 16, 1, upsample="bilinear-ish")

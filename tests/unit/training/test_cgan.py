@@ -127,6 +127,23 @@ def test_one_cgan_step_lowers_the_generator_loss():
     assert set(logs) == {"d_loss", "g_loss", "g_adv", "g_l1", "nmi", "vgg", "mse"}
 
 
+def test_joint_batch_discriminator_step_learns_and_config_checks():
+    images, masks = lungs(8)
+    cfg = CGANConfig(**{**TINY, "ae_epochs": 1, "lr": 1e-3, "d_joint_batch": True, "d_lr_factor": 2.0,
+                        "g_upsample": "resize"})
+    ae, _ = train_mask_autoencoder(masks, cfg, progress=False)
+    trainer = CGANTrainer(ae, 1, cfg, vgg=None)
+    assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(2e-3) and trainer.G.params["upsample"] == "resize"
+    inputs, tmasks, targets, band = training_pairs(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
+    before = trainer.generator_loss(inputs, tmasks, targets, band)
+    logs = trainer.step(inputs, tmasks, targets, band)
+    assert np.isfinite(logs["d_loss"]) and trainer.generator_loss(inputs, tmasks, targets, band) < before
+    with pytest.raises(ConfigError, match="g_upsample"):
+        CGANConfig(g_upsample="bicubic")
+    with pytest.raises(ConfigError, match="d_lr_factor"):
+        CGANConfig(d_lr_factor=0)
+
+
 def test_sampler_round_trip_and_variants(tmp_path):
     images, masks = lungs(4)
     cfg = CGANConfig(**{**TINY, "ae_epochs": 1})
