@@ -45,7 +45,7 @@ from medloop.data import load_dataset, split_by_case
 from medloop.models import build_model
 from medloop.synth.generator import MaskConditionedSampler, fit_generator
 from medloop.training import evaluate, fit
-from medloop.metrics import mask_dice
+from medloop.metrics import classification_metrics, mask_dice
 from medloop.training.cgan import CGANConfig
 
 
@@ -95,13 +95,12 @@ def main() -> None:
     else:
         from phantom_difficulty import predict, small_cnn, train_fold
 
-        both = ds.subset(np.concatenate([split.train, split.val]))
-        x_tr = torch.stack([s.image for s in both])
-        y_tr = torch.from_numpy(both.labels)
-        cls = _cached(work, "smallcnn.pt", small_cnn(),
-                      lambda m: m.load_state_dict(train_fold(x_tr, y_tr, args.cls_epochs, args.seed).state_dict()))
-        from medloop.metrics import classification_metrics
+        def train_small(model: torch.nn.Module) -> None:
+            both = ds.subset(np.concatenate([split.train, split.val]))
+            x_tr, y_tr = torch.stack([s.image for s in both]), torch.from_numpy(both.labels)
+            model.load_state_dict(train_fold(x_tr, y_tr, args.cls_epochs, args.seed).state_dict())
 
+        cls = _cached(work, "smallcnn.pt", small_cnn(), train_small)
         x_te = torch.stack([s.image for s in test])
         p_te = predict(cls, x_te)
         cls_test = classification_metrics(np.stack([1 - p_te, p_te], 1), test.labels)
@@ -120,15 +119,15 @@ def main() -> None:
     key = hashlib.sha1(json.dumps({"cgan": cgan.to_dict(), "max_train": args.max_train, "data": args.data,
                                    "size": args.size}, sort_keys=True).encode()).hexdigest()[:10]
     gen_file = work / f"generator-{key}.pt" if work else None
-    t0 = time.time()
     if gen_file and gen_file.exists():
         sampler = MaskConditionedSampler.load(gen_file)
-        record = sampler.record
+        record = sampler.record  # includes the training time measured when it was trained
     else:
+        t0 = time.time()
         sampler, record = fit_generator(images, lung, cgan, train.labels[has])
+        record["train_minutes"] = round((time.time() - t0) / 60, 2)
         if gen_file:
-            sampler.save(gen_file)
-    train_minutes = (time.time() - t0) / 60
+            sampler.save(gen_file, train_minutes=record["train_minutes"])
 
     # variants of test images
     pick = [i for i in range(len(test)) if test.labels[i] >= 0 and test.has_mask[i]][: args.max_test]
@@ -200,7 +199,7 @@ def main() -> None:
         "autoencoder_val_dice": record["autoencoder"].get("val_dice"),
         "content_vgg": record["content_vgg"]["vgg"], "g_features": args.g_features, "d_features": args.d_features,
         "cgan_epochs": args.epochs, "cgan_overrides": overrides, "generator_file": gen_file.name if gen_file else None,
-        "cgan_train_minutes": round(train_minutes, 2), "by_op": by_op,
+        "cgan_train_minutes": record.get("train_minutes"), "by_op": by_op,
         "minutes": round((time.time() - started) / 60, 2),
     }
     print(json.dumps(result))

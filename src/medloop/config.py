@@ -16,7 +16,7 @@ import yaml
 from medloop.errors import ConfigError
 from medloop.registry import did_you_mean
 
-__all__ = ["Config", "DataConfig", "AugmentConfig", "TrainConfig", "parse_overrides", "apply_overrides"]
+__all__ = ["Config", "DataConfig", "AugmentConfig", "TrainConfig", "parse_overrides", "apply_overrides", "read_yaml"]
 
 C = TypeVar("C", bound="Config")
 
@@ -104,16 +104,7 @@ class Config:
 
     @classmethod
     def from_yaml(cls: type[C], path: str | Path) -> C:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found; check the path") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
-        if data is not None and not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of keys to values")
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(read_yaml(path), where=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         def plain(v: Any) -> Any:
@@ -234,6 +225,20 @@ class TrainConfig(Config):
     @property
     def augmentation(self) -> "AugmentConfig":
         return AugmentConfig.from_dict(self.augment)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a dict (empty file: ``{}``), with a clear error for a missing or malformed file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; check the path") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys to values")
+    return data or {}
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

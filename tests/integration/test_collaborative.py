@@ -111,3 +111,17 @@ def test_bad_collaborative_configs():
         CollaborativeConfig.from_dict({**TINY, "budgets": [1.5]})
     with pytest.raises(ConfigError, match="unknown key 'budget'"):
         CollaborativeConfig.from_dict({**TINY, "budget": 0.5})
+
+
+def test_experiment_files_pick_their_config_class(tmp_path):
+    from medloop.loop import ExperimentConfig, load_experiment_config
+
+    path = tmp_path / "e.yaml"
+    path.write_text("method: ravanbakhsh2018\nbudgets: [0.3]\n")
+    cfg = load_experiment_config(path, {"pix2pix.epochs": 2})
+    assert isinstance(cfg, CollaborativeConfig) and cfg.budgets == (0.3,) and cfg.pix2pix["epochs"] == 2
+    path.write_text("name: plain\n")
+    assert isinstance(load_experiment_config(path), ExperimentConfig)
+    path.write_text("method: foo\n")
+    with pytest.raises(ConfigError, match="unknown method 'foo'"):
+        load_experiment_config(path)

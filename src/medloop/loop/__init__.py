@@ -32,38 +32,20 @@ __all__ = [
 
 def load_experiment_config(path, overrides: dict | None = None):
     """Read an experiment YAML; its ``method`` key picks the config class (default ``mahapatra2018``)."""
-    from pathlib import Path
-
-    from medloop.config import apply_overrides
+    from medloop.config import apply_overrides, read_yaml
     from medloop.errors import ConfigError
 
-    path = Path(path)
-    base = ExperimentConfig.from_yaml(path).to_dict() if _method_of(path) == "mahapatra2018" else \
-        CollaborativeConfig.from_yaml(path).to_dict()
+    classes = {"mahapatra2018": ExperimentConfig, "ravanbakhsh2018": CollaborativeConfig}
+
+    def config_class(method):
+        if method not in classes:
+            raise ConfigError(f"{path}: unknown method {method!r}; use {' or '.join(classes)}")
+        return classes[method]
+
+    data = read_yaml(path)
+    base = config_class(data.get("method", "mahapatra2018")).from_dict(data, where=str(path)).to_dict()
     merged = apply_overrides(base, overrides or {})
-    method = merged.get("method", "mahapatra2018")
-    if method == "mahapatra2018":
-        return ExperimentConfig.from_dict(merged, where=str(path))
-    if method == "ravanbakhsh2018":
-        return CollaborativeConfig.from_dict(merged, where=str(path))
-    raise ConfigError(f"{path}: unknown method {method!r}; use mahapatra2018 or ravanbakhsh2018")
-
-
-def _method_of(path) -> str:
-    import yaml
-
-    from medloop.errors import ConfigError
-
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: experiment file not found; check the path") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
-    method = data.get("method", "mahapatra2018") if isinstance(data, dict) else "mahapatra2018"
-    if method not in ("mahapatra2018", "ravanbakhsh2018"):
-        raise ConfigError(f"{path}: unknown method {method!r}; use mahapatra2018 or ravanbakhsh2018")
-    return method
+    return config_class(merged.get("method", "mahapatra2018")).from_dict(merged, where=str(path))
 
 
 def run_any(config, out, **kwargs):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ResidualBlock", "MaskConditionedGenerator", "PairDiscriminator"]
+__all__ = ["ResidualBlock", "MaskConditionedGenerator", "PairDiscriminator", "UPSAMPLING"]
+
+UPSAMPLING = ("transpose", "resize")  # the generator's upsampling modes
 
 
 class ResidualBlock(nn.Module):
@@ -56,8 +58,8 @@ class MaskConditionedGenerator(nn.Module):
     def __init__(self, in_channels: int = 1, latent_dim: int = 64, features: int = 64, n_blocks: int = 6,
                  upsample: str = "transpose"):
         super().__init__()
-        if upsample not in ("transpose", "resize"):
-            raise ValueError(f"upsample must be 'transpose' or 'resize'; got {upsample!r}")
+        if upsample not in UPSAMPLING:
+            raise ValueError(f"upsample must be one of {UPSAMPLING}; got {upsample!r}")
         self.params = {"in_channels": in_channels, "latent_dim": latent_dim, "features": features, "n_blocks": n_blocks,
                        "upsample": upsample}
         c = in_channels + 1

@@ -24,7 +24,7 @@ from torch import nn
 
 from medloop.config import Config
 from medloop.errors import ConfigError
-from medloop.models.cgan import MaskConditionedGenerator, PairDiscriminator
+from medloop.models.cgan import UPSAMPLING, MaskConditionedGenerator, PairDiscriminator
 from medloop.metrics.segmentation import mask_dice
 from medloop.models.mask_ae import MaskAutoencoder
 from medloop.progress import make_progress
@@ -104,8 +104,8 @@ class CGANConfig(Config):
                 raise ConfigError(f"The '{name}' parameter of CGANConfig must be >= 0; got {getattr(self, name)} instead")
         if self.band_weight < 1.0:
             raise ConfigError(f"The 'band_weight' parameter of CGANConfig must be >= 1; got {self.band_weight}")
-        if self.g_upsample not in ("transpose", "resize"):
-            raise ConfigError(f"The 'g_upsample' parameter of CGANConfig must be 'transpose' or 'resize'; got {self.g_upsample!r}")
+        if self.g_upsample not in UPSAMPLING:
+            raise ConfigError(f"The 'g_upsample' parameter of CGANConfig must be one of {UPSAMPLING}; got {self.g_upsample!r}")
         if self.d_lr_factor <= 0:
             raise ConfigError(f"The 'd_lr_factor' parameter of CGANConfig must be > 0; got {self.d_lr_factor}")
         if not 0.0 <= self.identity_prob <= 1.0:
@@ -359,19 +359,19 @@ def training_pairs(images: np.ndarray, masks: np.ndarray, config: CGANConfig, rn
 
     perturb = config.perturb_config
     op = BoundaryDisplacement(perturb)
-    images, masks = images.copy(), masks.copy()
+    images, masks = images.copy(), masks > 0
     if config.augment_geometry:
         for i in range(len(images)):
-            image, mask, _ = geometric_ops(images[i, 0], masks[i].astype(np.int64), perturb, rng)
-            images[i, 0], masks[i] = image, mask > 0 if masks.dtype == bool else mask
+            images[i, 0], posed, _ = geometric_ops(images[i, 0], masks[i].astype(np.int64), perturb, rng)
+            masks[i] = posed > 0
     inputs = images.copy()
     band = np.zeros(masks.shape, dtype=bool)
     for i in range(len(images)):
         if rng.random() >= config.identity_prob:
             crude, moved, _ = op(images[i, 0], masks[i].astype(np.int64), rng)
             inputs[i, 0] = crude
-            band[i] = ndimage.binary_dilation((moved > 0) != (masks[i] > 0))
-    return (torch.from_numpy(inputs).float(), torch.from_numpy(masks > 0), torch.from_numpy(images).float(),
+            band[i] = ndimage.binary_dilation((moved > 0) != masks[i])
+    return (torch.from_numpy(inputs).float(), torch.from_numpy(masks), torch.from_numpy(images).float(),
             torch.from_numpy(band))
 
 
