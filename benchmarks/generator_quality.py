@@ -17,7 +17,9 @@ measures:
         with its fixed schedule: the phantom's nodules are small local findings that the ResNet-18 does not
         learn from ~160 images (test AUC at chance) while this CNN does;
   (iii) diversity: SSIM and L1 distance between generated image and its source (the source after the variant's
-        geometric ops, i.e. what the generator received);
+        geometric ops, i.e. what the generator received); beside them, the SSIM after a 1 px Gaussian blur of
+        both (how much of the difference is coarser than fine texture and detector noise) and the SSIM between
+        two variants of the same source;
 plus generation throughput (images/s), and agreement / SSIM split by which perturbation ops made the variant
 (``by_op``: with and without each op). Final line: JSON.
 
@@ -38,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 from medloop.config import DataConfig, TrainConfig, apply_overrides, parse_overrides
@@ -116,7 +119,8 @@ def main() -> None:
     cgan = CGANConfig.from_dict(apply_overrides({"epochs": args.epochs, "g_features": args.g_features,
                                                  "d_features": args.d_features, "d_dense": 256, "seed": args.seed},
                                                 overrides))
-    key = hashlib.sha1(json.dumps({"cgan": cgan.to_dict(), "max_train": args.max_train, "data": args.data,
+    keyed = {k: v for k, v in cgan.to_dict().items() if not (k in ("g_noise", "l1_lowpass") and not v)}  # added later
+    key = hashlib.sha1(json.dumps({"cgan": keyed, "max_train": args.max_train, "data": args.data,
                                    "size": args.size}, sort_keys=True).encode()).hexdigest()[:10]
     gen_file = work / f"generator-{key}.pt" if work else None
     if gen_file and gen_file.exists():
@@ -133,6 +137,7 @@ def main() -> None:
     pick = [i for i in range(len(test)) if test.labels[i] >= 0 and test.has_mask[i]][: args.max_test]
     rng = np.random.default_rng(args.seed + 1)
     cond_vs_src, fid, fid_src, agree, agree_correct, ssim, l1 = [], [], [], [], [], [], []
+    ssim_low, ssim_pair = [], []
     follow, follow_src = [], []
     made_by, agree_v, agree_orig = [], [], []
     n_gen = 0
@@ -169,9 +174,14 @@ def main() -> None:
             agree_correct += (p_gen == p_geo).float().tolist()
         for v, g, r, a in zip(variants, gen.numpy(), src.numpy(), (p_gen == p_geo).tolist()):
             ssim.append(structural_similarity(g[0], r[0], data_range=1.0))
+            # the same after a 1 px Gaussian: how much of the difference is structure, not fine texture
+            ssim_low.append(structural_similarity(ndimage.gaussian_filter(g[0], 1.0), ndimage.gaussian_filter(r[0], 1.0),
+                                                  data_range=1.0))
             l1.append(float(np.abs(g[0] - r[0]).mean()))
             made_by.append({o["op"] for o in v.ops if o["op"] != "intensity" or o.get("shift")})
             agree_v.append(bool(a))
+        if len(variants) >= 2:  # two variants of one source: does each variant get its own look?
+            ssim_pair.append(structural_similarity(gen.numpy()[0, 0], gen.numpy()[1, 0], data_range=1.0))
     by_op = {}
     for op in ("boundary", "intensity", "flip", "rotate", "translate"):
         has_op = np.array([op in m for m in made_by])
@@ -192,6 +202,8 @@ def main() -> None:
         "label_preservation_where_source_correct": round(float(np.mean(agree_correct)), 4) if agree_correct else None,
         "ssim_mean": round(float(np.mean(ssim)), 4), "ssim_min": round(float(np.min(ssim)), 4),
         "ssim_max": round(float(np.max(ssim)), 4), "l1_mean": round(float(np.mean(l1)), 4),
+        "ssim_lowpass_mean": round(float(np.mean(ssim_low)), 4),
+        "ssim_between_variants": round(float(np.mean(ssim_pair)), 4) if ssim_pair else None,
         "images_per_s": round(n_gen / max(gen_seconds, 1e-9), 2),
         "segmenter_test_dice": round(float(seg_test["dice_mean"]), 4),
         "judge": args.judge, "classifier_test_auc": round(float(cls_test["auc"]), 4),

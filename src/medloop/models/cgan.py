@@ -53,16 +53,22 @@ class MaskConditionedGenerator(nn.Module):
         upsample: ``"transpose"`` (4x4 transposed convolutions) or ``"resize"`` (nearest-neighbour upsampling
             then a 3x3 convolution, which cannot make the checkerboard patterns transposed convolutions make:
             Odena et al., Distill 2016).
+        noise_channels: channels of per-pixel standard normal noise given to the generator with its input
+            (0: deterministic). The noise reaches the stem and the output convolutions, so the generator can
+            render fine texture (detector noise, parenchyma) afresh for every variant.
     """
 
     def __init__(self, in_channels: int = 1, latent_dim: int = 64, features: int = 64, n_blocks: int = 6,
-                 upsample: str = "transpose"):
+                 upsample: str = "transpose", noise_channels: int = 0):
         super().__init__()
         if upsample not in UPSAMPLING:
             raise ValueError(f"upsample must be one of {UPSAMPLING}; got {upsample!r}")
+        if noise_channels < 0:
+            raise ValueError(f"noise_channels must be >= 0; got {noise_channels}")
         self.params = {"in_channels": in_channels, "latent_dim": latent_dim, "features": features, "n_blocks": n_blocks,
-                       "upsample": upsample}
-        c = in_channels + 1
+                       "upsample": upsample, "noise_channels": noise_channels}
+        self.noise_channels = noise_channels
+        c = in_channels + 1 + noise_channels
         self.stem = nn.Sequential(nn.Conv2d(c, features // 2, 7, padding=3), nn.BatchNorm2d(features // 2), nn.ReLU(True))
         self.down = nn.Sequential(
             nn.Conv2d(features // 2, features, 3, stride=2, padding=1), nn.BatchNorm2d(features), nn.ReLU(True),
@@ -80,8 +86,18 @@ class MaskConditionedGenerator(nn.Module):
         self.out = nn.Sequential(nn.Conv2d(features + c, features // 2, 3, padding=1), nn.ReLU(True),
                                  nn.Conv2d(features // 2, in_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor, mask_prior: torch.Tensor) -> torch.Tensor:
-        inp = torch.cat([x, mask_prior], dim=1)
+    def forward(self, x: torch.Tensor, z: torch.Tensor, mask_prior: torch.Tensor,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``noise [N, noise_channels, S, S]``: drawn here (torch's global generator) when not given."""
+        parts = [x, mask_prior]
+        if self.noise_channels:
+            if noise is None:
+                noise = torch.randn(x.shape[0], self.noise_channels, *x.shape[2:], device=x.device, dtype=x.dtype)
+            elif noise.shape != (x.shape[0], self.noise_channels, *x.shape[2:]):
+                raise ValueError(f"noise must have shape {(x.shape[0], self.noise_channels, *x.shape[2:])}; "
+                                 f"got {tuple(noise.shape)}")
+            parts.append(noise)
+        inp = torch.cat(parts, dim=1)
         skip = self.stem(inp)
         h = self.down(skip)
         for block in self.blocks:

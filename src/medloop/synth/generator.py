@@ -55,10 +55,18 @@ class MaskConditionedSampler:
         return self.ae.size
 
     @torch.no_grad()
-    def render(self, sources: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Generator output for sources ``[B, 1, S, S]`` conditioned on binary masks ``[B, S, S]``."""
+    def render(self, sources: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """Generator output for sources ``[B, 1, S, S]`` conditioned on binary masks ``[B, S, S]``.
+
+        A generator with noise channels gets its noise from ``rng`` (reproducible variants), or from torch's
+        global generator when ``rng`` is None."""
         z, prior = self.ae.condition(masks)
-        return self.G(sources.float().to(self.device), z, prior).cpu()
+        noise = None
+        k = getattr(self.G, "noise_channels", 0)
+        if k and rng is not None:
+            shape = (sources.shape[0], k, *sources.shape[2:])
+            noise = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(self.device)
+        return self.G(sources.float().to(self.device), z, prior, noise).cpu()
 
     def variants(self, image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor, n: int,
                  rng: np.random.Generator, batch_size: int = 32) -> list[GeneratedVariant]:
@@ -78,7 +86,7 @@ class MaskConditionedSampler:
             chunk = drawn[start:start + batch_size]
             sources = torch.from_numpy(np.stack([v.geometric[None] for v in chunk]).astype(np.float32))
             masks = torch.from_numpy(np.stack([v.mask for v in chunk]))
-            rendered = self.render(sources, masks).numpy()
+            rendered = self.render(sources, masks, rng).numpy()
             for v, src, img in zip(chunk, sources.numpy(), rendered):
                 lung = v.mask > 0
                 for op in v.ops:

@@ -56,6 +56,11 @@ class CGANConfig(Config):
             generation time (variants are flipped / rotated / translated before it renders them).
         band_weight: weight of the L1 term on the pixels where the boundary moved (1: plain L1). The moved
             band is a few percent of the image; without the weight L1 is satisfied by copying the input.
+        g_noise: channels of per-pixel noise the generator gets (0: deterministic generator).
+        l1_lowpass: Gaussian sigma (px) applied to output and target before the L1 term (0: plain L1). The L1
+            then pins the anatomy (structure coarser than the sigma) but not the fine texture, which the
+            content loss pushes away from the source and the discriminator keeps realistic: with ``g_noise``,
+            each variant gets its own texture.
         vgg: VGG16 for the content loss: a local torchvision ImageNet ``vgg16``/``vgg16_bn`` file or a
             ``medloop train --model vgg16`` checkpoint; ``None`` trains the project's own vgg16 classifier
             (``vgg_width``, ``vgg_epochs``) on the labeled images first. The run record says which was used.
@@ -85,6 +90,8 @@ class CGANConfig(Config):
     identity_prob: float = 0.2
     augment_geometry: bool = True
     band_weight: float = 10.0
+    g_noise: int = 0
+    l1_lowpass: float = 0.0
     vgg: str | None = None
     vgg_width: int = 16
     vgg_epochs: int = 8
@@ -102,6 +109,9 @@ class CGANConfig(Config):
         for name in ("adv_weight", "l1_weight", "content_weight", "nmi_weight", "vgg_weight", "mse_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"The '{name}' parameter of CGANConfig must be >= 0; got {getattr(self, name)} instead")
+        if self.g_noise < 0 or self.l1_lowpass < 0:
+            raise ConfigError(f"The 'g_noise' and 'l1_lowpass' parameters of CGANConfig must be >= 0; got "
+                              f"{self.g_noise} and {self.l1_lowpass} instead")
         if self.band_weight < 1.0:
             raise ConfigError(f"The 'band_weight' parameter of CGANConfig must be >= 1; got {self.band_weight}")
         if self.g_upsample not in UPSAMPLING:
@@ -273,11 +283,16 @@ class CGANTrainer:
         for p in self.ae.parameters():
             p.requires_grad_(False)
         self.G = MaskConditionedGenerator(in_channels, config.latent_dim, config.g_features, config.g_blocks,
-                                          config.g_upsample).to(self.device)
+                                          config.g_upsample, config.g_noise).to(self.device)
         self.D = PairDiscriminator(2 * in_channels + 1, config.d_features, config.d_dense).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr * config.d_lr_factor, betas=(0.5, 0.999))
         self.vgg = vgg.to(self.device) if vgg is not None else None
+        self.lowpass = None
+        if config.l1_lowpass > 0:
+            from monai.networks.layers import GaussianFilter
+
+            self.lowpass = GaussianFilter(2, config.l1_lowpass).to(self.device)
 
     def content_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
@@ -287,7 +302,10 @@ class CGANTrainer:
         return terms
 
     def l1(self, y: torch.Tensor, target: torch.Tensor, band: torch.Tensor | None) -> torch.Tensor:
-        """L1 to the target; pixels in ``band [N, S, S]`` (where the boundary moved) weigh ``band_weight``."""
+        """L1 to the target (both low-passed when ``l1_lowpass``); pixels in ``band [N, S, S]`` (where the
+        boundary moved) weigh ``band_weight``."""
+        if self.lowpass is not None:
+            y, target = self.lowpass(y), self.lowpass(target)
         if band is None or self.config.band_weight == 1.0:
             return F.l1_loss(y, target)
         w = 1.0 + (self.config.band_weight - 1.0) * band.to(y.device, y.dtype)[:, None]

@@ -65,3 +65,18 @@ def test_generator_upsampling_modes_keep_the_size(upsample):
     assert out.shape == (2, 1, 32, 32) and g.params["upsample"] == upsample
     with pytest.raises(ValueError, match="upsample"):
         MaskConditionedGenerator(1, 8, 16, 1, upsample="bilinear-ish")
+
+
+def test_generator_noise_channels_vary_the_output_and_check_their_shape():
+    torch.manual_seed(0)
+    g = MaskConditionedGenerator(1, latent_dim=8, features=16, n_blocks=1, upsample="resize", noise_channels=1).eval()
+    x, z, prior = torch.randn(2, 1, 32, 32), torch.randn(2, 8), torch.rand(2, 1, 32, 32)
+    n = torch.randn(2, 1, 32, 32)
+    assert torch.allclose(g(x, z, prior, n), g(x, z, prior, n))  # the same noise: the same image
+    assert not torch.allclose(g(x, z, prior, n), g(x, z, prior, torch.randn(2, 1, 32, 32)))
+    assert not torch.allclose(g(x, z, prior), g(x, z, prior))  # drawn afresh when not given
+    with pytest.raises(ValueError, match="noise must have shape"):
+        g(x, z, prior, torch.randn(2, 2, 32, 32))
+    deterministic = MaskConditionedGenerator(1, latent_dim=8, features=16, n_blocks=1).eval()
+    assert deterministic.params["noise_channels"] == 0
+    assert torch.allclose(deterministic(x, z, prior), deterministic(x, z, prior))

@@ -178,3 +178,31 @@ def test_band_marks_where_the_boundary_moved_and_weighs_l1():
     err = torch.zeros(4, 1, 32, 32)
     err[:, 0][band] = 1.0  # error only in the band
     assert float(trainer.l1(err, torch.zeros_like(err), band)) > float(trainer.l1(err, torch.zeros_like(err), None))
+
+
+def test_lowpass_l1_pins_structure_not_fine_texture_and_noisy_sampler_is_seeded(tmp_path):
+    images, masks = lungs(4)
+    ae, _ = train_mask_autoencoder(masks, CGANConfig(**{**TINY, "ae_epochs": 1}), progress=False)
+    plain = CGANTrainer(ae, 1, CGANConfig(**TINY), vgg=None)
+    low = CGANTrainer(ae, 1, CGANConfig(**{**TINY, "l1_lowpass": 1.5, "g_noise": 1}), vgg=None)
+    target = torch.zeros(2, 1, 32, 32)
+    checker = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 0.2 - 0.1  # zero-mean fine texture
+    texture = target + checker
+    shifted = target + 0.1  # a change of structure (brightness) of the same L1 size
+    assert float(plain.l1(texture, target, None)) == pytest.approx(float(plain.l1(shifted, target, None)))
+    assert float(low.l1(texture, target, None)) < 0.1 * float(low.l1(shifted, target, None))
+    assert low.G.params["noise_channels"] == 1
+    with pytest.raises(ConfigError, match="g_noise"):
+        CGANConfig(g_noise=-1)
+    # a noisy generator: variants are reproducible from the rng, and two variants differ beyond their masks
+    sampler = MaskConditionedSampler(low.ae, low.G, CGANConfig(**{**TINY, "perturb": {
+        **TINY["perturb"], "p_flip": 0, "p_rotate": 0, "p_translate": 0, "p_intensity": 0}}).perturb_config, "cpu", low.D)
+    a = sampler.variants(images[0].numpy(), masks[0].numpy(), 3, np.random.default_rng(1))
+    b = MaskConditionedSampler.load(sampler.save(tmp_path / "g.pt")).variants(
+        images[0].numpy(), masks[0].numpy(), 3, np.random.default_rng(1))
+    for va, vb in zip(a, b):
+        np.testing.assert_allclose(va.image, vb.image, atol=1e-5)
+    same = masks[0].numpy() > 0
+    rendered = sampler.render(images[:1].repeat(2, 1, 1, 1), torch.from_numpy(np.stack([same, same])),
+                              np.random.default_rng(2))
+    assert not torch.allclose(rendered[0], rendered[1])  # one mask, two noise draws: two images
