@@ -18,8 +18,10 @@ measures:
         learn from ~160 images (test AUC at chance) while this CNN does;
   (iii) diversity: SSIM and L1 distance between generated image and its source (the source after the variant's
         geometric ops, i.e. what the generator received); beside them, the SSIM after a 1 px Gaussian blur of
-        both (how much of the difference is coarser than fine texture and detector noise) and the SSIM between
-        two variants of the same source;
+        both (how much of the difference is coarser than fine texture and detector noise), the SSIM between two
+        renderings of one variant (1.0 for a generator without noise channels), and the amount of fine texture
+        in the lung (std of what a 1 px blur removes) in generated images and their sources: a ratio well above
+        1 means the generator buys its diversity with noise;
 plus generation throughput (images/s), and agreement / SSIM split by which perturbation ops made the variant
 (``by_op``: with and without each op). Final line: JSON.
 
@@ -119,7 +121,11 @@ def main() -> None:
     cgan = CGANConfig.from_dict(apply_overrides({"epochs": args.epochs, "g_features": args.g_features,
                                                  "d_features": args.d_features, "d_dense": 256, "seed": args.seed},
                                                 overrides))
-    keyed = {k: v for k, v in cgan.to_dict().items() if not (k in ("g_noise", "l1_lowpass") and not v)}  # added later
+    # options added later are keyed only when in use, so generators trained before they existed keep their key
+    unused = {k for k in ("g_noise", "l1_lowpass", "texture_weight") if not getattr(cgan, k)}
+    if not cgan.texture_weight:
+        unused.add("texture_window")
+    keyed = {k: v for k, v in cgan.to_dict().items() if k not in unused}
     key = hashlib.sha1(json.dumps({"cgan": keyed, "max_train": args.max_train, "data": args.data,
                                    "size": args.size}, sort_keys=True).encode()).hexdigest()[:10]
     gen_file = work / f"generator-{key}.pt" if work else None
@@ -136,8 +142,9 @@ def main() -> None:
     # variants of test images
     pick = [i for i in range(len(test)) if test.labels[i] >= 0 and test.has_mask[i]][: args.max_test]
     rng = np.random.default_rng(args.seed + 1)
+    draw_rng = np.random.default_rng(args.seed + 2)  # its own stream: the variants drawn do not depend on it
     cond_vs_src, fid, fid_src, agree, agree_correct, ssim, l1 = [], [], [], [], [], [], []
-    ssim_low, ssim_pair = [], []
+    ssim_low, ssim_draws, tex_gen, tex_src = [], [], [], []
     follow, follow_src = [], []
     made_by, agree_v, agree_orig = [], [], []
     n_gen = 0
@@ -178,10 +185,14 @@ def main() -> None:
             ssim_low.append(structural_similarity(ndimage.gaussian_filter(g[0], 1.0), ndimage.gaussian_filter(r[0], 1.0),
                                                   data_range=1.0))
             l1.append(float(np.abs(g[0] - r[0]).mean()))
+            lung = v.mask > 0  # amount of fine texture (what a 1 px blur removes) in the lung: realistic or noise?
+            tex_gen.append(float((g[0] - ndimage.gaussian_filter(g[0], 1.0))[lung].std()))
+            tex_src.append(float((r[0] - ndimage.gaussian_filter(r[0], 1.0))[lung].std()))
             made_by.append({o["op"] for o in v.ops if o["op"] != "intensity" or o.get("shift")})
             agree_v.append(bool(a))
-        if len(variants) >= 2:  # two variants of one source: does each variant get its own look?
-            ssim_pair.append(structural_similarity(gen.numpy()[0, 0], gen.numpy()[1, 0], data_range=1.0))
+        # one variant rendered twice (source, mask and pose fixed): a generator with noise gives each draw its own look
+        twice = sampler.render(src[:1].repeat(2, 1, 1, 1), cond[:1].repeat(2, 1, 1), draw_rng).numpy()
+        ssim_draws.append(structural_similarity(twice[0, 0], twice[1, 0], data_range=1.0))
     by_op = {}
     for op in ("boundary", "intensity", "flip", "rotate", "translate"):
         has_op = np.array([op in m for m in made_by])
@@ -203,7 +214,10 @@ def main() -> None:
         "ssim_mean": round(float(np.mean(ssim)), 4), "ssim_min": round(float(np.min(ssim)), 4),
         "ssim_max": round(float(np.max(ssim)), 4), "l1_mean": round(float(np.mean(l1)), 4),
         "ssim_lowpass_mean": round(float(np.mean(ssim_low)), 4),
-        "ssim_between_variants": round(float(np.mean(ssim_pair)), 4) if ssim_pair else None,
+        "ssim_between_draws": round(float(np.mean(ssim_draws)), 4),
+        "fine_texture_std_generated": round(float(np.median(tex_gen)), 4),
+        "fine_texture_std_source": round(float(np.median(tex_src)), 4),
+        "fine_texture_ratio": round(float(np.median(tex_gen) / max(np.median(tex_src), 1e-9)), 3),
         "images_per_s": round(n_gen / max(gen_seconds, 1e-9), 2),
         "segmenter_test_dice": round(float(seg_test["dice_mean"]), 4),
         "judge": args.judge, "classifier_test_auc": round(float(cls_test["auc"]), 4),

@@ -61,6 +61,11 @@ class CGANConfig(Config):
             then pins the anatomy (structure coarser than the sigma) but not the fine texture, which the
             content loss pushes away from the source and the discriminator keeps realistic: with ``g_noise``,
             each variant gets its own texture.
+        texture_weight: weight of the fine-texture term (needs ``l1_lowpass``): L1 between the local energy of
+            the output's and the target's fine texture (what the low-pass removes; energy = square root of its
+            square averaged over a Gaussian window of ``texture_window`` px). It keeps the amount of texture and
+            noise at the target's level, place by place, while leaving the realization free.
+        texture_window: sigma (px) of that window.
         vgg: VGG16 for the content loss: a local torchvision ImageNet ``vgg16``/``vgg16_bn`` file or a
             ``medloop train --model vgg16`` checkpoint; ``None`` trains the project's own vgg16 classifier
             (``vgg_width``, ``vgg_epochs``) on the labeled images first. The run record says which was used.
@@ -92,6 +97,8 @@ class CGANConfig(Config):
     band_weight: float = 10.0
     g_noise: int = 0
     l1_lowpass: float = 0.0
+    texture_weight: float = 0.0
+    texture_window: float = 4.0
     vgg: str | None = None
     vgg_width: int = 16
     vgg_epochs: int = 8
@@ -112,6 +119,12 @@ class CGANConfig(Config):
         if self.g_noise < 0 or self.l1_lowpass < 0:
             raise ConfigError(f"The 'g_noise' and 'l1_lowpass' parameters of CGANConfig must be >= 0; got "
                               f"{self.g_noise} and {self.l1_lowpass} instead")
+        if self.texture_weight < 0 or self.texture_window <= 0:
+            raise ConfigError(f"The 'texture_weight' parameter of CGANConfig must be >= 0 and 'texture_window' > 0; "
+                              f"got {self.texture_weight} and {self.texture_window} instead")
+        if self.texture_weight > 0 and self.l1_lowpass <= 0:
+            raise ConfigError("The 'texture_weight' parameter of CGANConfig needs 'l1_lowpass' > 0 (the fine texture "
+                              "is what the low-pass removes); set l1_lowpass, e.g. 1.0, or texture_weight 0")
         if self.band_weight < 1.0:
             raise ConfigError(f"The 'band_weight' parameter of CGANConfig must be >= 1; got {self.band_weight}")
         if self.g_upsample not in UPSAMPLING:
@@ -293,6 +306,7 @@ class CGANTrainer:
             from monai.networks.layers import GaussianFilter
 
             self.lowpass = GaussianFilter(2, config.l1_lowpass).to(self.device)
+            self.window = GaussianFilter(2, config.texture_window).to(self.device)
 
     def content_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
@@ -310,6 +324,17 @@ class CGANTrainer:
             return F.l1_loss(y, target)
         w = 1.0 + (self.config.band_weight - 1.0) * band.to(y.device, y.dtype)[:, None]
         return ((y - target).abs() * w).sum() / (w.sum() * y.shape[1])
+
+    def texture_energy(self, y: torch.Tensor) -> torch.Tensor:
+        """Local energy of the fine texture ``[N, C, S, S]``: sqrt(window(high-pass(y)^2))."""
+        fine = y - self.lowpass(y)
+        return (self.window(fine.pow(2)) + 1e-8).sqrt()
+
+    def texture(self, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """L1 between the local fine-texture energies of ``y`` and ``target`` (0 when the term is off)."""
+        if self.lowpass is None or not self.config.texture_weight:
+            return y.new_zeros(())
+        return F.l1_loss(self.texture_energy(y), self.texture_energy(target))
 
     def step(self, inputs: torch.Tensor, target_masks: torch.Tensor, targets: torch.Tensor,
              band: torch.Tensor | None = None) -> dict[str, float]:
@@ -342,15 +367,18 @@ class CGANTrainer:
 
     def _generator_loss(self, x: torch.Tensor, cond: torch.Tensor, y: torch.Tensor, y_real: torch.Tensor,
                         band: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Eqs. 1-5: adversarial + l1_weight * L1 + content_weight * (NMI - VGG - MSE), and its terms."""
+        """Eqs. 1-5: adversarial + l1_weight * L1 + content_weight * (NMI - VGG - MSE), plus texture_weight *
+        the fine-texture term (off by default), and its terms."""
         cfg = self.config
         d_gen = self.D(cond, y)
         adv = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
         l1 = self.l1(y, y_real, band)
+        texture = self.texture(y, y_real)
         terms = self.content_terms(x, y)
         content = cfg.nmi_weight * terms["nmi"] - cfg.vgg_weight * terms["vgg"] - cfg.mse_weight * terms["mse"]
-        loss = cfg.adv_weight * adv + cfg.l1_weight * l1 + cfg.content_weight * content
-        return loss, {"g_adv": adv.item(), "g_l1": l1.item(), **{k: v.item() for k, v in terms.items()}}
+        loss = cfg.adv_weight * adv + cfg.l1_weight * l1 + cfg.texture_weight * texture + cfg.content_weight * content
+        return loss, {"g_adv": adv.item(), "g_l1": l1.item(), "g_texture": texture.item(),
+                      **{k: v.item() for k, v in terms.items()}}
 
     @torch.no_grad()
     def generator_loss(self, inputs: torch.Tensor, target_masks: torch.Tensor, targets: torch.Tensor,

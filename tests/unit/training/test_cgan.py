@@ -124,7 +124,7 @@ def test_one_cgan_step_lowers_the_generator_loss():
     logs = trainer.step(inputs, tmasks, targets)
     after = trainer.generator_loss(inputs, tmasks, targets)
     assert after < before
-    assert set(logs) == {"d_loss", "g_loss", "g_adv", "g_l1", "nmi", "vgg", "mse"}
+    assert set(logs) == {"d_loss", "g_loss", "g_adv", "g_l1", "g_texture", "nmi", "vgg", "mse"}
 
 
 def test_joint_batch_discriminator_step_learns_and_config_checks():
@@ -206,3 +206,22 @@ def test_lowpass_l1_pins_structure_not_fine_texture_and_noisy_sampler_is_seeded(
     rendered = sampler.render(images[:1].repeat(2, 1, 1, 1), torch.from_numpy(np.stack([same, same])),
                               np.random.default_rng(2))
     assert not torch.allclose(rendered[0], rendered[1])  # one mask, two noise draws: two images
+
+
+def test_texture_term_matches_the_amount_of_fine_texture_not_its_realization():
+    _, masks = lungs(2)
+    ae, _ = train_mask_autoencoder(masks, CGANConfig(**{**TINY, "ae_epochs": 1}), progress=False)
+    trainer = CGANTrainer(ae, 1, CGANConfig(**{**TINY, "l1_lowpass": 1.0, "texture_weight": 10.0}), vgg=None)
+    g = torch.Generator().manual_seed(0)
+    base = torch.linspace(0, 1, 64).repeat(2, 1, 64, 1)  # smooth structure
+    target = base + 0.03 * torch.randn(2, 1, 64, 64, generator=g)
+    redrawn = base + 0.03 * torch.randn(2, 1, 64, 64, generator=g)  # the same amount, another realization
+    noisier = base + 0.06 * torch.randn(2, 1, 64, 64, generator=g)
+    smooth = base.clone()
+    same = float(trainer.texture(redrawn, target))
+    assert same < 0.25 * float(trainer.texture(noisier, target))
+    assert same < 0.25 * float(trainer.texture(smooth, target))
+    assert float(trainer.l1(redrawn, target, None)) < 0.01  # the low-passed L1 lets the realization change
+    with pytest.raises(ConfigError, match="needs 'l1_lowpass'"):
+        CGANConfig(texture_weight=1.0)
+    assert float(CGANTrainer(ae, 1, CGANConfig(**TINY), vgg=None).texture(noisier, target)) == 0.0  # off by default
