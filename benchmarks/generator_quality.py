@@ -123,6 +123,8 @@ def main() -> None:
                                                 overrides))
     # options added later are keyed only when in use, so generators trained before they existed keep their key
     unused = {k for k in ("g_noise", "l1_lowpass", "texture_weight") if not getattr(cgan, k)}
+    if cgan.g_padding == "zeros":
+        unused.add("g_padding")
     if not cgan.texture_weight:
         unused.add("texture_window")
     keyed = {k: v for k, v in cgan.to_dict().items() if k not in unused}

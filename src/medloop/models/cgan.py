@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ResidualBlock", "MaskConditionedGenerator", "PairDiscriminator", "UPSAMPLING"]
+__all__ = ["ResidualBlock", "MaskConditionedGenerator", "PairDiscriminator", "UPSAMPLING", "PADDING"]
 
 UPSAMPLING = ("transpose", "resize")  # the generator's upsampling modes
+PADDING = ("zeros", "reflect")  # the generator's convolution padding
 
 
 class ResidualBlock(nn.Module):
@@ -22,11 +23,12 @@ class ResidualBlock(nn.Module):
     depth of the generator rather than only its input.
     """
 
-    def __init__(self, features: int, latent_dim: int):
+    def __init__(self, features: int, latent_dim: int, padding: str = "zeros"):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(features, features, 3, padding=1, bias=False), nn.BatchNorm2d(features), nn.ReLU(True),
-            nn.Conv2d(features, features, 3, padding=1, bias=False), nn.BatchNorm2d(features),
+            nn.Conv2d(features, features, 3, padding=1, bias=False, padding_mode=padding), nn.BatchNorm2d(features),
+            nn.ReLU(True),
+            nn.Conv2d(features, features, 3, padding=1, bias=False, padding_mode=padding), nn.BatchNorm2d(features),
         )
         self.film = nn.Linear(latent_dim, 2 * features)
         nn.init.zeros_(self.film.weight)
@@ -53,38 +55,45 @@ class MaskConditionedGenerator(nn.Module):
         upsample: ``"transpose"`` (4x4 transposed convolutions) or ``"resize"`` (nearest-neighbour upsampling
             then a 3x3 convolution, which cannot make the checkerboard patterns transposed convolutions make:
             Odena et al., Distill 2016).
+        padding: ``"zeros"`` or ``"reflect"`` padding of every convolution (reflection, as in the CycleGAN
+            ResNet generator, gives the border no artificial edge to draw patterns from).
         noise_channels: channels of per-pixel standard normal noise given to the generator with its input
             (0: deterministic). The noise reaches the stem and the output convolutions, so the generator can
             render fine texture (detector noise, parenchyma) afresh for every variant.
     """
 
     def __init__(self, in_channels: int = 1, latent_dim: int = 64, features: int = 64, n_blocks: int = 6,
-                 upsample: str = "transpose", noise_channels: int = 0):
+                 upsample: str = "transpose", noise_channels: int = 0, padding: str = "zeros"):
         super().__init__()
         if upsample not in UPSAMPLING:
             raise ValueError(f"upsample must be one of {UPSAMPLING}; got {upsample!r}")
+        if padding not in PADDING:
+            raise ValueError(f"padding must be one of {PADDING}; got {padding!r}")
         if noise_channels < 0:
             raise ValueError(f"noise_channels must be >= 0; got {noise_channels}")
         self.params = {"in_channels": in_channels, "latent_dim": latent_dim, "features": features, "n_blocks": n_blocks,
-                       "upsample": upsample, "noise_channels": noise_channels}
+                       "upsample": upsample, "noise_channels": noise_channels, "padding": padding}
         self.noise_channels = noise_channels
         c = in_channels + 1 + noise_channels
-        self.stem = nn.Sequential(nn.Conv2d(c, features // 2, 7, padding=3), nn.BatchNorm2d(features // 2), nn.ReLU(True))
+        pm = padding
+        self.stem = nn.Sequential(nn.Conv2d(c, features // 2, 7, padding=3, padding_mode=pm), nn.BatchNorm2d(features // 2),
+                                  nn.ReLU(True))
         self.down = nn.Sequential(
-            nn.Conv2d(features // 2, features, 3, stride=2, padding=1), nn.BatchNorm2d(features), nn.ReLU(True),
-            nn.Conv2d(features, features, 3, stride=2, padding=1), nn.BatchNorm2d(features), nn.ReLU(True),
+            nn.Conv2d(features // 2, features, 3, stride=2, padding=1, padding_mode=pm), nn.BatchNorm2d(features),
+            nn.ReLU(True),
+            nn.Conv2d(features, features, 3, stride=2, padding=1, padding_mode=pm), nn.BatchNorm2d(features), nn.ReLU(True),
         )
-        self.blocks = nn.ModuleList([ResidualBlock(features, latent_dim) for _ in range(n_blocks)])
+        self.blocks = nn.ModuleList([ResidualBlock(features, latent_dim, padding) for _ in range(n_blocks)])
         def up(cin: int, cout: int) -> list[nn.Module]:
             if upsample == "transpose":
                 conv = [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)]
             else:
-                conv = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1)]
+                conv = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1, padding_mode=pm)]
             return [*conv, nn.BatchNorm2d(cout), nn.ReLU(True)]
 
         self.up = nn.Sequential(*up(features, features), *up(features, features // 2))
-        self.out = nn.Sequential(nn.Conv2d(features + c, features // 2, 3, padding=1), nn.ReLU(True),
-                                 nn.Conv2d(features // 2, in_channels, 3, padding=1))
+        self.out = nn.Sequential(nn.Conv2d(features + c, features // 2, 3, padding=1, padding_mode=pm), nn.ReLU(True),
+                                 nn.Conv2d(features // 2, in_channels, 3, padding=1, padding_mode=pm))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, mask_prior: torch.Tensor,
                 noise: torch.Tensor | None = None) -> torch.Tensor:

@@ -24,7 +24,7 @@ from torch import nn
 
 from medloop.config import Config
 from medloop.errors import ConfigError
-from medloop.models.cgan import UPSAMPLING, MaskConditionedGenerator, PairDiscriminator
+from medloop.models.cgan import PADDING, UPSAMPLING, MaskConditionedGenerator, PairDiscriminator
 from medloop.metrics.segmentation import mask_dice
 from medloop.models.mask_ae import MaskAutoencoder
 from medloop.progress import make_progress
@@ -56,6 +56,7 @@ class CGANConfig(Config):
             generation time (variants are flipped / rotated / translated before it renders them).
         band_weight: weight of the L1 term on the pixels where the boundary moved (1: plain L1). The moved
             band is a few percent of the image; without the weight L1 is satisfied by copying the input.
+        g_padding: ``zeros`` or ``reflect`` padding of the generator's convolutions.
         g_noise: channels of per-pixel noise the generator gets (0: deterministic generator).
         l1_lowpass: Gaussian sigma (px) applied to output and target before the L1 term (0: plain L1). The L1
             then pins the anatomy (structure coarser than the sigma) but not the fine texture, which the
@@ -95,6 +96,7 @@ class CGANConfig(Config):
     identity_prob: float = 0.2
     augment_geometry: bool = True
     band_weight: float = 10.0
+    g_padding: str = "zeros"
     g_noise: int = 0
     l1_lowpass: float = 0.0
     texture_weight: float = 0.0
@@ -129,6 +131,8 @@ class CGANConfig(Config):
             raise ConfigError(f"The 'band_weight' parameter of CGANConfig must be >= 1; got {self.band_weight}")
         if self.g_upsample not in UPSAMPLING:
             raise ConfigError(f"The 'g_upsample' parameter of CGANConfig must be one of {UPSAMPLING}; got {self.g_upsample!r}")
+        if self.g_padding not in PADDING:
+            raise ConfigError(f"The 'g_padding' parameter of CGANConfig must be one of {PADDING}; got {self.g_padding!r}")
         if self.d_lr_factor <= 0:
             raise ConfigError(f"The 'd_lr_factor' parameter of CGANConfig must be > 0; got {self.d_lr_factor}")
         if not 0.0 <= self.identity_prob <= 1.0:
@@ -296,7 +300,7 @@ class CGANTrainer:
         for p in self.ae.parameters():
             p.requires_grad_(False)
         self.G = MaskConditionedGenerator(in_channels, config.latent_dim, config.g_features, config.g_blocks,
-                                          config.g_upsample, config.g_noise).to(self.device)
+                                          config.g_upsample, config.g_noise, config.g_padding).to(self.device)
         self.D = PairDiscriminator(2 * in_channels + 1, config.d_features, config.d_dense).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr * config.d_lr_factor, betas=(0.5, 0.999))

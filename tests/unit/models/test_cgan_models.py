@@ -80,3 +80,12 @@ def test_generator_noise_channels_vary_the_output_and_check_their_shape():
     deterministic = MaskConditionedGenerator(1, latent_dim=8, features=16, n_blocks=1).eval()
     assert deterministic.params["noise_channels"] == 0
     assert torch.allclose(deterministic(x, z, prior), deterministic(x, z, prior))
+
+
+def test_generator_reflect_padding_applies_to_every_convolution():
+    g = MaskConditionedGenerator(1, latent_dim=8, features=16, n_blocks=2, upsample="resize", padding="reflect")
+    convs = [m for m in g.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.padding_mode == "reflect" for c in convs)
+    assert g(torch.rand(2, 1, 32, 32), torch.randn(2, 8), torch.rand(2, 1, 32, 32)).shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        MaskConditionedGenerator(1, 8, padding="circularish")

@@ -194,6 +194,8 @@ def test_lowpass_l1_pins_structure_not_fine_texture_and_noisy_sampler_is_seeded(
     assert low.G.params["noise_channels"] == 1
     with pytest.raises(ConfigError, match="g_noise"):
         CGANConfig(g_noise=-1)
+    with pytest.raises(ConfigError, match="g_padding"):
+        CGANConfig(g_padding="same")
     # a noisy generator: variants are reproducible from the rng, and two variants differ beyond their masks
     sampler = MaskConditionedSampler(low.ae, low.G, CGANConfig(**{**TINY, "perturb": {
         **TINY["perturb"], "p_flip": 0, "p_rotate": 0, "p_translate": 0, "p_intensity": 0}}).perturb_config, "cpu", low.D)
