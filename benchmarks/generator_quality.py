@@ -122,7 +122,9 @@ def main() -> None:
                                                  "d_features": args.d_features, "d_dense": 256, "seed": args.seed},
                                                 overrides))
     # options added later are keyed only when in use, so generators trained before they existed keep their key
-    unused = {k for k in ("g_noise", "l1_lowpass", "texture_weight") if not getattr(cgan, k)}
+    unused = {k for k in ("g_noise", "l1_lowpass", "texture_weight", "g_ema") if not getattr(cgan, k)}
+    if cgan.gan_loss == "bce":
+        unused.add("gan_loss")
     if cgan.g_padding == "zeros":
         unused.add("g_padding")
     if not cgan.texture_weight:

@@ -215,5 +215,5 @@ def fit_generator(images: torch.Tensor, masks: torch.Tensor, config: CGANConfig,
     device = resolve_device(config.device)
     record = {"cgan_config": config.to_dict(), "autoencoder": {k: v for k, v in ae_report.items() if k != "history"},
               "content_vgg": vgg_report, "cgan_history": history}
-    sampler = MaskConditionedSampler(trainer.ae, trainer.G, config.perturb_config, device, trainer.D, record)
+    sampler = MaskConditionedSampler(trainer.ae, trainer.generator, config.perturb_config, device, trainer.D, record)
     return sampler, record

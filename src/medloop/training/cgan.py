@@ -14,6 +14,7 @@ the paper's content loss, which pushes the output ``y`` away from the input ``x`
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -30,7 +31,9 @@ from medloop.models.mask_ae import MaskAutoencoder
 from medloop.progress import make_progress
 from medloop.synth.perturb import BoundaryDisplacement, PerturbConfig, geometric_ops
 
-__all__ = ["CGANConfig", "nmi", "VGGFeatures", "train_mask_autoencoder", "train_cgan", "training_pairs", "CGANTrainer"]
+GAN_LOSSES = ("bce", "lsgan")
+
+__all__ = ["GAN_LOSSES", "CGANConfig", "nmi", "VGGFeatures", "train_mask_autoencoder", "train_cgan", "training_pairs", "CGANTrainer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +59,11 @@ class CGANConfig(Config):
             generation time (variants are flipped / rotated / translated before it renders them).
         band_weight: weight of the L1 term on the pixels where the boundary moved (1: plain L1). The moved
             band is a few percent of the image; without the weight L1 is satisfied by copying the input.
+        g_ema: decay of an exponential moving average of the generator's weights (0: off). The average (with a
+            warm-up, decay ``min(g_ema, (1 + t) / (10 + t))`` at step t) is the generator that renders variants:
+            it smooths out where the adversarial game happened to be when training stopped.
+        gan_loss: ``bce`` (the paper's sigmoid cross-entropy) or ``lsgan`` (least squares on D's output,
+            Mao et al. 2017: gradients that do not vanish when D is confident, a steadier game).
         g_padding: ``zeros`` or ``reflect`` padding of the generator's convolutions.
         g_noise: channels of per-pixel noise the generator gets (0: deterministic generator).
         l1_lowpass: Gaussian sigma (px) applied to output and target before the L1 term (0: plain L1). The L1
@@ -96,6 +104,8 @@ class CGANConfig(Config):
     identity_prob: float = 0.2
     augment_geometry: bool = True
     band_weight: float = 10.0
+    g_ema: float = 0.0
+    gan_loss: str = "bce"
     g_padding: str = "zeros"
     g_noise: int = 0
     l1_lowpass: float = 0.0
@@ -131,6 +141,10 @@ class CGANConfig(Config):
             raise ConfigError(f"The 'band_weight' parameter of CGANConfig must be >= 1; got {self.band_weight}")
         if self.g_upsample not in UPSAMPLING:
             raise ConfigError(f"The 'g_upsample' parameter of CGANConfig must be one of {UPSAMPLING}; got {self.g_upsample!r}")
+        if not 0.0 <= self.g_ema < 1.0:
+            raise ConfigError(f"The 'g_ema' parameter of CGANConfig must be in [0, 1); got {self.g_ema}")
+        if self.gan_loss not in GAN_LOSSES:
+            raise ConfigError(f"The 'gan_loss' parameter of CGANConfig must be one of {GAN_LOSSES}; got {self.gan_loss!r}")
         if self.g_padding not in PADDING:
             raise ConfigError(f"The 'g_padding' parameter of CGANConfig must be one of {PADDING}; got {self.g_padding!r}")
         if self.d_lr_factor <= 0:
@@ -304,6 +318,11 @@ class CGANTrainer:
         self.D = PairDiscriminator(2 * in_channels + 1, config.d_features, config.d_dense).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr * config.d_lr_factor, betas=(0.5, 0.999))
+        self.G_ema = copy.deepcopy(self.G).eval() if config.g_ema else None
+        if self.G_ema is not None:
+            for p in self.G_ema.parameters():
+                p.requires_grad_(False)
+        self.steps = 0
         self.vgg = vgg.to(self.device) if vgg is not None else None
         self.lowpass = None
         if config.l1_lowpass > 0:
@@ -328,6 +347,29 @@ class CGANTrainer:
             return F.l1_loss(y, target)
         w = 1.0 + (self.config.band_weight - 1.0) * band.to(y.device, y.dtype)[:, None]
         return ((y - target).abs() * w).sum() / (w.sum() * y.shape[1])
+
+    def gan_loss(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
+        """Adversarial loss of D's logits against the label real (1) / generated (0)."""
+        target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+        if self.config.gan_loss == "lsgan":
+            return F.mse_loss(logits, target)
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    @property
+    def generator(self) -> MaskConditionedGenerator:
+        """The generator that renders variants: the weight average with ``g_ema``, else G itself."""
+        return self.G_ema if self.G_ema is not None else self.G
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        self.steps += 1
+        if self.G_ema is None:
+            return
+        decay = min(self.config.g_ema, (1 + self.steps) / (10 + self.steps))
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.lerp_(p, 1.0 - decay)
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
 
     def texture_energy(self, y: torch.Tensor) -> torch.Tensor:
         """Local energy of the fine texture ``[N, C, S, S]``: sqrt(window(high-pass(y)^2))."""
@@ -355,8 +397,7 @@ class CGANTrainer:
             d_real, d_fake = self.D(torch.cat([cond, cond]), torch.cat([y_real, y_fake.detach()])).chunk(2)
         else:
             d_real, d_fake = self.D(cond, y_real), self.D(cond, y_fake.detach())
-        d_loss = 0.5 * (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
-                        + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+        d_loss = 0.5 * (self.gan_loss(d_real, True) + self.gan_loss(d_fake, False))
         self.opt_d.zero_grad()
         d_loss.backward()
         self.opt_d.step()
@@ -367,6 +408,7 @@ class CGANTrainer:
         self.opt_g.zero_grad()
         g_loss.backward()
         self.opt_g.step()
+        self._update_ema()
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), **logs}
 
     def _generator_loss(self, x: torch.Tensor, cond: torch.Tensor, y: torch.Tensor, y_real: torch.Tensor,
@@ -375,7 +417,7 @@ class CGANTrainer:
         the fine-texture term (off by default), and its terms."""
         cfg = self.config
         d_gen = self.D(cond, y)
-        adv = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+        adv = self.gan_loss(d_gen, True)
         l1 = self.l1(y, y_real, band)
         texture = self.texture(y, y_real)
         terms = self.content_terms(x, y)
@@ -452,4 +494,5 @@ def train_cgan(images: torch.Tensor, masks: torch.Tensor, ae: MaskAutoencoder, c
             history.append({"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()}})
     trainer.G.eval()
     trainer.D.eval()
+    trainer.generator.eval()
     return trainer, history

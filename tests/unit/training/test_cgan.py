@@ -227,3 +227,27 @@ def test_texture_term_matches_the_amount_of_fine_texture_not_its_realization():
     with pytest.raises(ConfigError, match="needs 'l1_lowpass'"):
         CGANConfig(texture_weight=1.0)
     assert float(CGANTrainer(ae, 1, CGANConfig(**TINY), vgg=None).texture(noisier, target)) == 0.0  # off by default
+
+
+def test_generator_weight_average_and_least_squares_gan_loss():
+    images, masks = lungs(8)
+    cfg = CGANConfig(**{**TINY, "ae_epochs": 1, "lr": 1e-3, "g_ema": 0.9, "gan_loss": "lsgan"})
+    ae, _ = train_mask_autoencoder(masks, cfg, progress=False)
+    trainer = CGANTrainer(ae, 1, cfg, vgg=None)
+    assert trainer.generator is trainer.G_ema and trainer.G_ema is not trainer.G
+    start = [p.clone() for p in trainer.G.parameters()]
+    inputs, tmasks, targets, band = training_pairs(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
+    before = trainer.generator_loss(inputs, tmasks, targets, band)
+    logs = trainer.step(inputs, tmasks, targets, band)
+    assert np.isfinite(logs["d_loss"]) and trainer.generator_loss(inputs, tmasks, targets, band) < before
+    decay = 2 / 11  # the warm-up's decay at step 1
+    for p0, p, pe in zip(start, trainer.G.parameters(), trainer.G_ema.parameters()):
+        torch.testing.assert_close(pe, decay * p0 + (1 - decay) * p)
+    assert any(not torch.allclose(pe, p) for pe, p in zip(trainer.G_ema.parameters(), trainer.G.parameters()))
+    logits = torch.tensor([2.0, -1.0])
+    assert float(trainer.gan_loss(logits, True)) == pytest.approx(((2 - 1) ** 2 + (-1 - 1) ** 2) / 2)
+    assert CGANTrainer(ae, 1, CGANConfig(**TINY), vgg=None).generator is not None
+    with pytest.raises(ConfigError, match="g_ema"):
+        CGANConfig(g_ema=1.0)
+    with pytest.raises(ConfigError, match="gan_loss"):
+        CGANConfig(gan_loss="wgan")
