@@ -429,13 +429,18 @@ class CGANTrainer:
     @torch.no_grad()
     def generator_loss(self, inputs: torch.Tensor, target_masks: torch.Tensor, targets: torch.Tensor,
                        band: torch.Tensor | None = None) -> float:
-        """The generator's loss on a batch without updating anything (networks in eval mode)."""
+        """The generator's loss on a batch without updating anything (networks in eval mode; a generator with
+        noise channels gets the same noise at every call, so two calls compare the networks, not the draws)."""
         x, y_real = inputs.to(self.device), targets.to(self.device)
         z, prior = self.ae.condition(target_masks)
         self.G.eval()
         self.D.eval()
         cond = torch.cat([x, prior], dim=1)
-        return float(self._generator_loss(x, cond, self.G(x, z, prior), y_real, band)[0])
+        noise = None
+        if self.G.noise_channels:
+            fixed = torch.Generator().manual_seed(self.config.seed)
+            noise = torch.randn(x.shape[0], self.G.noise_channels, *x.shape[2:], generator=fixed).to(self.device)
+        return float(self._generator_loss(x, cond, self.G(x, z, prior, noise), y_real, band)[0])
 
 
 def training_pairs(images: np.ndarray, masks: np.ndarray, config: CGANConfig, rng: np.random.Generator

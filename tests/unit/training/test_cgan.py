@@ -114,9 +114,11 @@ def test_training_pairs_take_the_poses_of_generation():
     assert not torch.equal(tmasks, masks > 0) and tmasks.sum() > 0.8 * (masks > 0).sum()
 
 
-def test_one_cgan_step_lowers_the_generator_loss():
+@pytest.mark.parametrize("extra", [{"g_noise": 0, "l1_lowpass": 0.0, "texture_weight": 0.0},
+                                   {"g_noise": 1, "l1_lowpass": 1.0, "texture_weight": 10.0}])
+def test_one_cgan_step_lowers_the_generator_loss(extra):
     images, masks = lungs(8)
-    cfg = CGANConfig(**{**TINY, "ae_epochs": 2, "lr": 1e-3})
+    cfg = CGANConfig(**{**TINY, "ae_epochs": 2, "lr": 1e-3, **extra})
     ae, _ = train_mask_autoencoder(masks, cfg, progress=False)
     trainer = CGANTrainer(ae, 1, cfg, vgg=None)
     inputs, tmasks, targets, _ = training_pairs(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
