@@ -10,6 +10,10 @@ Losses, each weighted by the config: conditional adversarial (D judges the pair 
 condition being the input image and the conditioning mask) + ``l1_weight`` * L1 to the target
 + ``content_weight`` * (``nmi_weight`` * NMI(x, y) - ``vgg_weight`` * VGG(x, y) - ``mse_weight`` * MSE(x, y)),
 the paper's content loss, which pushes the output ``y`` away from the input ``x`` (diversity).
+
+Opt-in (off by default; measured in the README): generator noise channels, an L1 on low-passed images and a
+fine-texture term (``g_noise``, ``l1_lowpass``, ``texture_weight``: each variant gets its own fine texture at
+the target's amount), a weight average of G (``g_ema``), a least-squares adversarial loss (``gan_loss``).
 """
 
 from __future__ import annotations
