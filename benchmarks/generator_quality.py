@@ -30,6 +30,7 @@ plus generation throughput (images/s), and agreement / SSIM split by which pertu
 
 ``--work`` keeps the judges and the generator; the generator file is keyed by its training config
 (``generator-<hash>.pt``), so runs with other ``--cgan key=value`` settings reuse the judges only.
+``--generator FILE`` evaluates a trained generator without training one.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def main() -> None:
                     help="label-preservation classifier (smallcnn for the phantom: see the module docstring)")
     ap.add_argument("--cgan", action="append", default=[], metavar="KEY=VALUE",
                     help="a CGANConfig field, e.g. --cgan vgg_weight=1.0 (repeatable)")
+    ap.add_argument("--generator", default=None,
+                    help="evaluate this generator file instead of training one (one cached in --work, or a "
+                         "generator.pt trained on this split's training side only)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="folder keeping the trained judges and generator (reused if there)")
     args = ap.parse_args()
@@ -121,19 +125,12 @@ def main() -> None:
     cgan = CGANConfig.from_dict(apply_overrides({"epochs": args.epochs, "g_features": args.g_features,
                                                  "d_features": args.d_features, "d_dense": 256, "seed": args.seed},
                                                 overrides))
-    # options added later are keyed only when in use, so generators trained before they existed keep their key
-    unused = {k for k in ("g_noise", "l1_lowpass", "texture_weight", "g_ema") if not getattr(cgan, k)}
-    if cgan.gan_loss == "bce":
-        unused.add("gan_loss")
-    if cgan.g_padding == "zeros":
-        unused.add("g_padding")
-    if not cgan.texture_weight:
-        unused.add("texture_window")
-    keyed = {k: v for k, v in cgan.to_dict().items() if k not in unused}
-    key = hashlib.sha1(json.dumps({"cgan": keyed, "max_train": args.max_train, "data": args.data,
+    key = hashlib.sha1(json.dumps({"cgan": cgan.to_dict(), "max_train": args.max_train, "data": args.data,
                                    "size": args.size}, sort_keys=True).encode()).hexdigest()[:10]
-    gen_file = work / f"generator-{key}.pt" if work else None
-    if gen_file and gen_file.exists():
+    if args.generator and args.cgan:
+        ap.error("--generator evaluates a trained generator (its training options are in its record); drop --cgan")
+    gen_file = Path(args.generator) if args.generator else work / f"generator-{key}.pt" if work else None
+    if gen_file and (args.generator or gen_file.exists()):
         sampler = MaskConditionedSampler.load(gen_file)
         record = sampler.record  # includes the training time measured when it was trained
     else:
@@ -186,12 +183,12 @@ def main() -> None:
         for v, g, r, a in zip(variants, gen.numpy(), src.numpy(), (p_gen == p_geo).tolist()):
             ssim.append(structural_similarity(g[0], r[0], data_range=1.0))
             # the same after a 1 px Gaussian: how much of the difference is structure, not fine texture
-            ssim_low.append(structural_similarity(ndimage.gaussian_filter(g[0], 1.0), ndimage.gaussian_filter(r[0], 1.0),
-                                                  data_range=1.0))
+            g_low, r_low = ndimage.gaussian_filter(g[0], 1.0), ndimage.gaussian_filter(r[0], 1.0)
+            ssim_low.append(structural_similarity(g_low, r_low, data_range=1.0))
             l1.append(float(np.abs(g[0] - r[0]).mean()))
-            lung = v.mask > 0  # amount of fine texture (what a 1 px blur removes) in the lung: realistic or noise?
-            tex_gen.append(float((g[0] - ndimage.gaussian_filter(g[0], 1.0))[lung].std()))
-            tex_src.append(float((r[0] - ndimage.gaussian_filter(r[0], 1.0))[lung].std()))
+            region = v.mask > 0  # amount of fine texture (what the blur removes) in the lung: realistic or noise?
+            tex_gen.append(fine_texture_std(g[0], region, g_low))
+            tex_src.append(fine_texture_std(r[0], region, r_low))
             made_by.append({o["op"] for o in v.ops if o["op"] != "intensity" or o.get("shift")})
             agree_v.append(bool(a))
         # one variant rendered twice (source, mask and pose fixed): a generator with noise gives each draw its own look
@@ -221,6 +218,8 @@ def main() -> None:
         "ssim_between_draws": round(float(np.mean(ssim_draws)), 4),
         "fine_texture_std_generated": round(float(np.median(tex_gen)), 4),
         "fine_texture_std_source": round(float(np.median(tex_src)), 4),
+        "fine_texture_std_real_p5_p95": [round(float(v), 4) for v in np.percentile(
+            [fine_texture_std(im[0].numpy(), m.numpy() > 0) for im, m in zip(images, lung)], [5, 95])],
         "fine_texture_ratio": round(float(np.median(tex_gen) / max(np.median(tex_src), 1e-9)), 3),
         "images_per_s": round(n_gen / max(gen_seconds, 1e-9), 2),
         "segmenter_test_dice": round(float(seg_test["dice_mean"]), 4),
@@ -228,11 +227,17 @@ def main() -> None:
         "classifier_test_accuracy": round(float(cls_test["accuracy"]), 4),
         "autoencoder_val_dice": record["autoencoder"].get("val_dice"),
         "content_vgg": record["content_vgg"]["vgg"], "g_features": args.g_features, "d_features": args.d_features,
-        "cgan_epochs": args.epochs, "cgan_overrides": overrides, "generator_file": gen_file.name if gen_file else None,
+        "cgan_epochs": record.get("cgan_config", {}).get("epochs"), "cgan_overrides": overrides, "generator_file": gen_file.name if gen_file else None,
         "cgan_train_minutes": record.get("train_minutes"), "by_op": by_op,
         "minutes": round((time.time() - started) / 60, 2),
     }
     print(json.dumps(result))
+
+
+def fine_texture_std(image: np.ndarray, region: np.ndarray, blurred: np.ndarray | None = None) -> float:
+    """Std, inside ``region``, of what a 1 px Gaussian blur removes from ``image`` (noise and fine texture)."""
+    blurred = ndimage.gaussian_filter(image, 1.0) if blurred is None else blurred
+    return float((image - blurred)[region].std())
 
 
 def _cached(work: Path | None, name: str, model: torch.nn.Module, train) -> torch.nn.Module:

@@ -95,16 +95,20 @@ class MaskConditionedGenerator(nn.Module):
         self.out = nn.Sequential(nn.Conv2d(features + c, features // 2, 3, padding=1, padding_mode=pm), nn.ReLU(True),
                                  nn.Conv2d(features // 2, in_channels, 3, padding=1, padding_mode=pm))
 
+    def noise_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        """Shape of the noise for a batch of images ``x [N, C, S, S]``: ``(N, noise_channels, S, S)``."""
+        return (x.shape[0], self.noise_channels, *x.shape[2:])
+
     def forward(self, x: torch.Tensor, z: torch.Tensor, mask_prior: torch.Tensor,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
         """``noise [N, noise_channels, S, S]``: drawn here (torch's global generator) when not given."""
         parts = [x, mask_prior]
         if self.noise_channels:
+            shape = self.noise_shape(x)
             if noise is None:
-                noise = torch.randn(x.shape[0], self.noise_channels, *x.shape[2:], device=x.device, dtype=x.dtype)
-            elif noise.shape != (x.shape[0], self.noise_channels, *x.shape[2:]):
-                raise ValueError(f"noise must have shape {(x.shape[0], self.noise_channels, *x.shape[2:])}; "
-                                 f"got {tuple(noise.shape)}")
+                noise = torch.randn(shape, device=x.device, dtype=x.dtype)
+            elif tuple(noise.shape) != shape:
+                raise ValueError(f"noise must have shape {shape}; got {tuple(noise.shape)}")
             parts.append(noise)
         inp = torch.cat(parts, dim=1)
         skip = self.stem(inp)

@@ -62,10 +62,8 @@ class MaskConditionedSampler:
         global generator when ``rng`` is None."""
         z, prior = self.ae.condition(masks)
         noise = None
-        k = getattr(self.G, "noise_channels", 0)
-        if k and rng is not None:
-            shape = (sources.shape[0], k, *sources.shape[2:])
-            noise = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(self.device)
+        if self.G.noise_channels and rng is not None:
+            noise = torch.from_numpy(rng.standard_normal(self.G.noise_shape(sources), dtype=np.float32)).to(self.device)
         return self.G(sources.float().to(self.device), z, prior, noise).cpu()
 
     def variants(self, image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor, n: int,

@@ -328,12 +328,13 @@ class CGANTrainer:
                 p.requires_grad_(False)
         self.steps = 0
         self.vgg = vgg.to(self.device) if vgg is not None else None
-        self.lowpass = None
-        if config.l1_lowpass > 0:
+        self.lowpass = self.window = None
+        if config.l1_lowpass > 0:  # a texture_weight needs it (the config checks)
             from monai.networks.layers import GaussianFilter
 
             self.lowpass = GaussianFilter(2, config.l1_lowpass).to(self.device)
-            self.window = GaussianFilter(2, config.texture_window).to(self.device)
+            if config.texture_weight > 0:
+                self.window = GaussianFilter(2, config.texture_window).to(self.device)
 
     def content_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
@@ -382,7 +383,7 @@ class CGANTrainer:
 
     def texture(self, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """L1 between the local fine-texture energies of ``y`` and ``target`` (0 when the term is off)."""
-        if self.lowpass is None or not self.config.texture_weight:
+        if self.window is None:  # texture_weight 0
             return y.new_zeros(())
         return F.l1_loss(self.texture_energy(y), self.texture_energy(target))
 
@@ -443,7 +444,7 @@ class CGANTrainer:
         noise = None
         if self.G.noise_channels:
             fixed = torch.Generator().manual_seed(self.config.seed)
-            noise = torch.randn(x.shape[0], self.G.noise_channels, *x.shape[2:], generator=fixed).to(self.device)
+            noise = torch.randn(self.G.noise_shape(x), generator=fixed).to(self.device)
         return float(self._generator_loss(x, cond, self.G(x, z, prior, noise), y_real, band)[0])
 
 

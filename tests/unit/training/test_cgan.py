@@ -198,7 +198,8 @@ def test_lowpass_l1_pins_structure_not_fine_texture_and_noisy_sampler_is_seeded(
         CGANConfig(g_noise=-1)
     with pytest.raises(ConfigError, match="g_padding"):
         CGANConfig(g_padding="same")
-    # a noisy generator: variants are reproducible from the rng, and two variants differ beyond their masks
+    # a noisy generator: variants are reproducible from the rng (also after save / load), and one mask rendered
+    # with two noise draws gives two images
     sampler = MaskConditionedSampler(low.ae, low.G, CGANConfig(**{**TINY, "perturb": {
         **TINY["perturb"], "p_flip": 0, "p_rotate": 0, "p_translate": 0, "p_intensity": 0}}).perturb_config, "cpu", low.D)
     a = sampler.variants(images[0].numpy(), masks[0].numpy(), 3, np.random.default_rng(1))
@@ -248,7 +249,8 @@ def test_generator_weight_average_and_least_squares_gan_loss():
     assert any(not torch.allclose(pe, p) for pe, p in zip(trainer.G_ema.parameters(), trainer.G.parameters()))
     logits = torch.tensor([2.0, -1.0])
     assert float(trainer.gan_loss(logits, True)) == pytest.approx(((2 - 1) ** 2 + (-1 - 1) ** 2) / 2)
-    assert CGANTrainer(ae, 1, CGANConfig(**TINY), vgg=None).generator is not None
+    plain = CGANTrainer(ae, 1, CGANConfig(**TINY), vgg=None)
+    assert plain.G_ema is None and plain.generator is plain.G  # without g_ema, G itself renders
     with pytest.raises(ConfigError, match="g_ema"):
         CGANConfig(g_ema=1.0)
     with pytest.raises(ConfigError, match="gan_loss"):
