@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -53,10 +53,13 @@ class CGANConfig(Config):
         epochs, batch_size, lr: cGAN training (Adam, betas 0.5 / 0.999 as pix2pix).
         d_lr_factor: the discriminator's learning rate is ``lr * d_lr_factor`` (two time-scale updates).
         d_joint_batch: judge real and generated pairs in one batch (shared batch-norm statistics, so an artifact
-            common to all generated images is not normalised away), and score the generator with D's running
-            statistics.
+            common to all generated images is not normalised away), in D's update and when D scores the generator.
         adv_weight, l1_weight: adversarial and L1 weights (the paper: lambda = 10 for L1).
         content_weight, nmi_weight, vgg_weight, mse_weight: the content loss and its three terms.
+        vgg_cap: the VGG term rewards each image's distance from its input only up to this value (0: no cap).
+            Beyond it the term has no gradient, so the generator gains nothing by buying more distance with
+            grain or brightness shifts (the clamped diversity term of diversity-sensitive cGANs, Yang et al.
+            2019). The VGG distance lies in [0, 4].
         identity_prob: fraction of training pairs that ask for no change.
         augment_geometry: apply the perturbation config's flips, rotations and translations (with their
             probabilities) to each training pair first, so the generator is trained on the poses it is given at
@@ -66,6 +69,9 @@ class CGANConfig(Config):
         g_ema: decay of an exponential moving average of the generator's weights (0: off). The average (with a
             warm-up, decay ``min(g_ema, (1 + t) / (10 + t))`` at step t) is the generator that renders variants:
             it smooths out where the adversarial game happened to be when training stopped.
+        g_bn_passes: passes over fresh training pairs that recompute the generator's batch-norm statistics with
+            its final weights after training (0: keep the running averages gathered during training, which
+            mix many earlier generators).
         gan_loss: ``bce`` (the paper's sigmoid cross-entropy) or ``lsgan`` (least squares on D's output,
             Mao et al. 2017: gradients that do not vanish when D is confident, a steadier game).
         g_padding: ``zeros`` or ``reflect`` padding of the generator's convolutions.
@@ -104,11 +110,13 @@ class CGANConfig(Config):
     content_weight: float = 1.0
     nmi_weight: float = 0.05
     vgg_weight: float = 0.3
+    vgg_cap: float = 0.0
     mse_weight: float = 0.05
     identity_prob: float = 0.2
     augment_geometry: bool = True
     band_weight: float = 10.0
     g_ema: float = 0.0
+    g_bn_passes: int = 2
     gan_loss: str = "bce"
     g_padding: str = "zeros"
     g_noise: int = 0
@@ -132,6 +140,10 @@ class CGANConfig(Config):
         for name in ("adv_weight", "l1_weight", "content_weight", "nmi_weight", "vgg_weight", "mse_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"The '{name}' parameter of CGANConfig must be >= 0; got {getattr(self, name)} instead")
+        if self.vgg_cap < 0:
+            raise ConfigError(f"The 'vgg_cap' parameter of CGANConfig must be >= 0 (0: no cap); got {self.vgg_cap} instead")
+        if self.g_bn_passes < 0:
+            raise ConfigError(f"The 'g_bn_passes' parameter of CGANConfig must be >= 0; got {self.g_bn_passes} instead")
         if self.g_noise < 0 or self.l1_lowpass < 0:
             raise ConfigError(f"The 'g_noise' and 'l1_lowpass' parameters of CGANConfig must be >= 0; got "
                               f"{self.g_noise} and {self.l1_lowpass} instead")
@@ -340,7 +352,11 @@ class CGANTrainer:
         cfg = self.config
         terms = {"nmi": nmi(x, y).mean() if cfg.nmi_weight else x.new_zeros(()),
                  "mse": F.mse_loss(y, x) if cfg.mse_weight else x.new_zeros(())}
-        terms["vgg"] = self.vgg.distance(x, y).mean() if (self.vgg is not None and cfg.vgg_weight) else x.new_zeros(())
+        if self.vgg is not None and cfg.vgg_weight:
+            dist = self.vgg.distance(x, y)
+            terms["vgg"] = (dist.clamp_max(cfg.vgg_cap) if cfg.vgg_cap else dist).mean()
+        else:
+            terms["vgg"] = x.new_zeros(())
         return terms
 
     def l1(self, y: torch.Tensor, target: torch.Tensor, band: torch.Tensor | None) -> torch.Tensor:
@@ -376,6 +392,34 @@ class CGANTrainer:
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
             b_ema.copy_(b)
 
+    @torch.no_grad()
+    def recalibrate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Recompute the batch-norm statistics of the rendering generator with its final weights.
+
+        During training the running statistics average over many earlier versions of G (and, with ``g_ema``,
+        belong to G, not to the average); rendered in eval mode with them, a generator can shift brightness or
+        add grain that it never made in training. ``batches`` yields ``(inputs [N, C, S, S], target_masks
+        [N, S, S])``; the statistics become their plain average (as SWA's ``update_bn``). Returns the number of
+        batch-norm layers."""
+        G = self.generator
+        norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        G.train()
+        seen = 0
+        for inputs, target_masks in batches:
+            z, prior = self.ae.condition(target_masks)
+            G(inputs.to(self.device), z, prior)
+            seen += 1
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        G.eval()
+        if not seen:
+            raise ConfigError("batch-norm recalibration got no batches")
+        return len(norms)
+
     def texture_energy(self, y: torch.Tensor) -> torch.Tensor:
         """Local energy of the fine texture ``[N, C, S, S]``: sqrt(window(high-pass(y)^2))."""
         fine = y - self.lowpass(y)
@@ -407,8 +451,6 @@ class CGANTrainer:
         d_loss.backward()
         self.opt_d.step()
         # generator: fool D, stay close to the target (L1), move away from the input (content)
-        if self.config.d_joint_batch:
-            self.D.eval()  # running statistics of real and generated pairs together
         g_loss, logs = self._generator_loss(x, cond, y_fake, y_real, band)
         self.opt_g.zero_grad()
         g_loss.backward()
@@ -421,7 +463,13 @@ class CGANTrainer:
         """Eqs. 1-5: adversarial + l1_weight * L1 + content_weight * (NMI - VGG - MSE), plus texture_weight *
         the fine-texture term (off by default), and its terms."""
         cfg = self.config
-        d_gen = self.D(cond, y)
+        if cfg.d_joint_batch and self.D.training:
+            # D judges the generated pairs in the same joint batch as in its own update (batch statistics of
+            # real and generated pairs together); its running statistics lag behind a moving G and would give
+            # the generator a stale, sometimes saturated, adversarial signal
+            d_gen = self.D(torch.cat([cond, cond]), torch.cat([y_real, y])).chunk(2)[1]
+        else:
+            d_gen = self.D(cond, y)
         adv = self.gan_loss(d_gen, True)
         l1 = self.l1(y, y_real, band)
         texture = self.texture(y, y_real)
@@ -478,8 +526,12 @@ def training_pairs(images: np.ndarray, masks: np.ndarray, config: CGANConfig, rn
 
 
 def train_cgan(images: torch.Tensor, masks: torch.Tensor, ae: MaskAutoencoder, config: CGANConfig,
-               vgg: VGGFeatures | None = None, progress: bool = True) -> tuple[CGANTrainer, list[dict[str, float]]]:
-    """Train G and D on real images ``[N, C, S, S]`` with lung masks ``[N, S, S]``; returns trainer and history."""
+               vgg: VGGFeatures | None = None, progress: bool = True,
+               on_epoch: Callable[[CGANTrainer, dict[str, float]], None] | None = None
+               ) -> tuple[CGANTrainer, list[dict[str, float]]]:
+    """Train G and D on real images ``[N, C, S, S]`` with lung masks ``[N, S, S]``; returns trainer and history.
+
+    ``on_epoch(trainer, history_row)`` is called after every epoch (e.g. to keep snapshots or validate)."""
     trainer = CGANTrainer(ae, images.shape[1], config, vgg)
     rng = np.random.default_rng(config.seed + 11)
     gen = torch.Generator().manual_seed(config.seed + 13)
@@ -502,7 +554,23 @@ def train_cgan(images: torch.Tensor, masks: torch.Tensor, ae: MaskAutoencoder, c
                 bar.update(task, advance=1, description=f"cGAN epoch {epoch + 1}/{config.epochs} "
                                                         f"L1 {sums['g_l1'] / seen:.3f} D {sums['d_loss'] / seen:.3f}")
             history.append({"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()}})
+            if on_epoch is not None:
+                on_epoch(trainer, history[-1])
+        if config.g_bn_passes and config.epochs:
+            bar.update(task, description="cGAN: recomputing the generator's batch-norm statistics")
+            trainer.recalibrate(_pair_batches(imgs, msks, config, rng, gen, config.g_bn_passes))
     trainer.G.eval()
     trainer.D.eval()
     trainer.generator.eval()
     return trainer, history
+
+
+def _pair_batches(imgs: np.ndarray, msks: np.ndarray, config: CGANConfig, rng: np.random.Generator,
+                  gen: torch.Generator, passes: int):
+    """``passes`` epochs of fresh training pairs as ``(inputs, target_masks)`` batches of two or more."""
+    for _ in range(passes):
+        for idx in torch.randperm(len(imgs), generator=gen).split(config.batch_size):
+            if len(idx) >= 2:
+                inputs, tmasks, _, _ = training_pairs(imgs[idx.numpy()], msks[idx.numpy()], config, rng)
+                yield inputs, tmasks
+

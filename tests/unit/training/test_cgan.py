@@ -255,3 +255,61 @@ def test_generator_weight_average_and_least_squares_gan_loss():
         CGANConfig(g_ema=1.0)
     with pytest.raises(ConfigError, match="gan_loss"):
         CGANConfig(gan_loss="wgan")
+
+
+def test_discriminator_scores_the_generator_with_batch_statistics_not_stale_running_ones():
+    images, masks = lungs(8)
+    cfg = CGANConfig(**{**TINY, "ae_epochs": 1, "lr": 1e-3, "d_joint_batch": True})
+    ae, _ = train_mask_autoencoder(masks, cfg, progress=False)
+    inputs, tmasks, targets, band = training_pairs(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
+    logs = []
+    for corrupt in (False, True):
+        trainer = CGANTrainer(ae, 1, cfg, vgg=None)
+        if corrupt:  # running statistics far from anything D sees: the generator's signal must not depend on them
+            for m in trainer.D.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.fill_(50.0)
+                    m.running_var.fill_(1e-4)
+        logs.append(trainer.step(inputs, tmasks, targets, band))
+    assert logs[0]["g_adv"] == pytest.approx(logs[1]["g_adv"], rel=1e-5)
+    assert logs[0]["g_adv"] > 1e-3  # a live adversarial signal, not a saturated one
+
+
+def test_recalibrate_sets_generator_batch_norm_statistics_from_final_weights():
+    images, masks = lungs(8)
+    cfg = CGANConfig(**{**TINY, "ae_epochs": 1, "g_noise": 1})
+    ae, _ = train_mask_autoencoder(masks, cfg, progress=False)
+    trainer = CGANTrainer(ae, 1, cfg, vgg=None)
+    bn = next(m for m in trainer.G.modules() if isinstance(m, nn.BatchNorm2d))
+    bn.running_mean.fill_(7.0)
+    seen = []
+    hook = bn.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    batches = [training_pairs(images[i:i + 4].numpy(), masks[i:i + 4].numpy(), cfg, np.random.default_rng(i))[:2]
+               for i in (0, 4)]
+    assert trainer.recalibrate(batches) == sum(isinstance(m, nn.BatchNorm2d) for m in trainer.G.modules())
+    hook.remove()
+    # the plain average of the batch means (two batches of equal size), not a momentum average mixing in 7.0
+    expected = torch.stack([s.mean((0, 2, 3)) for s in seen]).mean(0)
+    torch.testing.assert_close(bn.running_mean, expected, rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.1 and not trainer.G.training
+    with pytest.raises(ConfigError, match="no batches"):
+        trainer.recalibrate([])
+    with pytest.raises(ConfigError, match="g_bn_passes"):
+        CGANConfig(g_bn_passes=-1)
+
+
+def test_vgg_cap_clamps_each_images_reward_for_moving_away():
+    torch.manual_seed(0)
+    images, masks = lungs(4)
+    vgg = VGGFeatures(VGG16Classifier(1, 2, width=4).features, imagenet=False, source="test")
+    ae, _ = train_mask_autoencoder(masks, CGANConfig(**{**TINY, "ae_epochs": 1}), progress=False)
+    far = torch.rand_like(images)
+    dist = vgg.distance(images, far)
+    cap = float(dist.median())
+    terms = {c: CGANTrainer(ae, 1, CGANConfig(**{**TINY, "vgg_weight": 0.5, "vgg_cap": c}), vgg).content_terms(images, far)
+             for c in (0.0, cap)}
+    torch.testing.assert_close(terms[0.0]["vgg"], dist.mean())
+    torch.testing.assert_close(terms[cap]["vgg"], dist.clamp_max(cap).mean())
+    assert float(terms[cap]["vgg"]) < float(terms[0.0]["vgg"])
+    with pytest.raises(ConfigError, match="vgg_cap"):
+        CGANConfig(vgg_cap=-0.1)
