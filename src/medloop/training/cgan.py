@@ -36,8 +36,9 @@ from medloop.progress import make_progress
 from medloop.synth.perturb import BoundaryDisplacement, PerturbConfig, geometric_ops
 
 GAN_LOSSES = ("bce", "lsgan")
+VGG_DISTANCES = ("squared", "l2")
 
-__all__ = ["GAN_LOSSES", "CGANConfig", "nmi", "VGGFeatures", "train_mask_autoencoder", "train_cgan", "training_pairs", "CGANTrainer"]
+__all__ = ["GAN_LOSSES", "VGG_DISTANCES", "CGANConfig", "nmi", "VGGFeatures", "train_mask_autoencoder", "train_cgan", "training_pairs", "CGANTrainer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,10 @@ class CGANConfig(Config):
         vgg_cap: the VGG term rewards each image's distance from its input only up to this value (0: no cap).
             Beyond it the term has no gradient, so the generator gains nothing by buying more distance with
             grain or brightness shifts (the clamped diversity term of diversity-sensitive cGANs, Yang et al.
-            2019). The VGG distance lies in [0, 4].
+            2019).
+        vgg_distance: ``squared`` (mean squared distance of unit-length features, in [0, 4]) or ``l2`` (its square
+            root, in [0, 2]). Pushing away with a squared distance has no force once ``y`` is close to ``x``,
+            so the term can collapse to nothing while L1 keeps pulling; the L2 distance keeps its push.
         identity_prob: fraction of training pairs that ask for no change.
         augment_geometry: apply the perturbation config's flips, rotations and translations (with their
             probabilities) to each training pair first, so the generator is trained on the poses it is given at
@@ -111,6 +115,7 @@ class CGANConfig(Config):
     nmi_weight: float = 0.05
     vgg_weight: float = 0.3
     vgg_cap: float = 0.0
+    vgg_distance: str = "squared"
     mse_weight: float = 0.05
     identity_prob: float = 0.2
     augment_geometry: bool = True
@@ -142,6 +147,9 @@ class CGANConfig(Config):
                 raise ConfigError(f"The '{name}' parameter of CGANConfig must be >= 0; got {getattr(self, name)} instead")
         if self.vgg_cap < 0:
             raise ConfigError(f"The 'vgg_cap' parameter of CGANConfig must be >= 0 (0: no cap); got {self.vgg_cap} instead")
+        if self.vgg_distance not in VGG_DISTANCES:
+            raise ConfigError(f"The 'vgg_distance' parameter of CGANConfig must be one of {VGG_DISTANCES}; got "
+                              f"{self.vgg_distance!r}")
         if self.g_bn_passes < 0:
             raise ConfigError(f"The 'g_bn_passes' parameter of CGANConfig must be >= 0; got {self.g_bn_passes} instead")
         if self.g_noise < 0 or self.l1_lowpass < 0:
@@ -242,13 +250,16 @@ class VGGFeatures(nn.Module):
             x = (x - 0.449) / 0.226
         return self.net(x)
 
-    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Squared L2 distance of relu4_1 features per image ``[N]``, each position's feature vector first
-        scaled to unit length (as LPIPS does), so the term lies in [0, 4] whichever VGG is used."""
+    def distance(self, x: torch.Tensor, y: torch.Tensor, squared: bool = True) -> torch.Tensor:
+        """Distance of relu4_1 features per image ``[N]``, each position's feature vector first scaled to unit
+        length (as LPIPS does): the mean over positions of the squared L2 distance, in [0, 4] whichever VGG is
+        used, or with ``squared=False`` its square root, the L2 distance (root mean square over positions),
+        in [0, 2], whose gradient does not vanish as ``y`` approaches ``x``."""
         fx, fy = self(x), self(y)  # [N, K, h, w]
         fx = fx / fx.norm(dim=1, keepdim=True).clamp_min(1e-8)
         fy = fy / fy.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        return (fx - fy).pow(2).sum(1).flatten(1).mean(1)
+        sq = (fx - fy).pow(2).sum(1).flatten(1).mean(1)
+        return sq if squared else (sq + 1e-12).sqrt()
 
 
 # -------------------------------------------------------------------------------------------- autoencoder
@@ -353,7 +364,7 @@ class CGANTrainer:
         terms = {"nmi": nmi(x, y).mean() if cfg.nmi_weight else x.new_zeros(()),
                  "mse": F.mse_loss(y, x) if cfg.mse_weight else x.new_zeros(())}
         if self.vgg is not None and cfg.vgg_weight:
-            dist = self.vgg.distance(x, y)
+            dist = self.vgg.distance(x, y, squared=cfg.vgg_distance == "squared")
             terms["vgg"] = (dist.clamp_max(cfg.vgg_cap) if cfg.vgg_cap else dist).mean()
         else:
             terms["vgg"] = x.new_zeros(())

@@ -313,3 +313,23 @@ def test_vgg_cap_clamps_each_images_reward_for_moving_away():
     assert float(terms[cap]["vgg"]) < float(terms[0.0]["vgg"])
     with pytest.raises(ConfigError, match="vgg_cap"):
         CGANConfig(vgg_cap=-0.1)
+
+
+def test_l2_vgg_distance_keeps_its_push_near_the_input():
+    torch.manual_seed(0)
+    images, _ = lungs(2)
+    vgg = VGGFeatures(VGG16Classifier(1, 2, width=4).features, imagenet=False, source="test")
+    direction = torch.randn_like(images)
+    grads = {}
+    for squared in (True, False):
+        for scale in (1e-1, 3e-3):
+            y = (images + scale * direction).requires_grad_(True)
+            vgg.distance(images, y, squared=squared).sum().backward()
+            grads[squared, scale] = float(y.grad.norm())
+    far = images + 0.1 * direction
+    torch.testing.assert_close(vgg.distance(images, far, squared=False) ** 2, vgg.distance(images, far), rtol=1e-4, atol=1e-6)
+    # the squared distance's gradient shrinks with the distance; the L2 distance's does not
+    assert grads[True, 3e-3] < 0.05 * grads[True, 1e-1]
+    assert grads[False, 3e-3] > 0.3 * grads[False, 1e-1]
+    with pytest.raises(ConfigError, match="vgg_distance"):
+        CGANConfig(vgg_distance="l1")
