@@ -16,6 +16,7 @@ from medloop.training.cgan import (
     CGANTrainer,
     VGGFeatures,
     nmi,
+    train_cgan,
     training_pairs,
     train_mask_autoencoder,
 )
@@ -333,3 +334,18 @@ def test_l2_vgg_distance_keeps_its_push_near_the_input():
     assert grads[False, 3e-3] > 0.3 * grads[False, 1e-1]
     with pytest.raises(ConfigError, match="vgg_distance"):
         CGANConfig(vgg_distance="l1")
+
+
+def test_train_cgan_reports_each_epoch_and_ends_with_recalibrated_statistics():
+    images, masks = lungs(6)
+    rows = []
+    for passes in (0, 1):
+        cfg = CGANConfig(**{**TINY, "ae_epochs": 1, "epochs": 2, "g_bn_passes": passes})
+        ae, _ = train_mask_autoencoder(masks, cfg, progress=False)
+        trainer, history = train_cgan(images, masks, ae, cfg, progress=False,
+                                      on_epoch=lambda tr, row: rows.append((passes, row["epoch"], tr.G.training)))
+        assert [r["epoch"] for r in history] == [0, 1] and not trainer.generator.training
+        bn = next(m for m in trainer.G.modules() if isinstance(m, nn.BatchNorm2d))
+        # 6 images in batches of 4 -> 2 batches per epoch; recalibration restarts the count: one pass = 2 batches
+        assert int(bn.num_batches_tracked) == (2 if passes else 2 * 2)
+    assert [(p, e) for p, e, _ in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
