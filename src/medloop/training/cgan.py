@@ -36,9 +36,9 @@ from medloop.progress import make_progress
 from medloop.synth.perturb import BoundaryDisplacement, PerturbConfig, geometric_ops
 
 GAN_LOSSES = ("bce", "lsgan")
-VGG_DISTANCES = ("squared", "l2")
+DISTANCES = ("squared", "l2")
 
-__all__ = ["GAN_LOSSES", "VGG_DISTANCES", "CGANConfig", "nmi", "VGGFeatures", "train_mask_autoencoder", "train_cgan", "training_pairs", "CGANTrainer"]
+__all__ = ["GAN_LOSSES", "DISTANCES", "CGANConfig", "nmi", "VGGFeatures", "train_mask_autoencoder", "train_cgan", "training_pairs", "CGANTrainer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +64,9 @@ class CGANConfig(Config):
         vgg_distance: ``squared`` (mean squared distance of unit-length features, in [0, 4]) or ``l2`` (its square
             root, in [0, 2]). Pushing away with a squared distance has no force once ``y`` is close to ``x``,
             so the term can collapse to nothing while L1 keeps pulling; the L2 distance keeps its push.
+        mse_distance, mse_cap: the same for the MSE term: ``l2`` uses the root mean square difference, and
+            ``mse_cap`` (in the units of that distance; 0: no cap) clamps each image's reward. A pixel-level push
+            is blind to what a classifier learned, unlike the VGG term with the project's own classifier.
         identity_prob: fraction of training pairs that ask for no change.
         augment_geometry: apply the perturbation config's flips, rotations and translations (with their
             probabilities) to each training pair first, so the generator is trained on the poses it is given at
@@ -116,6 +119,8 @@ class CGANConfig(Config):
     vgg_weight: float = 0.3
     vgg_cap: float = 0.0
     vgg_distance: str = "squared"
+    mse_distance: str = "squared"
+    mse_cap: float = 0.0
     mse_weight: float = 0.05
     identity_prob: float = 0.2
     augment_geometry: bool = True
@@ -147,9 +152,12 @@ class CGANConfig(Config):
                 raise ConfigError(f"The '{name}' parameter of CGANConfig must be >= 0; got {getattr(self, name)} instead")
         if self.vgg_cap < 0:
             raise ConfigError(f"The 'vgg_cap' parameter of CGANConfig must be >= 0 (0: no cap); got {self.vgg_cap} instead")
-        if self.vgg_distance not in VGG_DISTANCES:
-            raise ConfigError(f"The 'vgg_distance' parameter of CGANConfig must be one of {VGG_DISTANCES}; got "
-                              f"{self.vgg_distance!r}")
+        for name in ("vgg_distance", "mse_distance"):
+            if getattr(self, name) not in DISTANCES:
+                raise ConfigError(f"The '{name}' parameter of CGANConfig must be one of {DISTANCES}; got "
+                                  f"{getattr(self, name)!r}")
+        if self.mse_cap < 0:
+            raise ConfigError(f"The 'mse_cap' parameter of CGANConfig must be >= 0 (0: no cap); got {self.mse_cap} instead")
         if self.g_bn_passes < 0:
             raise ConfigError(f"The 'g_bn_passes' parameter of CGANConfig must be >= 0; got {self.g_bn_passes} instead")
         if self.g_noise < 0 or self.l1_lowpass < 0:
@@ -361,8 +369,11 @@ class CGANTrainer:
 
     def content_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
-        terms = {"nmi": nmi(x, y).mean() if cfg.nmi_weight else x.new_zeros(()),
-                 "mse": F.mse_loss(y, x) if cfg.mse_weight else x.new_zeros(())}
+        terms = {"nmi": nmi(x, y).mean() if cfg.nmi_weight else x.new_zeros(()), "mse": x.new_zeros(())}
+        if cfg.mse_weight:
+            mse = (y - x).pow(2).flatten(1).mean(1)
+            mse = mse if cfg.mse_distance == "squared" else (mse + 1e-12).sqrt()
+            terms["mse"] = (mse.clamp_max(cfg.mse_cap) if cfg.mse_cap else mse).mean()
         if self.vgg is not None and cfg.vgg_weight:
             dist = self.vgg.distance(x, y, squared=cfg.vgg_distance == "squared")
             terms["vgg"] = (dist.clamp_max(cfg.vgg_cap) if cfg.vgg_cap else dist).mean()

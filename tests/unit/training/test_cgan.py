@@ -349,3 +349,19 @@ def test_train_cgan_reports_each_epoch_and_ends_with_recalibrated_statistics():
         # 6 images in batches of 4 -> 2 batches per epoch; recalibration restarts the count: one pass = 2 batches
         assert int(bn.num_batches_tracked) == (2 if passes else 2 * 2)
     assert [(p, e) for p, e, _ in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_mse_term_distance_and_cap():
+    images, masks = lungs(4)
+    ae, _ = train_mask_autoencoder(masks, CGANConfig(**{**TINY, "ae_epochs": 1}), progress=False)
+    far = images + 0.1 * torch.randn_like(images)
+    far[0] = images[0] + 0.01  # one image close to its input, under the cap
+    rmse = (far - images).pow(2).flatten(1).mean(1).sqrt()
+    terms = lambda **kw: CGANTrainer(ae, 1, CGANConfig(**{**TINY, "mse_weight": 1.0, **kw}), None).content_terms(images, far)
+    torch.testing.assert_close(terms()["mse"], torch.nn.functional.mse_loss(far, images))
+    torch.testing.assert_close(terms(mse_distance="l2")["mse"], rmse.mean())
+    torch.testing.assert_close(terms(mse_distance="l2", mse_cap=0.05)["mse"], rmse.clamp_max(0.05).mean())
+    assert float(rmse[0]) < 0.05 < float(rmse[1:].min())
+    for bad in ({"mse_distance": "l1"}, {"mse_cap": -1.0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            CGANConfig(**bad)
