@@ -13,7 +13,12 @@ the paper's content loss, which pushes the output ``y`` away from the input ``x`
 
 Opt-in (off by default; measured in the README): generator noise channels, an L1 on low-passed images and a
 fine-texture term (``g_noise``, ``l1_lowpass``, ``texture_weight``: each variant gets its own fine texture at
-the target's amount), a weight average of G (``g_ema``), a least-squares adversarial loss (``gan_loss``).
+the target's amount), a weight average of G (``g_ema``), a least-squares adversarial loss (``gan_loss``),
+L2 instead of squared distances in the content loss and caps on the reward for distance (``vgg_distance``,
+``vgg_cap``, ``mse_distance``, ``mse_cap``).
+
+D judges real and generated pairs in one batch, in its own update and when it scores G; after training, G's
+batch-norm statistics are recomputed with its final weights (``g_bn_passes``).
 """
 
 from __future__ import annotations
