@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from medloop.synth.perturb import BoundaryDisplacement, PerturbConfig, geometric
 GAN_LOSSES = ("bce", "lsgan")
 DISTANCES = ("squared", "l2")
 
-__all__ = ["GAN_LOSSES", "DISTANCES", "CGANConfig", "nmi", "VGGFeatures", "train_mask_autoencoder", "train_cgan", "training_pairs", "CGANTrainer"]
+__all__ = ["GAN_LOSSES", "DISTANCES", "CGANConfig", "nmi", "VGGFeatures", "rewarded_distance", "train_mask_autoencoder", "train_cgan", "training_pairs", "CGANTrainer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,14 +155,13 @@ class CGANConfig(Config):
         for name in ("adv_weight", "l1_weight", "content_weight", "nmi_weight", "vgg_weight", "mse_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"The '{name}' parameter of CGANConfig must be >= 0; got {getattr(self, name)} instead")
-        if self.vgg_cap < 0:
-            raise ConfigError(f"The 'vgg_cap' parameter of CGANConfig must be >= 0 (0: no cap); got {self.vgg_cap} instead")
-        for name in ("vgg_distance", "mse_distance"):
-            if getattr(self, name) not in DISTANCES:
-                raise ConfigError(f"The '{name}' parameter of CGANConfig must be one of {DISTANCES}; got "
-                                  f"{getattr(self, name)!r}")
-        if self.mse_cap < 0:
-            raise ConfigError(f"The 'mse_cap' parameter of CGANConfig must be >= 0 (0: no cap); got {self.mse_cap} instead")
+        for term in ("vgg", "mse"):
+            if getattr(self, f"{term}_cap") < 0:
+                raise ConfigError(f"The '{term}_cap' parameter of CGANConfig must be >= 0 (0: no cap); got "
+                                  f"{getattr(self, f'{term}_cap')} instead")
+            if getattr(self, f"{term}_distance") not in DISTANCES:
+                raise ConfigError(f"The '{term}_distance' parameter of CGANConfig must be one of {DISTANCES}; got "
+                                  f"{getattr(self, f'{term}_distance')!r}")
         if self.g_bn_passes < 0:
             raise ConfigError(f"The 'g_bn_passes' parameter of CGANConfig must be >= 0; got {self.g_bn_passes} instead")
         if self.g_noise < 0 or self.l1_lowpass < 0:
@@ -263,16 +262,21 @@ class VGGFeatures(nn.Module):
             x = (x - 0.449) / 0.226
         return self.net(x)
 
-    def distance(self, x: torch.Tensor, y: torch.Tensor, squared: bool = True) -> torch.Tensor:
-        """Distance of relu4_1 features per image ``[N]``, each position's feature vector first scaled to unit
-        length (as LPIPS does): the mean over positions of the squared L2 distance, in [0, 4] whichever VGG is
-        used, or with ``squared=False`` its square root, the L2 distance (root mean square over positions),
-        in [0, 2], whose gradient does not vanish as ``y`` approaches ``x``."""
+    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Squared L2 distance of relu4_1 features per image ``[N]``, each position's feature vector first
+        scaled to unit length (as LPIPS does), so the term lies in [0, 4] whichever VGG is used."""
         fx, fy = self(x), self(y)  # [N, K, h, w]
         fx = fx / fx.norm(dim=1, keepdim=True).clamp_min(1e-8)
         fy = fy / fy.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        sq = (fx - fy).pow(2).sum(1).flatten(1).mean(1)
-        return sq if squared else (sq + 1e-12).sqrt()
+        return (fx - fy).pow(2).sum(1).flatten(1).mean(1)
+
+
+def rewarded_distance(squared: torch.Tensor, distance: str, cap: float) -> torch.Tensor:
+    """The distance a push-away term rewards, from per-image squared distances ``[N]``: the squared distance
+    or (``l2``) its square root, whose gradient does not vanish as the output nears its input; each image's
+    value clamped at ``cap`` (0: no cap) so that moving further gains nothing. Returns the batch mean."""
+    d = squared if distance == "squared" else (squared + 1e-12).sqrt()
+    return (d.clamp_max(cap) if cap else d).mean()
 
 
 # -------------------------------------------------------------------------------------------- autoencoder
@@ -374,17 +378,14 @@ class CGANTrainer:
 
     def content_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
-        terms = {"nmi": nmi(x, y).mean() if cfg.nmi_weight else x.new_zeros(()), "mse": x.new_zeros(())}
-        if cfg.mse_weight:
-            mse = (y - x).pow(2).flatten(1).mean(1)
-            mse = mse if cfg.mse_distance == "squared" else (mse + 1e-12).sqrt()
-            terms["mse"] = (mse.clamp_max(cfg.mse_cap) if cfg.mse_cap else mse).mean()
-        if self.vgg is not None and cfg.vgg_weight:
-            dist = self.vgg.distance(x, y, squared=cfg.vgg_distance == "squared")
-            terms["vgg"] = (dist.clamp_max(cfg.vgg_cap) if cfg.vgg_cap else dist).mean()
-        else:
-            terms["vgg"] = x.new_zeros(())
-        return terms
+        zero = x.new_zeros(())
+        return {
+            "nmi": nmi(x, y).mean() if cfg.nmi_weight else zero,
+            "mse": rewarded_distance((y - x).pow(2).flatten(1).mean(1), cfg.mse_distance, cfg.mse_cap)
+            if cfg.mse_weight else zero,
+            "vgg": rewarded_distance(self.vgg.distance(x, y), cfg.vgg_distance, cfg.vgg_cap)
+            if (self.vgg is not None and cfg.vgg_weight) else zero,
+        }
 
     def l1(self, y: torch.Tensor, target: torch.Tensor, band: torch.Tensor | None) -> torch.Tensor:
         """L1 to the target (both low-passed when ``l1_lowpass``); pixels in ``band [N, S, S]`` (where the
@@ -395,6 +396,14 @@ class CGANTrainer:
             return F.l1_loss(y, target)
         w = 1.0 + (self.config.band_weight - 1.0) * band.to(y.device, y.dtype)[:, None]
         return ((y - target).abs() * w).sum() / (w.sum() * y.shape[1])
+
+    def judge(self, cond: torch.Tensor, y_real: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's logits for the real and the generated pairs. With ``d_joint_batch`` both go through D in one
+        batch, in D's update and when D scores G: in training mode they share batch statistics (D's running
+        statistics lag behind a moving G and gave G a stale, sometimes saturated, adversarial signal)."""
+        if self.config.d_joint_batch:
+            return self.D(torch.cat([cond, cond]), torch.cat([y_real, y])).chunk(2)
+        return self.D(cond, y_real), self.D(cond, y)
 
     def gan_loss(self, logits: torch.Tensor, real: bool) -> torch.Tensor:
         """Adversarial loss of D's logits against the label real (1) / generated (0)."""
@@ -469,10 +478,7 @@ class CGANTrainer:
         self.D.train()
         y_fake = self.G(x, z, prior)
         # discriminator: real pairs -> 1, generated pairs -> 0
-        if self.config.d_joint_batch:
-            d_real, d_fake = self.D(torch.cat([cond, cond]), torch.cat([y_real, y_fake.detach()])).chunk(2)
-        else:
-            d_real, d_fake = self.D(cond, y_real), self.D(cond, y_fake.detach())
+        d_real, d_fake = self.judge(cond, y_real, y_fake.detach())
         d_loss = 0.5 * (self.gan_loss(d_real, True) + self.gan_loss(d_fake, False))
         self.opt_d.zero_grad()
         d_loss.backward()
@@ -490,14 +496,7 @@ class CGANTrainer:
         """Eqs. 1-5: adversarial + l1_weight * L1 + content_weight * (NMI - VGG - MSE), plus texture_weight *
         the fine-texture term (off by default), and its terms."""
         cfg = self.config
-        if cfg.d_joint_batch and self.D.training:
-            # D judges the generated pairs in the same joint batch as in its own update (batch statistics of
-            # real and generated pairs together); its running statistics lag behind a moving G and would give
-            # the generator a stale, sometimes saturated, adversarial signal
-            d_gen = self.D(torch.cat([cond, cond]), torch.cat([y_real, y])).chunk(2)[1]
-        else:
-            d_gen = self.D(cond, y)
-        adv = self.gan_loss(d_gen, True)
+        adv = self.gan_loss(self.judge(cond, y_real, y)[1], True)
         l1 = self.l1(y, y_real, band)
         texture = self.texture(y, y_real)
         terms = self.content_terms(x, y)
@@ -553,51 +552,39 @@ def training_pairs(images: np.ndarray, masks: np.ndarray, config: CGANConfig, rn
 
 
 def train_cgan(images: torch.Tensor, masks: torch.Tensor, ae: MaskAutoencoder, config: CGANConfig,
-               vgg: VGGFeatures | None = None, progress: bool = True,
-               on_epoch: Callable[[CGANTrainer, dict[str, float]], None] | None = None
-               ) -> tuple[CGANTrainer, list[dict[str, float]]]:
-    """Train G and D on real images ``[N, C, S, S]`` with lung masks ``[N, S, S]``; returns trainer and history.
-
-    ``on_epoch(trainer, history_row)`` is called after every epoch (e.g. to keep snapshots or validate)."""
+               vgg: VGGFeatures | None = None, progress: bool = True) -> tuple[CGANTrainer, list[dict[str, float]]]:
+    """Train G and D on real images ``[N, C, S, S]`` with lung masks ``[N, S, S]``; returns trainer and history."""
     trainer = CGANTrainer(ae, images.shape[1], config, vgg)
     rng = np.random.default_rng(config.seed + 11)
     gen = torch.Generator().manual_seed(config.seed + 13)
     imgs, msks = images.numpy(), (masks > 0).numpy()
     history = []
-    n_batches = -(-len(images) // config.batch_size)
+    n_batches = len(images) // config.batch_size + (len(images) % config.batch_size >= 2)
     with make_progress(transient=not progress) as bar:
         task = bar.add_task("training cGAN", total=config.epochs * n_batches, visible=progress)
         for epoch in range(config.epochs):
             sums: dict[str, float] = {}
             seen = 0
-            for idx in torch.randperm(len(images), generator=gen).split(config.batch_size):
-                if len(idx) < 2:
-                    bar.update(task, advance=1)
-                    continue  # batch norm needs two samples
-                inputs, tmasks, targets, band = training_pairs(imgs[idx.numpy()], msks[idx.numpy()], config, rng)
+            for inputs, tmasks, targets, band in _epoch_pairs(imgs, msks, config, rng, gen):
                 for k, v in trainer.step(inputs, tmasks, targets, band).items():
-                    sums[k] = sums.get(k, 0.0) + v * len(idx)
-                seen += len(idx)
+                    sums[k] = sums.get(k, 0.0) + v * len(inputs)
+                seen += len(inputs)
                 bar.update(task, advance=1, description=f"cGAN epoch {epoch + 1}/{config.epochs} "
                                                         f"L1 {sums['g_l1'] / seen:.3f} D {sums['d_loss'] / seen:.3f}")
             history.append({"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()}})
-            if on_epoch is not None:
-                on_epoch(trainer, history[-1])
         if config.g_bn_passes and config.epochs:
             bar.update(task, description="cGAN: recomputing the generator's batch-norm statistics")
-            trainer.recalibrate(_pair_batches(imgs, msks, config, rng, gen, config.g_bn_passes))
+            trainer.recalibrate((pairs[0], pairs[1]) for _ in range(config.g_bn_passes)
+                                for pairs in _epoch_pairs(imgs, msks, config, rng, gen))
     trainer.G.eval()
     trainer.D.eval()
     trainer.generator.eval()
     return trainer, history
 
 
-def _pair_batches(imgs: np.ndarray, msks: np.ndarray, config: CGANConfig, rng: np.random.Generator,
-                  gen: torch.Generator, passes: int):
-    """``passes`` epochs of fresh training pairs as ``(inputs, target_masks)`` batches of two or more."""
-    for _ in range(passes):
-        for idx in torch.randperm(len(imgs), generator=gen).split(config.batch_size):
-            if len(idx) >= 2:
-                inputs, tmasks, _, _ = training_pairs(imgs[idx.numpy()], msks[idx.numpy()], config, rng)
-                yield inputs, tmasks
-
+def _epoch_pairs(imgs: np.ndarray, msks: np.ndarray, config: CGANConfig, rng: np.random.Generator,
+                 gen: torch.Generator):
+    """One shuffled epoch of ``training_pairs`` batches; a last batch of one image is skipped (batch norm)."""
+    for idx in torch.randperm(len(imgs), generator=gen).split(config.batch_size):
+        if len(idx) >= 2:
+            yield training_pairs(imgs[idx.numpy()], msks[idx.numpy()], config, rng)

@@ -12,10 +12,12 @@ from medloop.metrics import mask_dice
 from medloop.models import VGG16Classifier
 from medloop.synth.generator import MaskConditionedSampler, build_vgg
 from medloop.training.cgan import (
+    DISTANCES,
     CGANConfig,
     CGANTrainer,
     VGGFeatures,
     nmi,
+    rewarded_distance,
     train_cgan,
     training_pairs,
     train_mask_autoencoder,
@@ -299,10 +301,14 @@ def test_recalibrate_sets_generator_batch_norm_statistics_from_final_weights():
         CGANConfig(g_bn_passes=-1)
 
 
-def test_vgg_cap_clamps_each_images_reward_for_moving_away():
+def tiny_vgg() -> VGGFeatures:
     torch.manual_seed(0)
+    return VGGFeatures(VGG16Classifier(1, 2, width=4).features, imagenet=False, source="test")
+
+
+def test_vgg_cap_clamps_each_images_reward_for_moving_away():
+    vgg = tiny_vgg()
     images, masks = lungs(4)
-    vgg = VGGFeatures(VGG16Classifier(1, 2, width=4).features, imagenet=False, source="test")
     ae, _ = train_mask_autoencoder(masks, CGANConfig(**{**TINY, "ae_epochs": 1}), progress=False)
     far = torch.rand_like(images)
     dist = vgg.distance(images, far)
@@ -317,38 +323,35 @@ def test_vgg_cap_clamps_each_images_reward_for_moving_away():
 
 
 def test_l2_vgg_distance_keeps_its_push_near_the_input():
-    torch.manual_seed(0)
+    vgg = tiny_vgg()
     images, _ = lungs(2)
-    vgg = VGGFeatures(VGG16Classifier(1, 2, width=4).features, imagenet=False, source="test")
     direction = torch.randn_like(images)
     grads = {}
-    for squared in (True, False):
+    for kind in DISTANCES:
         for scale in (1e-1, 3e-3):
             y = (images + scale * direction).requires_grad_(True)
-            vgg.distance(images, y, squared=squared).sum().backward()
-            grads[squared, scale] = float(y.grad.norm())
+            rewarded_distance(vgg.distance(images, y), kind, 0.0).backward()
+            grads[kind, scale] = float(y.grad.norm())
     far = images + 0.1 * direction
-    torch.testing.assert_close(vgg.distance(images, far, squared=False) ** 2, vgg.distance(images, far), rtol=1e-4, atol=1e-6)
+    sq = vgg.distance(images, far)
+    torch.testing.assert_close(rewarded_distance(sq, "l2", 0.0), sq.sqrt().mean(), rtol=1e-4, atol=1e-6)
     # the squared distance's gradient shrinks with the distance; the L2 distance's does not
-    assert grads[True, 3e-3] < 0.05 * grads[True, 1e-1]
-    assert grads[False, 3e-3] > 0.3 * grads[False, 1e-1]
+    assert grads["squared", 3e-3] < 0.05 * grads["squared", 1e-1]
+    assert grads["l2", 3e-3] > 0.3 * grads["l2", 1e-1]
     with pytest.raises(ConfigError, match="vgg_distance"):
         CGANConfig(vgg_distance="l1")
 
 
-def test_train_cgan_reports_each_epoch_and_ends_with_recalibrated_statistics():
+def test_train_cgan_ends_with_recalibrated_statistics():
     images, masks = lungs(6)
-    rows = []
     for passes in (0, 1):
         cfg = CGANConfig(**{**TINY, "ae_epochs": 1, "epochs": 2, "g_bn_passes": passes})
         ae, _ = train_mask_autoencoder(masks, cfg, progress=False)
-        trainer, history = train_cgan(images, masks, ae, cfg, progress=False,
-                                      on_epoch=lambda tr, row: rows.append((passes, row["epoch"], tr.G.training)))
+        trainer, history = train_cgan(images, masks, ae, cfg, progress=False)
         assert [r["epoch"] for r in history] == [0, 1] and not trainer.generator.training
         bn = next(m for m in trainer.G.modules() if isinstance(m, nn.BatchNorm2d))
         # 6 images in batches of 4 -> 2 batches per epoch; recalibration restarts the count: one pass = 2 batches
         assert int(bn.num_batches_tracked) == (2 if passes else 2 * 2)
-    assert [(p, e) for p, e, _ in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
 
 
 def test_mse_term_distance_and_cap():
