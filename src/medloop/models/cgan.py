@@ -60,10 +60,15 @@ class MaskConditionedGenerator(nn.Module):
         noise_channels: channels of per-pixel standard normal noise given to the generator with its input
             (0: deterministic). The noise reaches the stem and the output convolutions, so the generator can
             render fine texture (detector noise, parenchyma) afresh for every variant.
+        input_lowpass: Gaussian sigma (px) applied to the source image before the generator sees it (0: the
+            source as given). The generator then gets the source's anatomy but not its fine texture, which it
+            cannot copy and must render itself (with ``noise_channels``, a new realization per variant); the
+            output is ``lowpass(x) + delta``. ``source_view`` is what it sees (the discriminator's condition).
     """
 
     def __init__(self, in_channels: int = 1, latent_dim: int = 64, features: int = 64, n_blocks: int = 6,
-                 upsample: str = "transpose", noise_channels: int = 0, padding: str = "zeros"):
+                 upsample: str = "transpose", noise_channels: int = 0, padding: str = "zeros",
+                 input_lowpass: float = 0.0):
         super().__init__()
         if upsample not in UPSAMPLING:
             raise ValueError(f"upsample must be one of {UPSAMPLING}; got {upsample!r}")
@@ -71,9 +76,17 @@ class MaskConditionedGenerator(nn.Module):
             raise ValueError(f"padding must be one of {PADDING}; got {padding!r}")
         if noise_channels < 0:
             raise ValueError(f"noise_channels must be >= 0; got {noise_channels}")
+        if input_lowpass < 0:
+            raise ValueError(f"input_lowpass must be >= 0; got {input_lowpass}")
         self.params = {"in_channels": in_channels, "latent_dim": latent_dim, "features": features, "n_blocks": n_blocks,
-                       "upsample": upsample, "noise_channels": noise_channels, "padding": padding}
+                       "upsample": upsample, "noise_channels": noise_channels, "padding": padding,
+                       "input_lowpass": float(input_lowpass)}
         self.noise_channels = noise_channels
+        self.smooth = None
+        if input_lowpass > 0:
+            from monai.networks.layers import GaussianFilter
+
+            self.smooth = GaussianFilter(2, float(input_lowpass))
         c = in_channels + 1 + noise_channels
         pm = padding
         self.stem = nn.Sequential(nn.Conv2d(c, features // 2, 7, padding=3, padding_mode=pm), nn.BatchNorm2d(features // 2),
@@ -99,9 +112,14 @@ class MaskConditionedGenerator(nn.Module):
         """Shape of the noise for a batch of images ``x [N, C, S, S]``: ``(N, noise_channels, S, S)``."""
         return (x.shape[0], self.noise_channels, *x.shape[2:])
 
+    def source_view(self, x: torch.Tensor) -> torch.Tensor:
+        """The source image as the generator sees it: low-passed with ``input_lowpass``, else ``x`` itself."""
+        return x if self.smooth is None else self.smooth(x)
+
     def forward(self, x: torch.Tensor, z: torch.Tensor, mask_prior: torch.Tensor,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
         """``noise [N, noise_channels, S, S]``: drawn here (torch's global generator) when not given."""
+        x = self.source_view(x)
         parts = [x, mask_prior]
         if self.noise_channels:
             shape = self.noise_shape(x)

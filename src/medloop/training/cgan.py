@@ -11,7 +11,8 @@ condition being the input image and the conditioning mask) + ``l1_weight`` * L1 
 + ``content_weight`` * (``nmi_weight`` * NMI(x, y) - ``vgg_weight`` * VGG(x, y) - ``mse_weight`` * MSE(x, y)),
 the paper's content loss, which pushes the output ``y`` away from the input ``x`` (diversity).
 
-Opt-in (off by default; measured in the README): generator noise channels, an L1 on low-passed images and a
+Opt-in (off by default; measured in the README): generator noise channels, a low-passed source for the
+generator (``g_input_lowpass``), an L1 on low-passed images and a
 fine-texture term (``g_noise``, ``l1_lowpass``, ``texture_weight``: each variant gets its own fine texture at
 the target's amount), a weight average of G (``g_ema``), a least-squares adversarial loss (``gan_loss``),
 L2 instead of squared distances in the content loss and caps on the reward for distance (``vgg_distance``,
@@ -92,6 +93,11 @@ class CGANConfig(Config):
             then pins the anatomy (structure coarser than the sigma) but not the fine texture, which the
             content loss pushes away from the source and the discriminator keeps realistic: with ``g_noise``,
             each variant gets its own texture.
+        g_input_lowpass: Gaussian sigma (px) of the low-pass the generator applies to its source image (0: the
+            source as given; the discriminator's condition is the same view). The generator cannot copy the
+            source's fine texture, so with ``g_noise`` and ``texture_weight`` it renders a texture of its own
+            for every variant: diversity in texture and noise, while ``l1_lowpass`` pins the anatomy. Set it
+            to the ``l1_lowpass`` sigma (what the L1 pins is what the generator sees).
         texture_weight: weight of the fine-texture term (needs ``l1_lowpass``): L1 between the local energy of
             the output's and the target's fine texture (what the low-pass removes; energy = square root of its
             square averaged over a Gaussian window of ``texture_window`` px). It keeps the amount of texture and
@@ -136,6 +142,7 @@ class CGANConfig(Config):
     g_padding: str = "zeros"
     g_noise: int = 0
     l1_lowpass: float = 0.0
+    g_input_lowpass: float = 0.0
     texture_weight: float = 0.0
     texture_window: float = 4.0
     vgg: str | None = None
@@ -164,9 +171,9 @@ class CGANConfig(Config):
                                   f"{getattr(self, f'{term}_distance')!r}")
         if self.g_bn_passes < 0:
             raise ConfigError(f"The 'g_bn_passes' parameter of CGANConfig must be >= 0; got {self.g_bn_passes} instead")
-        if self.g_noise < 0 or self.l1_lowpass < 0:
-            raise ConfigError(f"The 'g_noise' and 'l1_lowpass' parameters of CGANConfig must be >= 0; got "
-                              f"{self.g_noise} and {self.l1_lowpass} instead")
+        if self.g_noise < 0 or self.l1_lowpass < 0 or self.g_input_lowpass < 0:
+            raise ConfigError(f"The 'g_noise', 'l1_lowpass' and 'g_input_lowpass' parameters of CGANConfig must be "
+                              f">= 0; got {self.g_noise}, {self.l1_lowpass} and {self.g_input_lowpass} instead")
         if self.texture_weight < 0 or self.texture_window <= 0:
             raise ConfigError(f"The 'texture_weight' parameter of CGANConfig must be >= 0 and 'texture_window' > 0; "
                               f"got {self.texture_weight} and {self.texture_window} instead")
@@ -358,7 +365,8 @@ class CGANTrainer:
         for p in self.ae.parameters():
             p.requires_grad_(False)
         self.G = MaskConditionedGenerator(in_channels, config.latent_dim, config.g_features, config.g_blocks,
-                                          config.g_upsample, config.g_noise, config.g_padding).to(self.device)
+                                          config.g_upsample, config.g_noise, config.g_padding,
+                                          config.g_input_lowpass).to(self.device)
         self.D = PairDiscriminator(2 * in_channels + 1, config.d_features, config.d_dense).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr * config.d_lr_factor, betas=(0.5, 0.999))
@@ -473,7 +481,7 @@ class CGANTrainer:
         ``band [N, S, S]`` the pixels where the boundary moved (optional)."""
         x, y_real = inputs.to(self.device), targets.to(self.device)
         z, prior = self.ae.condition(target_masks)
-        cond = torch.cat([x, prior], dim=1)
+        cond = torch.cat([self.G.source_view(x), prior], dim=1)
         self.G.train()
         self.D.train()
         y_fake = self.G(x, z, prior)
@@ -514,7 +522,7 @@ class CGANTrainer:
         z, prior = self.ae.condition(target_masks)
         self.G.eval()
         self.D.eval()
-        cond = torch.cat([x, prior], dim=1)
+        cond = torch.cat([self.G.source_view(x), prior], dim=1)
         noise = None
         if self.G.noise_channels:
             fixed = torch.Generator().manual_seed(self.config.seed)

@@ -89,3 +89,22 @@ def test_generator_reflect_padding_applies_to_every_convolution():
     assert g(torch.rand(2, 1, 32, 32), torch.randn(2, 8), torch.rand(2, 1, 32, 32)).shape == (2, 1, 32, 32)
     with pytest.raises(ValueError, match="padding must be one of"):
         MaskConditionedGenerator(1, 8, padding="circularish")
+
+
+def test_generator_input_lowpass_sees_only_the_smoothed_source():
+    torch.manual_seed(0)
+    low = MaskConditionedGenerator(1, latent_dim=8, features=16, n_blocks=1, upsample="resize", input_lowpass=1.0).eval()
+    plain = MaskConditionedGenerator(1, latent_dim=8, features=16, n_blocks=1, upsample="resize").eval()
+    plain.load_state_dict(low.state_dict(), strict=False)  # the same weights; only the low-pass differs
+    x, z, prior = torch.rand(2, 1, 32, 32), torch.randn(2, 8), torch.rand(2, 1, 32, 32)
+    smooth = low.source_view(x)
+    assert smooth.std() < x.std()  # fine texture removed
+    assert torch.allclose(low(x, z, prior), plain(smooth, z, prior), atol=1e-6)
+    # a zero-mean checkerboard is almost all fine texture: the low-passed generator barely sees it
+    checker = ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 0.2 - 0.1).expand(2, 1, 32, 32)
+    assert (low(x + checker, z, prior) - low(x, z, prior)).abs().max() < 0.1 * (
+        plain(x + checker, z, prior) - plain(x, z, prior)).abs().max()
+    assert low.params["input_lowpass"] == 1.0 and plain.params["input_lowpass"] == 0.0
+    assert torch.equal(plain.source_view(x), x)
+    with pytest.raises(ValueError, match="input_lowpass"):
+        MaskConditionedGenerator(1, 8, input_lowpass=-1.0)

@@ -201,6 +201,8 @@ def test_lowpass_l1_pins_structure_not_fine_texture_and_noisy_sampler_is_seeded(
         CGANConfig(g_noise=-1)
     with pytest.raises(ConfigError, match="g_padding"):
         CGANConfig(g_padding="same")
+    with pytest.raises(ConfigError, match="g_input_lowpass"):
+        CGANConfig(g_input_lowpass=-0.5)
     # a noisy generator: variants are reproducible from the rng (also after save / load), and one mask rendered
     # with two noise draws gives two images
     sampler = MaskConditionedSampler(low.ae, low.G, CGANConfig(**{**TINY, "perturb": {
@@ -368,3 +370,25 @@ def test_mse_term_distance_and_cap():
     for bad in ({"mse_distance": "l1"}, {"mse_cap": -1.0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             CGANConfig(**bad)
+
+
+def test_input_lowpass_discriminator_judges_pairs_with_the_view_the_generator_had(tmp_path):
+    images, masks = lungs(4)
+    cfg = CGANConfig(**{**TINY, "ae_epochs": 1, "g_noise": 1, "l1_lowpass": 1.0, "g_input_lowpass": 1.0})
+    ae, _ = train_mask_autoencoder(masks, cfg, progress=False)
+    trainer = CGANTrainer(ae, 1, cfg, vgg=None)
+    assert trainer.G.params["input_lowpass"] == 1.0
+    seen = []
+    forward = trainer.D.forward
+    trainer.D.forward = lambda c, y: seen.append(c[:, :1].detach().clone()) or forward(c, y)
+    inputs, tmasks, targets, band = training_pairs(images.numpy(), masks.numpy(), cfg, np.random.default_rng(0))
+    trainer.step(inputs, tmasks, targets, band)
+    assert seen and all(torch.allclose(c[: len(inputs)], trainer.G.source_view(inputs)) for c in seen)
+    assert not torch.allclose(seen[0][: len(inputs)], inputs)  # not the raw source
+    # the option travels with the generator: a saved sampler renders with the same view
+    sampler = MaskConditionedSampler(trainer.ae, trainer.G, cfg.perturb_config, "cpu", trainer.D)
+    loaded = MaskConditionedSampler.load(sampler.save(tmp_path / "g.pt"))
+    assert loaded.G.params["input_lowpass"] == 1.0
+    rng = np.random.default_rng(3)
+    a = sampler.render(inputs[:2], tmasks[:2], np.random.default_rng(3))
+    assert torch.allclose(a, loaded.render(inputs[:2], tmasks[:2], rng), atol=1e-6)
