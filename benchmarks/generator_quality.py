@@ -11,7 +11,9 @@ measures:
   (ii)  label preservation: agreement of the real-trained classifier's predicted class between generated images
         and their sources (the source as the generator received it, after the variant's flip / rotation / shift,
         so a judge that is not flip-invariant does not count against the generator; the agreement with the
-        untransformed source is reported beside it), with the classifier's own test AUC, since agreement means
+        untransformed source is reported beside it; ``label_agreement_intensity_op_alone`` applies the variants'
+        lung intensity changes to their sources without the generator, to tell how much of the disagreement
+        that op causes on its own), with the classifier's own test AUC, since agreement means
         little for a classifier at chance. ``--judge resnet18`` is the project's ResNet-18 (early stopping on the validation split);
         ``--judge smallcnn`` is the global-max-pooling CNN of ``phantom_difficulty.py`` trained on train + val
         with its fixed schedule: the phantom's nodules are small local findings that the ResNet-18 does not
@@ -147,7 +149,7 @@ def main() -> None:
     cond_vs_src, fid, fid_src, agree, agree_correct, ssim, l1 = [], [], [], [], [], [], []
     ssim_low, ssim_draws, tex_gen, tex_src = [], [], [], []
     follow, follow_src = [], []
-    made_by, agree_v, agree_orig = [], [], []
+    made_by, agree_v, agree_orig, agree_shift_only = [], [], [], []
     n_gen = 0
     gen_seconds = 0.0
     for i in pick:
@@ -176,6 +178,18 @@ def main() -> None:
                 follow_src.append(float((ps == c)[changed].float().mean()))
         fid += mask_dice(pred_mask, cond).tolist()
         fid_src += mask_dice(pred_mask, src_masks).tolist()
+        # the same lung intensity change applied to the source itself, no generator: how much of the judge's
+        # disagreement the (paper's) intensity op causes on its own
+        shifts = [next((o["shift"] for o in v.ops if o["op"] == "intensity" and o.get("shift")), 0.0) for v in variants]
+        if any(shifts):
+            lo, hi = float(s.image.min()), float(s.image.max())
+            shifted = src.clone()
+            for j, shift in enumerate(shifts):
+                shifted[j, :, src_masks[j]] = (shifted[j, :, src_masks[j]] + shift).clamp(lo, hi)
+            with torch.no_grad():
+                p_shift = classify(shifted)
+            sel = torch.tensor([bool(v) for v in shifts])
+            agree_shift_only += (p_shift[sel] == p_geo[sel]).float().tolist()
         agree += (p_gen == p_geo).float().tolist()
         agree_orig += (p_gen == p_src).float().tolist()
         if int(p_src) == s.label:
@@ -211,6 +225,7 @@ def main() -> None:
         "moved_pixels_following_condition_on_source": round(float(np.mean(follow_src)), 4) if follow_src else None,
         "label_preservation": round(float(np.mean(agree)), 4),
         "label_preservation_vs_untransformed_source": round(float(np.mean(agree_orig)), 4),
+        "label_agreement_intensity_op_alone": round(float(np.mean(agree_shift_only)), 4) if agree_shift_only else None,
         "label_preservation_where_source_correct": round(float(np.mean(agree_correct)), 4) if agree_correct else None,
         "ssim_mean": round(float(np.mean(ssim)), 4), "ssim_min": round(float(np.min(ssim)), 4),
         "ssim_max": round(float(np.max(ssim)), 4), "l1_mean": round(float(np.mean(l1)), 4),
