@@ -52,6 +52,7 @@ from medloop.config import DataConfig, TrainConfig, apply_overrides, parse_overr
 from medloop.data import load_dataset, split_by_case
 from medloop.models import build_model
 from medloop.synth.generator import MaskConditionedSampler, fit_generator
+from medloop.synth.perturb import intensity_shift, shift_lung
 from medloop.training import evaluate, fit
 from medloop.metrics import classification_metrics, mask_dice
 from medloop.training.cgan import CGANConfig
@@ -180,16 +181,14 @@ def main() -> None:
         fid_src += mask_dice(pred_mask, src_masks).tolist()
         # the same lung intensity change applied to the source itself, no generator: how much of the judge's
         # disagreement the (paper's) intensity op causes on its own
-        shifts = [next((o["shift"] for o in v.ops if o["op"] == "intensity" and o.get("shift")), 0.0) for v in variants]
-        if any(shifts):
-            lo, hi = float(s.image.min()), float(s.image.max())
-            shifted = src.clone()
-            for j, shift in enumerate(shifts):
-                shifted[j, :, src_masks[j]] = (shifted[j, :, src_masks[j]] + shift).clamp(lo, hi)
+        lo, hi = float(s.image.min()), float(s.image.max())
+        shifted = [(j, shift_lung(v.source, v.source_mask > 0, intensity_shift(v.ops), lo, hi))
+                   for j, v in enumerate(variants) if intensity_shift(v.ops)]
+        if shifted:
             with torch.no_grad():
-                p_shift = classify(shifted)
-            sel = torch.tensor([bool(v) for v in shifts])
-            agree_shift_only += (p_shift[sel] == p_geo[sel]).float().tolist()
+                p_shift = classify(torch.from_numpy(np.stack([img for _, img in shifted])))
+            sel = [j for j, _ in shifted]
+            agree_shift_only += (p_shift == p_geo[sel]).float().tolist()
         agree += (p_gen == p_geo).float().tolist()
         agree_orig += (p_gen == p_src).float().tolist()
         if int(p_src) == s.label:

@@ -18,7 +18,7 @@ import torch
 from medloop.errors import ConfigError, DataError
 from medloop.models.cgan import MaskConditionedGenerator, PairDiscriminator
 from medloop.models.mask_ae import MaskAutoencoder
-from medloop.synth.perturb import PerturbConfig, make_variants
+from medloop.synth.perturb import PerturbConfig, intensity_shift, make_variants, shift_lung
 from medloop.training.cgan import CGANConfig, VGGFeatures, train_cgan, train_mask_autoencoder
 
 __all__ = ["GeneratedVariant", "MaskConditionedSampler", "fit_generator", "build_vgg", "check_vgg_source"]
@@ -86,10 +86,9 @@ class MaskConditionedSampler:
             masks = torch.from_numpy(np.stack([v.mask for v in chunk]))
             rendered = self.render(sources, masks, rng).numpy()
             for v, src, img in zip(chunk, sources.numpy(), rendered):
-                lung = v.mask > 0
-                for op in v.ops:
-                    if op["op"] == "intensity" and op.get("shift"):
-                        img[:, lung] += op["shift"]  # the lung intensity change, on the rendered lung
+                shift = intensity_shift(v.ops)
+                if shift:  # the lung intensity change, on the rendered lung
+                    img = shift_lung(img, v.mask > 0, shift, lo, hi)
                 out.append(GeneratedVariant(np.clip(img, lo, hi).astype(np.float32), v.mask, src, v.geometric_mask, v.ops))
         return out
 

@@ -34,6 +34,8 @@ __all__ = [
     "make_variants",
     "geometric_ops",
     "affine_pair",
+    "intensity_shift",
+    "shift_lung",
 ]
 
 PERTURBATIONS: Registry[type] = Registry("perturbation")
@@ -267,10 +269,21 @@ class LungIntensity:
         mu, sigma = float(values.mean()), float(values.std())
         direction = 1.0 if rng.random() < 0.5 else -1.0
         shift = direction * self.config.intensity_strength * (alpha * abs(mu) + beta * sigma)
-        out = image.copy()
-        out[lung] = np.clip(values + shift, float(image.min()), float(image.max()))
+        out = shift_lung(image, lung, shift, float(image.min()), float(image.max()))
         return out, mask.copy(), {"alpha": alpha, "beta": beta, "mu": round(mu, 5), "sigma": round(sigma, 5),
                                   "shift": round(shift, 5)}
+
+
+def shift_lung(image: np.ndarray, lung: np.ndarray, shift: float, lo: float, hi: float) -> np.ndarray:
+    """A copy of ``image [..., H, W]`` with ``shift`` added inside ``lung [H, W]``, clipped there to [lo, hi]."""
+    out = image.copy()
+    out[..., lung] = np.clip(out[..., lung] + shift, lo, hi)
+    return out
+
+
+def intensity_shift(ops: list[dict[str, Any]]) -> float:
+    """The lung intensity shift recorded in a variant's ``ops`` (0.0 when the intensity op was not applied)."""
+    return float(sum(o.get("shift") or 0.0 for o in ops if o["op"] == "intensity"))
 
 
 # --------------------------------------------------------------------------------------------- geometric

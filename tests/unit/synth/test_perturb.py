@@ -8,6 +8,7 @@ from scipy import ndimage
 
 from medloop.errors import ConfigError
 from medloop.synth import PERTURBATIONS, BoundaryDisplacement, LungIntensity, PerturbConfig, make_variants
+from medloop.synth.perturb import intensity_shift, shift_lung
 
 
 def two_lungs(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -107,6 +108,21 @@ def test_intensity_change_is_clipped_to_the_valid_range():
     for seed in range(4):
         out, _, _ = LungIntensity(cfg)(image, mask, np.random.default_rng(seed))
         assert out.min() >= image.min() and out.max() <= image.max()
+
+
+def test_intensity_shift_is_read_from_the_record_and_shift_lung_clips_in_the_lung_only():
+    image, mask = two_lungs()
+    cfg = PerturbConfig(reference_size=64, p_intensity=0.5, p_flip=0, p_rotate=0, p_translate=0)
+    variants = make_variants(image, mask, 8, cfg, np.random.default_rng(2))
+    with_op = [v for v in variants if any(o["op"] == "intensity" for o in v.ops)]
+    assert with_op and len(with_op) < len(variants)
+    for v in variants:
+        recorded = [o["shift"] for o in v.ops if o["op"] == "intensity"]
+        assert intensity_shift(v.ops) == (recorded[0] if recorded else 0.0)
+        assert (intensity_shift(v.ops) != 0.0) == bool(recorded)
+    stacked = shift_lung(np.stack([image, image]), mask > 0, 5.0, 0.0, 1.0)  # channel axes, clipped in the lung
+    assert stacked.shape == (2, *image.shape) and np.all(stacked[:, mask > 0] == 1.0)
+    assert np.array_equal(stacked[:, mask == 0], np.stack([image, image])[:, mask == 0])
 
 
 @pytest.mark.parametrize("name", ["flip", "rotate", "translate"])
