@@ -7,7 +7,9 @@ and renders an image of the same size; ``PairDiscriminator`` judges (x, y) pairs
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 
 __all__ = ["ResidualBlock", "MaskConditionedGenerator", "PairDiscriminator", "UPSAMPLING", "PADDING"]
@@ -64,11 +66,15 @@ class MaskConditionedGenerator(nn.Module):
             source as given). The generator then gets the source's anatomy but not its fine texture, which it
             cannot copy and must render itself (with ``noise_channels``, a new realization per variant); the
             output is ``lowpass(x) + delta``. ``source_view`` is what it sees (the discriminator's condition).
+        input_tv: like ``input_lowpass`` but edge-preserving: the source is denoised by total variation
+            (scikit-image's Chambolle solver) with weight ``input_tv`` times the image's noise sigma
+            (Immerkaer's estimate), which removes detector noise but keeps thin, high-contrast lines such as
+            vessels that a Gaussian blurs away. Computed on a detached copy: the source needs no gradient.
     """
 
     def __init__(self, in_channels: int = 1, latent_dim: int = 64, features: int = 64, n_blocks: int = 6,
                  upsample: str = "transpose", noise_channels: int = 0, padding: str = "zeros",
-                 input_lowpass: float = 0.0):
+                 input_lowpass: float = 0.0, input_tv: float = 0.0):
         super().__init__()
         if upsample not in UPSAMPLING:
             raise ValueError(f"upsample must be one of {UPSAMPLING}; got {upsample!r}")
@@ -78,10 +84,14 @@ class MaskConditionedGenerator(nn.Module):
             raise ValueError(f"noise_channels must be >= 0; got {noise_channels}")
         if input_lowpass < 0:
             raise ValueError(f"input_lowpass must be >= 0; got {input_lowpass}")
+        if input_tv < 0 or (input_tv > 0 and input_lowpass > 0):
+            raise ValueError(f"input_tv must be >= 0 and cannot be combined with input_lowpass; got input_tv={input_tv}, "
+                             f"input_lowpass={input_lowpass}")
         self.params = {"in_channels": in_channels, "latent_dim": latent_dim, "features": features, "n_blocks": n_blocks,
                        "upsample": upsample, "noise_channels": noise_channels, "padding": padding,
-                       "input_lowpass": float(input_lowpass)}
+                       "input_lowpass": float(input_lowpass), "input_tv": float(input_tv)}
         self.noise_channels = noise_channels
+        self.input_tv = float(input_tv)
         self.smooth = None
         if input_lowpass > 0:
             from monai.networks.layers import GaussianFilter
@@ -113,7 +123,10 @@ class MaskConditionedGenerator(nn.Module):
         return (x.shape[0], self.noise_channels, *x.shape[2:])
 
     def source_view(self, x: torch.Tensor) -> torch.Tensor:
-        """The source image as the generator sees it: low-passed with ``input_lowpass``, else ``x`` itself."""
+        """The source image as the generator sees it: low-passed with ``input_lowpass``, TV-denoised with
+        ``input_tv``, else ``x`` itself."""
+        if self.input_tv > 0:
+            return tv_denoise(x, self.input_tv)
         return x if self.smooth is None else self.smooth(x)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, mask_prior: torch.Tensor,
@@ -135,6 +148,27 @@ class MaskConditionedGenerator(nn.Module):
             h = block(h, z)
         h = self.up(h)
         return x + self.out(torch.cat([h, skip, inp], dim=1))
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """Noise standard deviation of a 2-D image, Immerkaer's estimate (CVIU 1996): the mean absolute response
+    to the difference of two Laplacians, which cancels smooth structure, scaled to a Gaussian's sigma."""
+    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
+    response = ndimage.convolve(image.astype(np.float64), kernel)[1:-1, 1:-1]
+    return float(np.sqrt(np.pi / 2) * np.abs(response).mean() / 6)
+
+
+def tv_denoise(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Total-variation denoising of every channel of ``x [N, C, H, W]`` (detached), with weight ``strength``
+    times that channel's estimated noise sigma (``noise_sigma``)."""
+    from skimage.restoration import denoise_tv_chambolle
+
+    arr = x.detach().cpu().numpy()
+    out = np.empty_like(arr)
+    for i in range(arr.shape[0]):
+        for c in range(arr.shape[1]):
+            out[i, c] = denoise_tv_chambolle(arr[i, c], weight=strength * noise_sigma(arr[i, c]))
+    return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
 
 
 class PairDiscriminator(nn.Module):

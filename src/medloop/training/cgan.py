@@ -98,6 +98,9 @@ class CGANConfig(Config):
             source's fine texture, so with ``g_noise`` and ``texture_weight`` it renders a texture of its own
             for every variant: diversity in texture and noise, while ``l1_lowpass`` pins the anatomy. Set it
             to the ``l1_lowpass`` sigma (what the L1 pins is what the generator sees).
+        g_input_tv: the edge-preserving alternative to ``g_input_lowpass``: the generator (and the
+            discriminator's condition) sees the source denoised by total variation with weight ``g_input_tv``
+            times the image's estimated noise sigma; detector noise goes, thin vessels stay.
         texture_weight: weight of the fine-texture term (needs ``l1_lowpass``): L1 between the local energy of
             the output's and the target's fine texture (what the low-pass removes; energy = square root of its
             square averaged over a Gaussian window of ``texture_window`` px). It keeps the amount of texture and
@@ -143,6 +146,7 @@ class CGANConfig(Config):
     g_noise: int = 0
     l1_lowpass: float = 0.0
     g_input_lowpass: float = 0.0
+    g_input_tv: float = 0.0
     texture_weight: float = 0.0
     texture_window: float = 4.0
     vgg: str | None = None
@@ -174,6 +178,10 @@ class CGANConfig(Config):
         if self.g_noise < 0 or self.l1_lowpass < 0 or self.g_input_lowpass < 0:
             raise ConfigError(f"The 'g_noise', 'l1_lowpass' and 'g_input_lowpass' parameters of CGANConfig must be "
                               f">= 0; got {self.g_noise}, {self.l1_lowpass} and {self.g_input_lowpass} instead")
+        if self.g_input_tv < 0 or (self.g_input_tv > 0 and self.g_input_lowpass > 0):
+            raise ConfigError(f"The 'g_input_tv' parameter of CGANConfig must be >= 0 and cannot be combined with "
+                              f"'g_input_lowpass' (both choose what the generator sees); got g_input_tv={self.g_input_tv}, "
+                              f"g_input_lowpass={self.g_input_lowpass}")
         if self.texture_weight < 0 or self.texture_window <= 0:
             raise ConfigError(f"The 'texture_weight' parameter of CGANConfig must be >= 0 and 'texture_window' > 0; "
                               f"got {self.texture_weight} and {self.texture_window} instead")
@@ -366,7 +374,7 @@ class CGANTrainer:
             p.requires_grad_(False)
         self.G = MaskConditionedGenerator(in_channels, config.latent_dim, config.g_features, config.g_blocks,
                                           config.g_upsample, config.g_noise, config.g_padding,
-                                          config.g_input_lowpass).to(self.device)
+                                          config.g_input_lowpass, config.g_input_tv).to(self.device)
         self.D = PairDiscriminator(2 * in_channels + 1, config.d_features, config.d_dense).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr * config.d_lr_factor, betas=(0.5, 0.999))

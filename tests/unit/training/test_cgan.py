@@ -203,6 +203,8 @@ def test_lowpass_l1_pins_structure_not_fine_texture_and_noisy_sampler_is_seeded(
         CGANConfig(g_padding="same")
     with pytest.raises(ConfigError, match="g_input_lowpass"):
         CGANConfig(g_input_lowpass=-0.5)
+    with pytest.raises(ConfigError, match="g_input_tv"):
+        CGANConfig(g_input_tv=0.5, g_input_lowpass=1.0)
     # a noisy generator: variants are reproducible from the rng (also after save / load), and one mask rendered
     # with two noise draws gives two images
     sampler = MaskConditionedSampler(low.ae, low.G, CGANConfig(**{**TINY, "perturb": {
@@ -392,3 +394,11 @@ def test_input_lowpass_discriminator_judges_pairs_with_the_view_the_generator_ha
     rng = np.random.default_rng(3)
     a = sampler.render(inputs[:2], tmasks[:2], np.random.default_rng(3))
     assert torch.allclose(a, loaded.render(inputs[:2], tmasks[:2], rng), atol=1e-6)
+    # the edge-preserving (TV) view reaches the generator through the config and survives save / load too
+    tv = CGANTrainer(ae, 1, CGANConfig(**{**TINY, "ae_epochs": 1, "g_input_tv": 0.5}), vgg=None)
+    assert tv.G.params["input_tv"] == 0.5 and not torch.allclose(tv.G.source_view(inputs), inputs)
+    tv_sampler = MaskConditionedSampler(tv.ae, tv.G, cfg.perturb_config, "cpu", tv.D)
+    tv_loaded = MaskConditionedSampler.load(tv_sampler.save(tmp_path / "tv.pt"))
+    assert tv_loaded.G.params["input_tv"] == 0.5
+    assert torch.allclose(tv_sampler.render(inputs[:2], tmasks[:2], np.random.default_rng(4)),
+                          tv_loaded.render(inputs[:2], tmasks[:2], np.random.default_rng(4)), atol=1e-6)
