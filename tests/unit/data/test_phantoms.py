@@ -138,3 +138,19 @@ def test_nodule_difficulty_options_change_the_render_and_are_validated():
     assert torch.equal(easy[normal].image, hard[normal].image)  # normal cases have no nodule to change
     with pytest.raises(ConfigError, match=r"'nodule_radius' option of builtin:chest-xray must be \[low, high\]"):
         load_dataset("builtin:chest-xray", options={"nodule_radius": [0.05, 0.01]}, progress=False)
+
+
+def test_chest_xray_repeat_acquisition_changes_the_noise_only():
+    first, mask, meta = render_chest_xray(np.random.default_rng(4), 64, nodule=True)
+    again, mask_again, meta_again = render_chest_xray(np.random.default_rng(4), 64, nodule=True)
+    repeat, mask_repeat, meta_repeat = render_chest_xray(np.random.default_rng(4), 64, nodule=True,
+                                                         noise_rng=np.random.default_rng(5))
+    assert np.array_equal(first, again)  # noise_rng defaults to the case's own generator
+    assert np.array_equal(mask, mask_repeat) and meta == meta_repeat  # same anatomy, pose and exposure
+    diff = (repeat.astype(float) - first.astype(float)) / 4095
+    sigma = meta["exposure"]["noise"]
+    # two independent noise draws: the difference is noise-like (zero mean, spread ~ sqrt(2) x the noise sigma)
+    assert abs(diff.mean()) < 0.2 * sigma
+    assert 0.5 * sigma < diff.std() < 3 * sigma
+    smooth = ndimage.gaussian_filter(diff, 3)  # no structure: the difference averages out over a few px
+    assert smooth.std() < 0.25 * diff.std()

@@ -80,13 +80,16 @@ def _vessel_tree(rng: np.random.Generator, hilum: np.ndarray, lateral: float, n:
 
 
 def render_chest_xray(rng: np.random.Generator, size: int, nodule: bool,
-                      params: ChestXrayParams = ChestXrayParams()) -> tuple[np.ndarray, np.ndarray, dict]:
+                      params: ChestXrayParams = ChestXrayParams(),
+                      noise_rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Render one radiograph.
 
     Args:
         rng: the case's generator (all randomness comes from it).
         size: output size in pixels (square).
         nodule: draw one to three nodules inside the lungs.
+        noise_rng: where the detector noise comes from (default ``rng``). Another generator images the same
+            anatomy, pose and exposure again with a new noise realization: a repeat acquisition.
 
     Returns:
         image ``[size, size]`` uint16 (12-bit detector values, bright = dense), mask ``[size, size]``
@@ -200,7 +203,8 @@ def render_chest_xray(rng: np.random.Generator, size: int, nodule: bool,
     gain, gamma, offset = rng.uniform(0.85, 1.15), rng.uniform(0.8, 1.25), rng.uniform(0.02, 0.08)
     img = offset + gain * np.clip(img, 0, None) ** gamma
     sigma = rng.uniform(*params.noise_sigma)
-    img = img + rng.normal(0, 1, shape) * sigma * np.sqrt(np.clip(img, 0.05, None) / 0.5)
+    noise = (rng if noise_rng is None else noise_rng).normal(0, 1, shape)
+    img = img + noise * sigma * np.sqrt(np.clip(img, 0.05, None) / 0.5)
     image = np.round(np.clip(img, 0, 1) * 4095).astype(np.uint16)
     mask = np.where(left, 2, np.where(right, 1, 0)).astype(np.int64)
     meta = {
