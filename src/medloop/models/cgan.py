@@ -12,7 +12,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-__all__ = ["ResidualBlock", "MaskConditionedGenerator", "PairDiscriminator", "UPSAMPLING", "PADDING"]
+__all__ = ["ResidualBlock", "MaskConditionedGenerator", "PairDiscriminator", "UPSAMPLING", "PADDING", "noise_sigma",
+           "tv_denoise"]
 
 UPSAMPLING = ("transpose", "resize")  # the generator's upsampling modes
 PADDING = ("zeros", "reflect")  # the generator's convolution padding
@@ -160,14 +161,17 @@ def noise_sigma(image: np.ndarray) -> float:
 
 def tv_denoise(x: torch.Tensor, strength: float) -> torch.Tensor:
     """Total-variation denoising of every channel of ``x [N, C, H, W]`` (detached), with weight ``strength``
-    times that channel's estimated noise sigma (``noise_sigma``)."""
+    times that channel's estimated noise sigma (``noise_sigma``). A channel without noise (a flat or perfectly
+    smooth image: estimated sigma 0) is returned as it is."""
     from skimage.restoration import denoise_tv_chambolle
 
     arr = x.detach().cpu().numpy()
-    out = np.empty_like(arr)
+    out = arr.copy()
     for i in range(arr.shape[0]):
         for c in range(arr.shape[1]):
-            out[i, c] = denoise_tv_chambolle(arr[i, c], weight=strength * noise_sigma(arr[i, c]))
+            weight = strength * noise_sigma(arr[i, c])
+            if weight > 0:
+                out[i, c] = denoise_tv_chambolle(arr[i, c], weight=weight)
     return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
 
 

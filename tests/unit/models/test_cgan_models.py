@@ -140,5 +140,7 @@ def test_tv_view_removes_noise_but_keeps_a_thin_line_a_gaussian_blurs_away():
     assert line_contrast(tv_view) > 0.7 * 0.1
     assert line_contrast(gauss_view) < 0.5 * 0.1
     assert tv.params["input_tv"] == 0.5
+    flat = torch.full((2, 1, 16, 16), 0.3)  # no noise to remove (estimated sigma 0): returned unchanged
+    assert torch.equal(tv.source_view(flat), flat)
     with pytest.raises(ValueError, match="input_tv"):
         MaskConditionedGenerator(1, 8, input_tv=0.5, input_lowpass=1.0)
