@@ -133,7 +133,12 @@ class MaskConditionedGenerator(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor, mask_prior: torch.Tensor,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
         """``noise [N, noise_channels, S, S]``: drawn here (torch's global generator) when not given."""
-        x = self.source_view(x)
+        return self.from_view(self.source_view(x), z, mask_prior, noise)
+
+    def from_view(self, x: torch.Tensor, z: torch.Tensor, mask_prior: torch.Tensor,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` for a source already passed through ``source_view`` (a caller that also needs the view,
+        as the trainer does for D's condition, computes it once)."""
         parts = [x, mask_prior]
         if self.noise_channels:
             shape = self.noise_shape(x)

@@ -494,10 +494,11 @@ class CGANTrainer:
         ``band [N, S, S]`` the pixels where the boundary moved (optional)."""
         x, y_real = inputs.to(self.device), targets.to(self.device)
         z, prior = self.ae.condition(target_masks)
-        cond = torch.cat([self.G.source_view(x), prior], dim=1)
+        view = self.G.source_view(x)  # once: D's condition and G's input
+        cond = torch.cat([view, prior], dim=1)
         self.G.train()
         self.D.train()
-        y_fake = self.G(x, z, prior)
+        y_fake = self.G.from_view(view, z, prior)
         # discriminator: real pairs -> 1, generated pairs -> 0
         d_real, d_fake = self.judge(cond, y_real, y_fake.detach())
         d_loss = 0.5 * (self.gan_loss(d_real, True) + self.gan_loss(d_fake, False))
@@ -535,12 +536,13 @@ class CGANTrainer:
         z, prior = self.ae.condition(target_masks)
         self.G.eval()
         self.D.eval()
-        cond = torch.cat([self.G.source_view(x), prior], dim=1)
+        view = self.G.source_view(x)
+        cond = torch.cat([view, prior], dim=1)
         noise = None
         if self.G.noise_channels:
             fixed = torch.Generator().manual_seed(self.config.seed)
             noise = torch.randn(self.G.noise_shape(x), generator=fixed).to(self.device)
-        return float(self._generator_loss(x, cond, self.G(x, z, prior, noise), y_real, band)[0])
+        return float(self._generator_loss(x, cond, self.G.from_view(view, z, prior, noise), y_real, band)[0])
 
 
 def training_pairs(images: np.ndarray, masks: np.ndarray, config: CGANConfig, rng: np.random.Generator

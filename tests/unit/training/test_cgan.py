@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -399,7 +401,10 @@ def test_input_lowpass_discriminator_judges_pairs_with_the_view_the_generator_ha
     assert torch.allclose(a, loaded.render(inputs[:2], tmasks[:2], rng), atol=1e-6)
     # the edge-preserving (TV) view reaches the generator through the config and survives save / load too
     tv = CGANTrainer(ae, 1, CGANConfig(**{**TINY, "ae_epochs": 1}), vgg=None)
-    assert tv.G.params["input_tv"] == 0.5  # the default and not torch.allclose(tv.G.source_view(inputs), inputs)
+    assert tv.G.params["input_tv"] == 0.5  # the default
+    with mock.patch.object(tv.G, "source_view", wraps=tv.G.source_view) as view:
+        tv.step(inputs, tmasks, targets, band)
+    assert view.call_count == 1  # the TV view (a CPU round trip) once per step: D's condition and G's input and not torch.allclose(tv.G.source_view(inputs), inputs)
     tv_sampler = MaskConditionedSampler(tv.ae, tv.G, cfg.perturb_config, "cpu", tv.D)
     tv_loaded = MaskConditionedSampler.load(tv_sampler.save(tmp_path / "tv.pt"))
     assert tv_loaded.G.params["input_tv"] == 0.5
