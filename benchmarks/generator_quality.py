@@ -23,7 +23,8 @@ measures:
         both (how much of the difference is coarser than fine texture and detector noise), the SSIM between two
         renderings of one variant (1.0 for a generator without noise channels), and the amount of fine texture
         in the lung (std of what a 1 px blur removes) in generated images and their sources: a ratio well above
-        1 means the generator buys its diversity with noise;
+        1 means the generator buys its diversity with noise; and the training images' median detector-noise sigma
+        (Immerkaer's estimate, which sets the weight of the generator's TV source view);
 plus generation throughput (images/s), and agreement / SSIM split by which perturbation ops made the variant
 (``by_op``: with and without each op). Final line: JSON.
 
@@ -51,6 +52,7 @@ from skimage.metrics import structural_similarity
 from medloop.config import DataConfig, TrainConfig, apply_overrides, parse_overrides
 from medloop.data import load_dataset, split_by_case
 from medloop.models import build_model
+from medloop.models.cgan import noise_sigma
 from medloop.synth.generator import MaskConditionedSampler, fit_generator
 from medloop.synth.perturb import intensity_shift, shift_lung
 from medloop.training import evaluate, fit
@@ -235,6 +237,8 @@ def main() -> None:
         "fine_texture_std_real_p5_p95": [round(float(v), 4) for v in np.percentile(
             [fine_texture_std(im[0].numpy(), m.numpy() > 0) for im, m in zip(images, lung)], [5, 95])],
         "fine_texture_ratio": round(float(np.median(tex_gen) / max(np.median(tex_src), 1e-9)), 3),
+        # how much detector noise the data carries (Immerkaer; what sets the TV view's weight)
+        "source_noise_sigma_median": round(float(np.median([noise_sigma(im[0].numpy()) for im in images])), 4),
         "images_per_s": round(n_gen / max(gen_seconds, 1e-9), 2),
         "segmenter_test_dice": round(float(seg_test["dice_mean"]), 4),
         "judge": args.judge, "classifier_test_auc": round(float(cls_test["auc"]), 4),
