@@ -55,7 +55,7 @@ def main() -> None:
     base = yaml.safe_load(Path(args.config).read_text())
     overrides = {"data.source": args.data, "seeds": list(range(args.seeds)),
                  "strategies": [{"name": args.strategy, "label": "al"}, {"name": "random"}],
-                 "segmenter": None, "fsl_folds": 0, "random_subset_draws": 0, "patience": 0,
+                 "segmenter": None, "fsl_folds": 0, "random_subset_draws": 0, "round_patience": 0,
                  **parse_overrides(args.set)}
     if args.strategy == "generative":
         overrides["segmenter"] = base.get("segmenter") or {}

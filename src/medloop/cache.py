@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from medloop.storage import save_npz
 
 __all__ = ["cache_dir", "cached_arrays"]
 
@@ -43,11 +44,7 @@ def cached_arrays(key: dict, compute: Callable[[], tuple[dict[str, np.ndarray], 
             pass
     arrays, meta = compute()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, __meta__=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, path)
+        save_npz(path, compressed=False, __meta__=np.array(json.dumps(meta)), **arrays)
     except OSError:
         pass  # a read-only or full disk only costs speed
     return arrays, meta

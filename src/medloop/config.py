@@ -15,6 +15,7 @@ import yaml
 
 from medloop.errors import ConfigError
 from medloop.registry import did_you_mean
+from medloop.storage import write_text
 
 __all__ = ["Config", "DataConfig", "AugmentConfig", "TrainConfig", "parse_overrides", "apply_overrides", "read_yaml"]
 
@@ -119,7 +120,7 @@ class Config:
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            Path(path).write_text(text)
+            write_text(path, text)
         return text
 
     def replace(self: C, **changes: Any) -> C:

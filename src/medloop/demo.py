@@ -10,7 +10,6 @@ fully supervised baselines, results.json and the report; and a reduced collabora
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -20,6 +19,7 @@ from medloop.config import DataConfig
 from medloop.data import load_dataset, save_preview, split_by_case, summarize
 from medloop.report.console import summary_table
 from medloop.runinfo import write_run_record
+from medloop.storage import write_json
 
 __all__ = ["run_demo", "demo_experiment", "demo_collaborative"]
 
@@ -55,7 +55,7 @@ def demo_experiment(size: int = 64, seed: int = 0, quick: bool = False) -> dict:
             "generator": {"epochs": 1, "ae_epochs": 1, "vgg_epochs": 1, "vgg_width": 4, "g_features": 8, "g_blocks": 1,
                           "d_features": 4, "d_dense": 8, "latent_dim": 8, "ae_channels": [8, 8]},
             "initial_per_class": 2, "query_per_class": 2, "augment_copies": 1, "n_mc_samples": 3,
-            "record_at": [0.1, 0.3], "budget": 0.6, "max_rounds": 1, "patience": 0,
+            "record_at": [0.1, 0.3], "budget": 0.6, "max_rounds": 1, "round_patience": 0,
             "fsl_folds": 0, "random_subset_draws": 1,
         }
     return {
@@ -71,7 +71,7 @@ def demo_experiment(size: int = 64, seed: int = 0, quick: bool = False) -> dict:
         "generator": {"epochs": 6, "ae_epochs": 20, "vgg_epochs": 4, "g_features": 32, "g_blocks": 4,
                       "d_features": 16, "d_dense": 128},
         "initial_per_class": 9, "query_per_class": 8, "augment_copies": 2, "n_mc_samples": 10,
-        "record_at": [0.1, 0.3], "budget": 0.35, "max_rounds": 2, "patience": 0,
+        "record_at": [0.1, 0.3], "budget": 0.35, "max_rounds": 2, "round_patience": 0,
         "fsl_folds": 0, "random_subset_fraction": 0.35, "random_subset_draws": 1,
     }
 
@@ -109,8 +109,8 @@ def run_demo(out: Path, seed: int = 0, size: int = 64, console: Console | None =
         preview = save_preview(ds, folder / "preview.png", seed=seed)
         split = split_by_case(ds, seed=seed)
         console.print(_split_table(name, ds, split))
-        (folder / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
-        (folder / "splits.json").write_text(json.dumps({k: [ds.sample_ids[i] for i in v] for k, v in split.to_dict().items()}, indent=2))
+        write_json(folder / "summary.json", summary.to_dict(), indent=2)
+        write_json(folder / "splits.json", {k: [ds.sample_ids[i] for i in v] for k, v in split.to_dict().items()}, indent=2)
         config.to_yaml(folder / "data.yaml")
         results[name] = {"summary": summary.to_dict(), "preview": str(preview), "splits": split.to_dict()}
     from medloop.loop import ExperimentConfig, run_experiment

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import heapq
-import json
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,8 @@ from medloop.device import resolve_device
 from medloop.errors import ConfigError
 from medloop.models import MODEL_TASKS, build_model, load_pretrained
 from medloop.runinfo import write_run_record
+from medloop.seeding import torch_init
+from medloop.storage import save_figure, write_json, write_text
 from medloop.training import evaluate, fit, load_checkpoint, save_checkpoint
 from medloop.uncertainty import score_pool
 
@@ -39,12 +41,11 @@ def model_params_for(ds: MedDataset, config: TrainConfig) -> dict[str, Any]:
     """Constructor parameters: channels and classes from the data, the rest from ``config.model_params``."""
     check_model_task(config)
     if config.task == "classify":
-        labels = ds.labels[ds.labels >= 0]
-        num_classes = max(len(ds.info.class_names), int(labels.max()) + 1 if len(labels) else 0)
+        num_classes = ds.num_classes
         if num_classes < 2:
             raise ConfigError(f"classification needs at least 2 classes; {ds.info.root} has {num_classes}")
     else:
-        num_classes = max(max(ds.info.mask_labels, default=1) + 1, 2)
+        num_classes = ds.num_mask_classes
     return {"in_channels": int(ds[0].image.shape[0]), "num_classes": num_classes, **config.model_params}
 
 
@@ -65,7 +66,7 @@ def _plot_history(history: list[dict], monitor: str, path: Path) -> None:
         ax2.plot(epochs, [h[key] for h in history], label=f"val {monitor}", color="#D55E00")
         ax2.set_ylabel(f"validation {monitor}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -96,8 +97,8 @@ def train_job(data: DataConfig, config: TrainConfig, out: str | Path, progress: 
     ds = load_dataset(data, progress=progress)
     split = split_by_case(ds, val=config.val_fraction, test=config.test_fraction, seed=config.seed)
     params = model_params_for(ds, config)
-    torch.manual_seed(config.seed)  # parameter initialization
-    model = build_model(config.model, **params)
+    with torch_init(config.seed):  # parameter initialization, without touching the caller's global generator
+        model = build_model(config.model, **params)
     pretrained = load_pretrained(model, config.pretrained).__dict__ if config.pretrained else None
     result = fit(model, ds.subset(split.train), ds.subset(split.val), config, progress=progress)
     device = resolve_device(config.device)
@@ -114,7 +115,7 @@ def train_job(data: DataConfig, config: TrainConfig, out: str | Path, progress: 
                     train_config=config.to_dict(), class_names=list(ds.info.class_names),
                     mask_labels=ds.info.mask_labels, metrics=metrics, pretrained=pretrained,
                     split={k: [ds.sample_ids[i] for i in v] for k, v in split.to_dict().items()})
-    (out / "metrics.json").write_text(json.dumps({**metrics, "history": result.history}, indent=2))
+    write_json(out / "metrics.json", {**metrics, "history": result.history}, indent=2)
     _plot_history(result.history, result.monitor, out / "history.png")
     lines = [f"# medloop train: {config.model} ({config.task}) on {data.source}", "",
              f"Split by case (seed {config.seed}), samples per side: {metrics['split']}. Best epoch {result.best_epoch + 1} of "
@@ -125,7 +126,7 @@ def train_job(data: DataConfig, config: TrainConfig, out: str | Path, progress: 
             lines.append(f"| {key} | {_fmt(metrics['val'][key])} | {_fmt(metrics['test'][key])} |")
     lines += ["", f"Pretrained: {pretrained['path'] if pretrained else 'none (trained from scratch)'}; fine-tune: "
               f"{config.fine_tune}.", "", "![history](history.png)", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    write_text(out / "report.md", "\n".join(lines))
     write_run_record(out, config.seed, {"data": data.to_dict(), "train": config.to_dict()}, "medloop train")
     return metrics
 
@@ -147,7 +148,7 @@ def _save_maps(path: Path, image: np.ndarray, pred: np.ndarray, maps: dict[str, 
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -185,11 +186,11 @@ def score_job(checkpoint: str | Path, data: DataConfig, out: str | Path, n_mc_sa
     order = np.argsort(-scores.columns[rank_key], kind="stable")
     for rank, i in enumerate(order, start=1):
         rows[i]["rank"] = rank
-    path = out / "scores.csv"
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    path = write_text(out / "scores.csv", text.getvalue())
     if heap:
         (out / "maps").mkdir(exist_ok=True)
         for score, i, maps in sorted(heap, reverse=True):

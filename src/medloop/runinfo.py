@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import platform
 from pathlib import Path
 from typing import Any
+
+from medloop.storage import write_json
 
 __all__ = ["run_record", "write_run_record"]
 
@@ -31,7 +32,4 @@ def run_record(seed: int, configs: dict[str, Any], command: str) -> dict[str, An
 
 
 def write_run_record(out: Path, seed: int, configs: dict[str, Any], command: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "run.json"
-    path.write_text(json.dumps(run_record(seed, configs, command), indent=2))
-    return path
+    return write_json(out / "run.json", run_record(seed, configs, command), indent=2)

@@ -12,7 +12,7 @@ from medloop.cli import app
 from medloop.data import kfold_by_case
 from medloop.errors import ConfigError
 from medloop.loop import CollaborativeConfig, GroundTruthOracle, Interrupt, algorithm1, run_collaborative
-from medloop.loop.collaborative import _load, query_counts
+from medloop.loop.ravanbakhsh import load_collab_data, query_counts
 
 pytestmark = pytest.mark.integration
 
@@ -26,10 +26,10 @@ def test_query_counts_spread_exactly_k():
     assert query_counts(7, 3) == [3, 2, 2] and sum(query_counts(10, 4)) == 10 and query_counts(2, 1) == [2]
 
 
-@pytest.mark.parametrize("strategy", ["discriminator", "random", "entropy"])
+@pytest.mark.parametrize("strategy", ["discriminator", "random", "entropy", "bald"])
 def test_algorithm1_bookkeeping(tmp_path, strategy):
     cfg = CollaborativeConfig.from_dict(TINY)
-    data = _load(cfg, progress=False)
+    data = load_collab_data(cfg, progress=False)
     train_idx, test_idx = kfold_by_case(data.dataset, k=2, seed=0)[0]
     cases = np.array(data.dataset.case_ids)
     base_case = sorted(set(cases[train_idx]))[0]
@@ -53,9 +53,8 @@ def test_algorithm1_bookkeeping(tmp_path, strategy):
     assert not set(asked) & {ids[i] for i in test_idx}
     # pseudo-labels cover the rest of the pool and never an expert-labeled slice
     last = recs[-2]["cycle"]
-    pseudo = np.load(folder / f"pseudo_cycle_{last:03d}.npz")
-    pseudo_ids = {ids[i] for i in pseudo["index"]}
-    assert pseudo_ids == set(pool) - set(queried)
+    pseudo = np.load(folder / "pseudo" / f"round_{last:03d}.npz")
+    assert set(pseudo["ids"].tolist()) == set(pool) - set(queried)
     assert recs[-1]["final"] and recs[-1]["n_true"] == len(base) + k and recs[-1]["n_pseudo"] == len(pool) - k
     assert set(recs[-1]["test"]["dice"]) == {"myocardium", "blood pool"}
 
@@ -107,6 +106,10 @@ def test_cli_end_to_end_with_report(tmp_path):
 def test_bad_collaborative_configs():
     with pytest.raises(ConfigError, match="did you mean 'random'"):
         CollaborativeConfig.from_dict({**TINY, "strategies": ["randon"]})
+    with pytest.raises(ConfigError, match="synthetic input"):
+        CollaborativeConfig.from_dict({**TINY, "strategies": ["generative"]})
+    with pytest.raises(ConfigError, match="balances predicted image classes"):
+        CollaborativeConfig.from_dict({**TINY, "strategies": ["class_balanced"]})
     with pytest.raises(ConfigError, match="budgets"):
         CollaborativeConfig.from_dict({**TINY, "budgets": [1.5]})
     with pytest.raises(ConfigError, match="unknown key 'budget'"):

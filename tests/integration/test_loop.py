@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from medloop.cli import app
 from medloop.errors import ConfigError, DataError
-from medloop.loop import ExperimentConfig, GroundTruthOracle, Interrupt, prepare, run_experiment, run_track
+from medloop.loop import ExperimentConfig, GroundTruthOracle, Interrupt, prepare, run_experiment
+from medloop.loop.mahapatra import initial_set, run_mahapatra_track, sampler_factory
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ TINY = {
     "record_at": [0.1, 0.4],
     "budget": 0.9,
     "max_rounds": 2,
-    "patience": 0,
+    "round_patience": 0,
     "fsl_folds": 0,
     "random_subset_draws": 1,
 }
@@ -46,14 +47,12 @@ def strip(rounds: list[dict]) -> list[dict]:
 
 def test_two_rounds_with_the_ground_truth_oracle(tmp_path):
     ctx = prepare(tiny(), progress=False)
-    rounds = run_track(ctx, 0, {"name": "class_balanced"}, tmp_path / "t")
+    rounds = run_mahapatra_track(ctx, 0, {"name": "class_balanced"}, tmp_path / "t")
     assert [r["round"] for r in rounds] == [0, 1, 2] and rounds[-1]["stop"] == "max_rounds"
     assert [r["n_labeled"] for r in rounds] == [4, 8, 12]
     queried = [s for r in rounds for s in r["queried"]]
     assert len(queried) == len(set(queried)) == 8  # 2 per class per round, never twice
     pool = ctx.pool(0)
-    from medloop.loop.engine import initial_set
-
     initial = [pool.sample_ids[i] for i in initial_set(ctx, 0)]
     assert sorted(pool.labels[initial_set(ctx, 0)].tolist()) == [0, 0, 1, 1]  # 2 per class, as configured
     assert not set(initial) & set(queried)  # an initial image is never queried again
@@ -102,22 +101,21 @@ def test_a_different_config_in_the_same_folder_is_refused(tmp_path):
 
 
 def test_generative_strategy_adds_synthetic_samples_with_their_sources_labels(tmp_path):
-    from medloop.loop.experiment import _sampler_factory
-
     cfg = tiny(strategies=[{"name": "generative", "params": {"per_image": 2, "candidates": 3}}], max_rounds=1)
     ctx = prepare(cfg, progress=False)
-    rounds = run_track(ctx, 0, cfg.strategies[0], tmp_path / "g", _sampler_factory(ctx, tmp_path))
+    rounds = run_mahapatra_track(ctx, 0, cfg.strategies[0], tmp_path / "g", sampler_factory(ctx, tmp_path))
     r0 = rounds[0]
     assert r0["n_candidates"] == 6 and 1 <= len(r0["queried"]) <= 3  # one query per distinct source
     assert rounds[1]["n_synthetic"] >= len(r0["queried"])
     import torch
 
     syn = torch.load(tmp_path / "g" / "synthetic" / "round_000.pt", weights_only=True)
+    assert rounds[0]["seg"] is not None  # the segmenter trained at round 0 gives the candidates' masks
     assert set(syn["sources"]) == set(r0["queried"])
     pool = ctx.pool(0)
     label_of = dict(zip(pool.sample_ids, pool.labels.tolist()))
-    from medloop.loop.engine import _load_synthetic
     from medloop.loop.oracle import AnswerLog
+    from medloop.loop.state import _load_synthetic
 
     log = AnswerLog(tmp_path / "g" / "answers")
     answers = {s: log.get(s) for s in r0["queried"]}
@@ -183,15 +181,19 @@ def test_sigkill_mid_round_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "run"
     proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    rounds = out / "tracks" / "class_balanced-seed0" / "rounds.jsonl"
+    track = out / "tracks" / "class_balanced-seed0"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if rounds.exists() and rounds.read_text().count("\n") >= 1:
+        if (track / "rounds.jsonl").exists() and (track / "rounds.jsonl").read_text().count("\n") >= 1:
             break
-        time.sleep(0.05)
-    time.sleep(0.5)  # well into round 1
-    proc.send_signal(signal.SIGKILL)
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # round 0 is recorded: the kill lands in round 1
     proc.wait()
+    # the kill interrupted the run: it did not exit by itself, and neither the track nor the run finished
+    assert proc.returncode == -signal.SIGKILL
+    assert not (track / "done.json").exists() and not (out / "results.json").exists()
+    n_ref = len(json.loads((tmp_path / "ref" / "results.json").read_text())["tracks"]["class_balanced"]["0"])
+    assert 1 <= (track / "rounds.jsonl").read_text().count("\n") < n_ref
     resumed = subprocess.run(cmd + ["--out", str(out), "--resume"], capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
     a = json.loads((tmp_path / "ref" / "results.json").read_text())["tracks"]
@@ -203,9 +205,44 @@ def test_vgg16_classifier_runs_in_the_loop(tmp_path):
     cfg = tiny(classifier={**TINY["classifier"], "model": "vgg16"}, segmenter=None, max_rounds=1,
                strategies=[{"name": "bald"}])
     ctx = prepare(cfg, progress=False)
-    rounds = run_track(ctx, 0, cfg.strategies[0], tmp_path / "v")
+    rounds = run_mahapatra_track(ctx, 0, cfg.strategies[0], tmp_path / "v")
     assert len(rounds) == 2 and len(rounds[0]["queried"]) == 4 and rounds[0]["seg"] is None
     import torch
 
-    state = torch.load(tmp_path / "v" / "model_round_001.pt", weights_only=True)
-    assert any(k.startswith("features.") for k in state)  # the VGG-16 trunk was trained and saved
+    state = torch.load(tmp_path / "v" / "models" / "round_001.pt", weights_only=True)
+    assert any(k.startswith("features.") for k in state["classifier"])  # the VGG-16 trunk was trained and saved
+
+
+def test_renamed_and_unsupported_settings_are_refused_before_any_training(tmp_path):
+    with pytest.raises(ConfigError, match="'fine_tune' is now 'retrain'"):
+        ExperimentConfig.from_dict({**TINY, "fine_tune": "restart"})
+    with pytest.raises(ConfigError, match="'patience' is now 'round_patience'"):
+        ExperimentConfig.from_dict({**{k: v for k, v in TINY.items() if k != "round_patience"}, "patience": 2})
+    with pytest.raises(ConfigError, match="segmentation network"):
+        tiny(segmenter={**TINY["segmenter"], "model": "resnet18"})
+    with pytest.raises(ConfigError, match="did you mean 'unet'"):
+        tiny(segmenter={**TINY["segmenter"], "model": "unte"})
+    with pytest.raises(ConfigError, match="discriminator input"):
+        tiny(strategies=[{"name": "discriminator"}])  # method 1 trains no pix2pix discriminator
+    missing = tmp_path / "nowhere" / "resnet18.pth"
+    with pytest.raises(DataError, match="nowhere"):
+        prepare(tiny(classifier={**TINY["classifier"], "pretrained": str(missing)}), progress=False)
+
+
+def test_pretrained_classifier_is_loaded_in_the_loop_and_the_baselines(tmp_path):
+    import torch
+
+    from tests.unit.models.test_pretrained import torchvision_resnet18_state
+
+    ckpt = tmp_path / "resnet18.pth"
+    state = torchvision_resnet18_state()
+    torch.save(state, ckpt)
+    cfg = tiny(classifier={**TINY["classifier"], "model_params": {"width": 64}, "pretrained": str(ckpt), "fine_tune": "head"},
+               segmenter=None, strategies=[{"name": "random"}], max_rounds=1, retrain="restart")
+    ctx = prepare(cfg, progress=False)
+    model = ctx.new_classifier(0, "any")
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    rounds = run_mahapatra_track(ctx, 0, cfg.strategies[0], tmp_path / "t")
+    saved = torch.load(tmp_path / "t" / "models" / f"round_{rounds[-1]['round']:03d}.pt", weights_only=True)
+    # only the head was fine-tuned: the round's trunk is the pretrained one, not a random initialisation
+    assert torch.equal(saved["classifier"]["backbone.layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])

@@ -276,6 +276,22 @@ class MedDataset(torch.utils.data.Dataset):
     def has_mask(self) -> np.ndarray:
         return np.array([r.has_mask for r in self._refs], dtype=bool)
 
+    @property
+    def num_classes(self) -> int:
+        """Image-level classes: ``max(len(class_names), largest known label + 1)``; 0 when unlabeled.
+
+        Counted over every entry of the source, so a subset (the labeled set, one split) has the same
+        number of classes as the pool it comes from.
+        """
+        known = [e.label for e in self.entries if e.label is not None]
+        return max(len(self.info.class_names), max(known, default=-1) + 1)
+
+    @property
+    def num_mask_classes(self) -> int:
+        """Segmentation classes: ``max(largest declared mask label + 1, 2)`` (``info.mask_labels``; background and
+        foreground at least, also when no labels are declared)."""
+        return max(max(self.info.mask_labels, default=1) + 1, 2)
+
     def subset(self, indices: Iterable[int]) -> "MedDataset":
         """A view on some samples (shares the cache)."""
         refs = [self._refs[int(i)] for i in indices]

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from medloop.data.dataset import MedDataset
+from medloop.storage import save_figure
 
 __all__ = ["DatasetSummary", "summarize", "save_preview", "LABEL_COLORS"]
 
@@ -119,7 +120,10 @@ def summarize(ds: MedDataset) -> DatasetSummary:
 
 
 def _pick(ds: MedDataset, n: int, seed: int) -> list[int]:
-    """Up to ``n`` sample indices spread over classes (and over volumes, mid slices first)."""
+    """Up to ``n`` sample indices spread over classes (and over volumes, mid slices first).
+
+    ``default_rng(seed)`` is the preview's only random stream (which samples are shown), separate from any run.
+    """
     rng = np.random.default_rng(seed)
     labels, has_mask = ds.labels, ds.has_mask
     if ds.info.volumetric:
@@ -195,6 +199,6 @@ def save_preview(ds: MedDataset, path: str | Path, n: int = 16, seed: int = 0, c
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     fig.suptitle(f"{ds.info.root}  ({len(ds)} samples)", fontsize=10)
     fig.tight_layout(rect=(0, 0.04 if handles else 0, 1, 0.97))
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path

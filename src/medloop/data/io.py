@@ -15,6 +15,7 @@ __all__ = [
     "read_image",
     "read_jsrt_raw",
     "read_nifti",
+    "gunzip_checked",
     "read_dicom",
     "is_dicom_file",
     "binarize_mask",
@@ -24,6 +25,7 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DICOM_SUFFIXES = (".dcm", ".dicom")
+_GZIP_MAGIC = b"\x1f\x8b"
 JSRT_SHAPE = (2048, 2048)
 # Anti-aliased 0/255 masks are thresholded at this value (>= is foreground); documented in README.
 MASK_THRESHOLD = 128
@@ -128,17 +130,58 @@ def read_jsrt_raw(path: Path) -> np.ndarray:
 
 
 def read_nifti(path: Path) -> np.ndarray:
-    """Read a NIfTI file's data array as stored (``(H, W, Z)`` or ``(H, W, Z, M)`` or 2D)."""
+    """Read a NIfTI file's data array as stored (``(H, W, Z)`` or ``(H, W, Z, M)`` or 2D).
+
+    A gzip-wrapped file (``.nii.gz``, or any file starting with the gzip magic) is decompressed once, in full,
+    by ``gunzip_checked``, which verifies the CRC-32 and length at the end of each gzip member; nibabel then
+    parses the decompressed bytes. nibabel's own reader never checks the CRC, so bit flips in the compressed
+    data would otherwise enter the pool as wrong voxels.
+    """
     import nibabel as nib
 
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found; check the path", path, "missing")
     try:
-        img = nib.load(str(path))
+        with open(path, "rb") as fh:
+            gzipped = fh.read(2) == _GZIP_MAGIC
+        if not gzipped:
+            img = nib.load(str(path))  # plain .nii: nibabel memory-maps it, no checksum to verify
+        else:
+            try:
+                data = gunzip_checked(path.read_bytes(), path)
+            except DataError as err:
+                raise DataError(f"cannot read NIfTI: {err.detail}", path, err.reason) from None
+            image_class = nib.Nifti2Image if nib.Nifti2Header.may_contain_header(data[:540]) else nib.Nifti1Image
+            img = image_class.from_bytes(data)
         return np.asarray(img.dataobj)
+    except DataError:
+        raise
     except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib errors...
         raise DataError(f"cannot read NIfTI ({type(exc).__name__}: {exc}); the file is corrupt or truncated", path, "corrupt") from None
+
+
+def gunzip_checked(data: bytes, path: Path | str) -> bytes:
+    """Decompress gzip ``data`` read from ``path``, verifying each member's CRC-32 and length.
+
+    Raises a DataError (reason ``corrupt``) naming ``path`` for a checksum mismatch, a truncated stream,
+    damaged deflate data or a damaged gzip header.
+    """
+    import gzip
+    import zlib
+
+    fix = "re-download or re-export the file, or remove it"
+    try:
+        return gzip.decompress(data)
+    except gzip.BadGzipFile as exc:
+        if "CRC check failed" in str(exc) or "Incorrect length" in str(exc):
+            raise DataError(f"gzip checksum failed ({exc}): the compressed data is damaged (bit flips on disk or "
+                            f"in transfer), so its contents cannot be trusted; {fix}", path, "corrupt") from None
+        raise DataError(f"damaged gzip header or trailing data ({exc}); {fix}", path, "corrupt") from None
+    except EOFError:
+        raise DataError(f"truncated: the gzip stream ends before its end marker; {fix}", path, "corrupt") from None
+    except zlib.error as exc:
+        raise DataError(f"damaged compressed data (zlib: {exc}); {fix}", path, "corrupt") from None
 
 
 def is_dicom_file(path: Path) -> bool:

@@ -68,7 +68,8 @@ def split_by_case(data, labels=None, *, val: float = 0.15, test: float = 0.15, s
         data: a MedDataset, or a sequence of case ids (one per sample).
         labels: per-sample labels (-1 unknown); taken from the dataset when omitted.
         val, test: fractions of cases.
-        seed: the split's seed.
+        seed: the split's seed; ``default_rng(seed)`` is the split's only random stream (kept unnamed so
+            published splits stay as they were).
         stratify: keep class proportions (by each case's majority label) on every side.
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):

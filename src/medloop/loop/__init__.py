@@ -1,30 +1,39 @@
-"""The active-learning loop: oracles, the round engine, experiments (run directories, resume, baselines)."""
+"""The active-learning loop: one round function (``loop.round``) that both methods configure, the run state
+and its folder, oracles, and the two methods' protocols (generative AL, collaborative segmentation)."""
 
-from medloop.loop.collaborative import CollaborativeConfig, algorithm1, run_collaborative
-from medloop.loop.config import ExperimentConfig
-from medloop.loop.engine import Context, Interrupt, prepare, run_track
-from medloop.loop.experiment import fsl_baselines, run_experiment, savings
+from medloop.loop.config import CollaborativeConfig, ExperimentConfig
+from medloop.loop.mahapatra import Context, Mahapatra, fsl_baselines, prepare, run_experiment, run_mahapatra_track, savings
 from medloop.loop.oracle import Answer, AnswerLog, GroundTruthOracle, Oracle, OracleTimeout, PersistentOracle, collect
+from medloop.loop.ravanbakhsh import Ravanbakhsh, algorithm1, run_collaborative
+from medloop.loop.round import Candidates, Interrupt, Method, QuerySize, run_track
+from medloop.loop.state import RunState
 
 __all__ = [
-    "CollaborativeConfig",
-    "algorithm1",
-    "run_collaborative",
-    "load_experiment_config",
-    "run_any",
     "Answer",
     "AnswerLog",
+    "Candidates",
+    "CollaborativeConfig",
     "Context",
     "ExperimentConfig",
     "GroundTruthOracle",
     "Interrupt",
+    "Mahapatra",
+    "Method",
     "Oracle",
     "OracleTimeout",
     "PersistentOracle",
+    "QuerySize",
+    "Ravanbakhsh",
+    "RunState",
+    "algorithm1",
     "collect",
     "fsl_baselines",
+    "load_experiment_config",
     "prepare",
+    "run_any",
+    "run_collaborative",
     "run_experiment",
+    "run_mahapatra_track",
     "run_track",
     "savings",
 ]
@@ -49,7 +58,6 @@ def load_experiment_config(path, overrides: dict | None = None):
 
 
 def run_any(config, out, **kwargs):
-    """Run an experiment of either method."""
-    if isinstance(config, CollaborativeConfig):
-        return run_collaborative(config, out, **kwargs)
-    return run_experiment(config, out, **kwargs)
+    """Run an experiment of either method (its protocol: seeds x strategies, or folds x strategies x budgets)."""
+    run = run_collaborative if isinstance(config, CollaborativeConfig) else run_experiment
+    return run(config, out, **kwargs)

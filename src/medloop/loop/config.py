@@ -1,29 +1,72 @@
-"""The experiment config of the active-learning engine (``experiments/*.yaml``), validated before any training."""
+"""Experiment configs of the two methods (``experiments/*.yaml``), validated before any training."""
 
 from __future__ import annotations
 
 import dataclasses
 import typing
 
+from typing import Any
+
 from medloop.config import Config, DataConfig, TrainConfig
 from medloop.errors import ConfigError
 
-__all__ = ["ExperimentConfig"]
+__all__ = ["ExperimentConfig", "CollaborativeConfig", "strategy_specs", "RENAMED"]
+
+# Keys renamed because each had two meanings: the old name is refused with the new one in the message.
+RENAMED = {"fine_tune": "retrain", "patience": "round_patience"}
+
+
+def _refuse_renamed(cls: type, data: dict | None, where: str) -> None:
+    for old, new in RENAMED.items():
+        if data and old in data and old not in {f.name for f in dataclasses.fields(cls)}:
+            prefix = f"{where}: " if where else ""
+            raise ConfigError(f"{prefix}the experiment key '{old}' is now '{new}' (the classifier's own '{old}' keeps "
+                              f"its name); rename it")
+
+
+def strategy_specs(entries: tuple, provides: frozenset[str], method: str) -> list[dict]:
+    """Normalise strategy entries (a name, or ``{name, params, label}``), build each once to check its name and
+    parameters, and refuse a strategy whose inputs the method cannot provide. Returns ``{name, params, label}``."""
+    from medloop.query import build_strategy
+
+    if not entries:
+        raise ConfigError("The 'strategies' parameter must list at least one strategy, e.g. [{name: random}]")
+    specs = []
+    for entry in entries:
+        spec = {"name": entry} if isinstance(entry, str) else entry
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(f"each entry of 'strategies' must be a name or a mapping with a 'name'; got {entry!r}")
+        extra = set(spec) - {"name", "params", "label"}
+        if extra:
+            raise ConfigError(f"strategy entry {spec!r} has unknown key(s) {sorted(extra)}; allowed: name, params, label")
+        strategy = build_strategy(spec["name"], spec.get("params"))
+        missing = strategy.needs - provides
+        if missing:
+            raise ConfigError(f"strategy '{spec['name']}' needs {', '.join(sorted(missing))} input(s), which method "
+                              f"{method} does not provide (it provides {', '.join(sorted(provides))}); drop it")
+        specs.append({"name": spec["name"], "params": dict(spec.get("params") or {}),
+                      "label": spec.get("label", spec["name"])})
+    labels = [s["label"] for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"strategy labels must be unique; got {labels}: give each a 'label'")
+    return specs
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig(Config):
-    """One active-learning experiment: data, models, strategies, protocol, baselines.
+    """Generative active learning (Mahapatra et al. 2018): data, models, strategies, protocol, baselines.
 
     Attributes:
-        method: ``mahapatra2018`` (generative AL; ``ravanbakhsh2018`` files use ``CollaborativeConfig``).
+        method: ``mahapatra2018`` (``ravanbakhsh2018`` files use ``CollaborativeConfig``).
         name: experiment name (report title).
         data: ``DataConfig`` fields (source, size, layout, options...).
         seeds: one run of every strategy per seed (split, initial set, training, MC masks all follow it).
         val_fraction, test_fraction: split by case; validation decides stopping, test is reported.
-        classifier: ``TrainConfig`` fields of the classifier (task classify) trained every round.
-        segmenter: ``TrainConfig`` fields of the UNet trained at recorded stages (``null``: no segmentation).
-        strategies: list of ``{name, params, label}``; names from the strategy registry.
+        classifier: ``TrainConfig`` fields of the classifier (task classify) trained every round; its
+            ``pretrained`` checkpoint initialises every classifier of the run (rounds and baselines).
+        segmenter: ``TrainConfig`` fields of the segmenter (``model``: a registered segmentation network) trained
+            at recorded stages (``null``: no segmentation).
+        strategies: list of strategy names or ``{name, params, label}``; names from the strategy registry.
         generator: ``CGANConfig`` fields for the generative strategy.
         initial_per_class: labeled images per class at the start (the paper: 16).
         query_per_class: images queried per class and round (the paper: 16); strategies that are not
@@ -31,12 +74,15 @@ class ExperimentConfig(Config):
         augment_copies: each real labeled image appears this many times per epoch, each copy randomly
             rotated / translated (the paper augments x200; fewer on a CPU).
         n_mc_samples: MC-dropout passes T for scoring.
-        record_at: labeled fractions (of the training pool) at which the UNet is trained and the table
+        record_at: labeled fractions (of the training pool) at which the segmenter is trained and the table
             reports; every round is recorded regardless.
         budget: stop when this many images are labeled (a fraction of the training pool when <= 1).
         max_rounds: stop after this many query rounds.
-        patience: stop when the validation AUC has not improved for this many rounds (0: never).
-        fine_tune: ``continue`` (each round starts from the last round's weights) or ``restart``.
+        round_patience: stop when the validation AUC has not improved for this many rounds (0: never). The
+            classifier's own ``patience`` counts epochs.
+        retrain: ``continue`` (each round's training starts from the last round's weights) or ``restart``
+            (from a new initialisation, or the pretrained checkpoint). The classifier's ``fine_tune`` says which
+            layers train.
         fsl_folds: folds of the fully supervised cross-validation baseline (0: skip).
         random_subset_fraction, random_subset_draws: fully supervised training on random subsets.
         savings_tolerance: AL "reaches FSL" when its test AUC is within this of FSL's.
@@ -52,7 +98,7 @@ class ExperimentConfig(Config):
     test_fraction: float = 0.2
     classifier: dict = dataclasses.field(default_factory=dict)
     segmenter: dict | None = dataclasses.field(default_factory=dict)
-    strategies: tuple[dict, ...] = ({"name": "generative"}, {"name": "class_balanced"}, {"name": "random"})
+    strategies: tuple[Any, ...] = ({"name": "generative"}, {"name": "class_balanced"}, {"name": "random"})
     generator: dict = dataclasses.field(default_factory=dict)
     initial_per_class: int = 16
     query_per_class: int = 16
@@ -61,8 +107,8 @@ class ExperimentConfig(Config):
     record_at: tuple[float, ...] = (0.10, 0.15, 0.25, 0.30, 0.35)
     budget: float = 0.5
     max_rounds: int = 20
-    patience: int = 3
-    fine_tune: typing.Literal["continue", "restart"] = "continue"
+    round_patience: int = 3
+    retrain: typing.Literal["continue", "restart"] = "continue"
     fsl_folds: int = 5
     random_subset_fraction: float = 0.35
     random_subset_draws: int = 10
@@ -70,41 +116,46 @@ class ExperimentConfig(Config):
     oracle_timeout: float | None = None
     device: str = "auto"
 
+    @classmethod
+    def from_dict(cls, data: dict | None, where: str = "") -> "ExperimentConfig":
+        _refuse_renamed(cls, data, where)
+        return super().from_dict(data, where)
+
     def validate(self) -> None:
-        from medloop.query import build_strategy
+        from medloop.models import MODEL_TASKS, MODELS
         from medloop.training.cgan import CGANConfig
 
         DataConfig.from_dict(self.data, where="data")
         cls = TrainConfig.from_dict({"task": "classify", **self.classifier}, where="classifier")
         if cls.task != "classify":
             raise ConfigError(f"The 'classifier.task' parameter must be 'classify'; got {cls.task!r}")
+        provides = {"mc"}
         if self.segmenter is not None:
             seg = TrainConfig.from_dict({"task": "segment", "model": "unet", **self.segmenter}, where="segmenter")
             if seg.task != "segment":
                 raise ConfigError(f"The 'segmenter.task' parameter must be 'segment'; got {seg.task!r}")
+            MODELS.get(seg.model)  # did-you-mean on a typo
+            if MODEL_TASKS.get(seg.model) != "segment":
+                raise ConfigError(f"The 'segmenter.model' parameter must be a segmentation network "
+                                  f"({', '.join(k for k, v in MODEL_TASKS.items() if v == 'segment')}); got {seg.model!r}")
+            if seg.pretrained:
+                raise ConfigError("The 'segmenter.pretrained' parameter is not supported: pretrained ImageNet weights "
+                                  "exist for the classifiers only; remove it")
+            provides.add("synthetic")  # variants need the segmenter's masks of unlabeled images
         CGANConfig.from_dict(self.generator, where="generator")
         if not self.seeds:
             raise ConfigError("The 'seeds' parameter must list at least one seed")
-        if not self.strategies:
-            raise ConfigError("The 'strategies' parameter must list at least one strategy, e.g. [{name: random}]")
-        labels = []
-        for spec in self.strategies:
-            if not isinstance(spec, dict) or "name" not in spec:
-                raise ConfigError(f"each entry of 'strategies' must be a mapping with a 'name'; got {spec!r}")
-            extra = set(spec) - {"name", "params", "label"}
-            if extra:
-                raise ConfigError(f"strategy entry {spec!r} has unknown key(s) {sorted(extra)}; allowed: name, params, label")
-            strategy = build_strategy(spec["name"], spec.get("params"))
-            if strategy.generative and self.segmenter is None:
+        try:
+            strategy_specs(self.strategies, frozenset(provides), "mahapatra2018")
+        except ConfigError as exc:
+            if "synthetic" in str(exc) and self.segmenter is None:
                 raise ConfigError("the generative strategy needs a segmenter (masks of unlabeled images come from "
-                                  "its predictions); set 'segmenter' or drop the strategy")
-            labels.append(spec.get("label", spec["name"]))
-        if len(set(labels)) != len(labels):
-            raise ConfigError(f"strategy labels must be unique; got {labels}: give each a 'label'")
+                                  "its predictions); set 'segmenter' or drop the strategy") from None
+            raise
         for name in ("initial_per_class", "query_per_class", "augment_copies", "n_mc_samples", "max_rounds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"The '{name}' parameter of ExperimentConfig must be >= 1; got {getattr(self, name)}")
-        for name in ("patience", "fsl_folds", "random_subset_draws"):
+        for name in ("round_patience", "fsl_folds", "random_subset_draws"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"The '{name}' parameter of ExperimentConfig must be >= 0; got {getattr(self, name)}")
         if self.fsl_folds == 1:
@@ -133,5 +184,93 @@ class ExperimentConfig(Config):
             return None
         return TrainConfig.from_dict({"task": "segment", "model": "unet", "device": self.device, **self.segmenter})
 
-    def strategy_label(self, spec: dict) -> str:
-        return spec.get("label", spec["name"])
+    @property
+    def strategy_specs(self) -> list[dict]:
+        """The strategies as ``{name, params, label}``."""
+        return strategy_specs(self.strategies, frozenset({"mc", "synthetic"}), "mahapatra2018")
+
+
+@dataclasses.dataclass(frozen=True)
+class CollaborativeConfig(Config):
+    """Human-machine collaborative segmentation (Ravanbakhsh et al., ``experiments/ravanbakhsh2018.yaml``).
+
+    Attributes:
+        method: ``ravanbakhsh2018`` (how ``medloop run`` knows this file).
+        data: ``DataConfig`` fields; volumes are read as 2D slices.
+        folds: cross-validation folds by volume (case); ``max_folds`` runs only the first few.
+        budgets: total budgets k as fractions of the pool slices (the paper: 10% ... 90%).
+        cycles: numbers of cycles n to run for every budget (the paper: 1; several shows the cycling).
+        strategies: strategy names or ``{name, params, label}``: ``discriminator`` (the method), ``random``, and
+            any MC-dropout measure of the generator (``entropy``, ``bald``, ``margin``, ...).
+        pix2pix: ``Pix2PixConfig`` fields.
+        slice_reduction, q: per-slice reduction of the discriminator map (``mean`` or ``low_q``).
+        pseudo_threshold: keep a pseudo-label only when its slice's mean plausibility is at least this
+            (``null``: keep all).
+        repseudo: re-pseudo-label every remaining pool slice each cycle (else keep the first pseudo-label).
+        n_mc_samples: MC-dropout passes of the MC strategies.
+        fsl: also train the fully supervised cGAN per fold.
+        seed, device.
+    """
+
+    method: typing.Literal["ravanbakhsh2018"] = "ravanbakhsh2018"
+    name: str = "ravanbakhsh2018"
+    data: dict = dataclasses.field(default_factory=lambda: {"source": "builtin:cardiac-mr", "size": 64})
+    folds: int = 10
+    max_folds: int | None = None
+    budgets: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    cycles: tuple[int, ...] = (1, 3)
+    strategies: tuple[Any, ...] = ("discriminator", "random", "entropy")
+    pix2pix: dict = dataclasses.field(default_factory=dict)
+    slice_reduction: str = "mean"
+    q: float = 0.1
+    pseudo_threshold: float | None = None
+    repseudo: bool = True
+    n_mc_samples: int = 10
+    fsl: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+    PROVIDES = frozenset({"mc", "discriminator"})
+
+    def validate(self) -> None:
+        from medloop.training.pix2pix import Pix2PixConfig
+        from medloop.uncertainty.discriminator import SLICE_REDUCTIONS
+
+        DataConfig.from_dict(self.data, where="data")
+        Pix2PixConfig.from_dict(self.pix2pix, where="pix2pix")
+        if self.folds < 2:
+            raise ConfigError(f"The 'folds' parameter must be >= 2 (cross-validation by volume); got {self.folds}")
+        if self.max_folds is not None and self.max_folds < 1:
+            raise ConfigError(f"The 'max_folds' parameter must be >= 1 or null; got {self.max_folds}")
+        if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):
+            raise ConfigError(f"The 'budgets' parameter must list fractions in (0, 1]; got {list(self.budgets)}")
+        if not self.cycles or any(n < 1 for n in self.cycles):
+            raise ConfigError(f"The 'cycles' parameter must list integers >= 1; got {list(self.cycles)}")
+        for spec in self.strategy_specs:
+            from medloop.query import build_strategy
+
+            if build_strategy(spec["name"], spec["params"]).per_class:
+                raise ConfigError(f"strategy '{spec['label']}' balances predicted image classes, which collaborative "
+                                  "segmentation does not have; set params.per_class: false or use another strategy")
+        if self.slice_reduction not in SLICE_REDUCTIONS:
+            raise ConfigError(f"The 'slice_reduction' parameter must be one of {list(SLICE_REDUCTIONS)}; "
+                              f"got {self.slice_reduction!r}")
+        if self.pseudo_threshold is not None and not 0 <= self.pseudo_threshold <= 1:
+            raise ConfigError(f"The 'pseudo_threshold' parameter must be in [0, 1] or null; got {self.pseudo_threshold}")
+        if self.n_mc_samples < 1:
+            raise ConfigError(f"The 'n_mc_samples' parameter must be >= 1; got {self.n_mc_samples}")
+
+    @property
+    def data_config(self) -> DataConfig:
+        return DataConfig.from_dict(self.data)
+
+    @property
+    def pix2pix_config(self):
+        from medloop.training.pix2pix import Pix2PixConfig
+
+        return Pix2PixConfig.from_dict({"device": self.device, **self.pix2pix})
+
+    @property
+    def strategy_specs(self) -> list[dict]:
+        """The strategies as ``{name, params, label}``."""
+        return strategy_specs(self.strategies, self.PROVIDES, "ravanbakhsh2018")

@@ -10,15 +10,14 @@ repeating an expert's work. A human-backed oracle (e.g. an annotation server) im
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 
-from medloop.errors import MedloopError
+from medloop.errors import DataError, MedloopError
+from medloop.storage import append_jsonl, atomic_write, read_jsonl
 
 __all__ = ["Answer", "Oracle", "GroundTruthOracle", "AnswerLog", "PersistentOracle", "collect", "OracleTimeout"]
 
@@ -115,7 +114,9 @@ class _LazyLookup(dict):
 
 
 class AnswerLog:
-    """Answers on disk: ``answers.jsonl`` (one line per answer, fsynced) and ``masks/<n>.npy``."""
+    """Answers on disk: ``answers.jsonl`` (one line per answer, fsynced) and ``masks/<n>.npy`` (written atomically
+    before the line that names it). A line torn by a kill is skipped on reopen and cut off before the next
+    answer is appended, so it never swallows an acknowledged answer."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -123,20 +124,15 @@ class AnswerLog:
         (self.folder / "masks").mkdir(exist_ok=True)
         self.path = self.folder / "answers.jsonl"
         self._answers: dict[str, Answer] = {}
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
+        for rec in read_jsonl(self.path):  # a line torn by a kill was never acknowledged: read_jsonl skips it
+            mask = None
+            if rec.get("mask"):
                 try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill: that answer was never acknowledged
-                mask_file = rec.get("mask")
-                mask = None
-                if mask_file:
-                    try:
-                        mask = np.load(self.folder / mask_file)
-                    except (OSError, ValueError):
-                        continue
-                self._answers[rec["sample_id"]] = Answer(rec["sample_id"], rec["label"], mask)
+                    mask = np.load(self.folder / rec["mask"])
+                except (OSError, ValueError) as exc:
+                    raise DataError(f"{self.folder / rec['mask']}: the mask of answer '{rec['sample_id']}' cannot be "
+                                    f"read ({exc}); restore the file from a copy") from None
+            self._answers[rec["sample_id"]] = Answer(rec["sample_id"], rec["label"], mask)
 
     def __contains__(self, sample_id: str) -> bool:
         return sample_id in self._answers
@@ -152,14 +148,9 @@ class AnswerLog:
         mask_file = None
         if answer.mask is not None:
             mask_file = f"masks/{len(self._answers):06d}.npy"
-            tmp = self.folder / (mask_file + ".tmp.npy")
-            np.save(tmp, np.asarray(answer.mask))
-            os.replace(tmp, self.folder / mask_file)
-        line = json.dumps({"sample_id": answer.sample_id, "label": answer.label, "mask": mask_file}) + "\n"
-        with open(self.path, "a") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+            mask = np.asarray(answer.mask)
+            atomic_write(self.folder / mask_file, lambda fh: np.save(fh, mask))
+        append_jsonl(self.path, {"sample_id": answer.sample_id, "label": answer.label, "mask": mask_file})
         self._answers[answer.sample_id] = answer
 
 

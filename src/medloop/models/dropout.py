@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from medloop.seeding import torch_stream
+
 __all__ = ["MCDropout", "mc_sampling", "mc_generators", "patch_dropout", "mc_dropout_layers"]
 
 
@@ -79,8 +81,8 @@ def patch_dropout(model: nn.Module) -> nn.Module:
 
 
 def mc_generators(seed: int, n_samples: int, offset: int = 0, device: str | torch.device = "cpu") -> list[torch.Generator]:
-    """One generator per MC pass, seeded from ``(seed, offset, t)`` (offset: e.g. a batch's position in a pool)."""
-    return [torch.Generator(device=device).manual_seed((seed * 1_000_003 + offset) * 1009 + t) for t in range(n_samples)]
+    """One generator per MC pass: the stream ``(seed, "mc", offset, t)`` (offset: e.g. a batch's position in a pool)."""
+    return [torch_stream(seed, "mc", offset, t, device=device) for t in range(n_samples)]
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
-"""Query strategies (score -> select), class balancing and the generative strategy."""
+"""Query strategies (score -> select) that declare the inputs they need; class balancing."""
 
-from medloop.query.strategies import STRATEGIES, QueryStrategy, build_strategy, select_top
+from medloop.query.strategies import INPUTS, STRATEGIES, QueryStrategy, build_strategy, select_top
 
-__all__ = ["STRATEGIES", "QueryStrategy", "build_strategy", "select_top"]
+__all__ = ["INPUTS", "STRATEGIES", "QueryStrategy", "build_strategy", "select_top"]

@@ -1,13 +1,21 @@
-"""Query strategies: small registered classes that turn candidate scores into a selection.
+"""Query strategies: small registered classes that turn candidate inputs into a selection.
 
-A strategy declares what it needs (``needs_mc``: MC-dropout scores of the candidates; ``generative``: the
-candidates are synthetic variants of unlabeled images, Mahapatra et al. 2018) and implements ``score``;
-the base class ranks, balances classes and breaks ties. Higher score = more informative. The loop never
-checks a strategy's type.
+A strategy declares the inputs it needs in ``needs`` and the loop computes only those:
+
+- ``mc``: MC-dropout uncertainty of the current model per candidate (``entropy``, ``margin``, ``bald``,
+  ``combined``, ...; for a classifier also ``pred``, the predicted class) (``medloop.uncertainty``);
+- ``discriminator``: the pix2pix discriminator's implausibility per slice (Ravanbakhsh et al.);
+- ``synthetic``: the candidates are synthetic variants of unlabeled images rendered by the mask-conditioned
+  cGAN (Mahapatra et al. 2018), ``per_image`` variants of each of ``candidates`` images.
+
+Every input dict also holds ``index`` (candidate positions). A strategy implements ``score`` (higher = query
+first); the base class ranks, balances classes (``per_class``) and breaks ties by index. The loop never
+checks a strategy's type, and a method refuses a strategy whose needs it cannot provide, before any training.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -16,13 +24,15 @@ from medloop.errors import ConfigError
 from medloop.registry import Registry
 from medloop.uncertainty.measures import MEASURES
 
-__all__ = ["STRATEGIES", "QueryStrategy", "build_strategy", "select_top"]
+__all__ = ["STRATEGIES", "INPUTS", "QueryStrategy", "build_strategy", "select_top"]
 
 STRATEGIES: Registry[type["QueryStrategy"]] = Registry("strategy")
 
+INPUTS = ("mc", "discriminator", "synthetic")
+
 
 def select_top(scores: np.ndarray, k: int, groups: np.ndarray | None = None, per_group: int | None = None) -> np.ndarray:
-    """Indices of the ``k`` highest scores (ties: lower index first).
+    """Indices of the ``k`` highest scores (ties: lower index first; NaN last).
 
     With ``groups`` (e.g. the predicted class) and ``per_group``, take the top ``per_group`` of each group
     first; when a group has fewer candidates, the rest of the ``k`` come from the best remaining overall, so
@@ -38,19 +48,18 @@ def select_top(scores: np.ndarray, k: int, groups: np.ndarray | None = None, per
         chosen += [int(i) for i in order if groups[i] == g][:per_group]
     taken = set(chosen)
     chosen += [int(i) for i in order if i not in taken][: max(0, k - len(chosen))]
-    return np.array(chosen[:k] if len(chosen) > k else chosen, dtype=np.int64)
+    return np.array(chosen[:k], dtype=np.int64)
 
 
 class QueryStrategy:
-    """Base: ``score(columns, rng) -> [N]``; ``select`` ranks (per predicted class when ``per_class``).
+    """Base: ``score(inputs, rng) -> [N]``; ``select`` ranks, per predicted class when ``per_class``.
 
     Args:
-        per_class: select ``query_per_class`` per predicted class (the paper's class-balanced top-k) instead
-            of the top ``query_per_class * num_classes`` overall.
+        per_class: select ``per_class_k`` per predicted class (the paper's class-balanced top-k, needs ``pred``
+            from the ``mc`` input) instead of the top ``k`` overall.
     """
 
-    needs_mc = True
-    generative = False
+    needs: frozenset[str] = frozenset({"mc"})
     default_per_class = False
 
     def __init__(self, per_class: bool | None = None):
@@ -59,37 +68,44 @@ class QueryStrategy:
     @classmethod
     def allowed_params(cls) -> set[str]:
         """The constructor's keyword arguments (what ``params`` in the config may set)."""
-        import inspect
-
         return {n for n in inspect.signature(cls.__init__).parameters if n != "self"}
 
-    def score(self, columns: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    def score(self, inputs: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
         raise TypeError(f"{type(self).__name__} must implement score()")
 
-    def select(self, columns: dict[str, np.ndarray], query_per_class: int, num_classes: int,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (selected indices, all scores)."""
-        scores = self.score(columns, rng)
-        k = query_per_class * num_classes
-        groups = columns.get("pred") if self.per_class else None
-        return select_top(scores, k, groups, query_per_class if self.per_class else None), scores
+    def select(self, inputs: dict[str, np.ndarray], k: int, rng: np.random.Generator,
+               per_class_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` candidates to query (``per_class_k`` of each predicted class first when ``per_class``).
+
+        Returns (selected indices, the scores of all candidates).
+        """
+        scores = self.score(inputs, rng)
+        if not self.per_class:
+            return select_top(scores, k), scores
+        if "pred" not in inputs or per_class_k is None:
+            raise ConfigError(f"strategy {type(self).__name__} balances predicted classes, which needs a classifier's "
+                              "predictions; set params.per_class: false or use it where a classifier is trained")
+        return select_top(scores, k, inputs["pred"], per_class_k), scores
 
 
 class _MeasureStrategy(QueryStrategy):
     measure = "combined"
 
-    def score(self, columns: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
-        return np.asarray(columns[self.measure], dtype=np.float64)
+    def score(self, inputs: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        if self.measure not in inputs:
+            raise ConfigError(f"the model gives no '{self.measure}' uncertainty (it has {sorted(set(inputs) - {'index'})}); "
+                              "choose another measure or strategy")
+        return np.asarray(inputs[self.measure], dtype=np.float64)
 
 
 @STRATEGIES.register("random")
 class RandomStrategy(QueryStrategy):
     """Uniformly random queries (the baseline every AL curve is compared with)."""
 
-    needs_mc = False
+    needs = frozenset()
 
-    def score(self, columns: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
-        return rng.random(len(columns["index"]))
+    def score(self, inputs: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        return rng.random(len(inputs["index"]))
 
 
 @STRATEGIES.register("entropy")
@@ -141,7 +157,7 @@ class GenerativeStrategy(ClassBalancedStrategy):
     ``query_per_class`` per predicted class join the training set with their source's label, which costs one
     oracle query per distinct source."""
 
-    generative = True
+    needs = frozenset({"mc", "synthetic"})
 
     def __init__(self, measure: str = "combined", per_image: int = 20, candidates: int = 40,
                  per_class: bool | None = None):
@@ -149,6 +165,17 @@ class GenerativeStrategy(ClassBalancedStrategy):
         if per_image < 1 or candidates < 0:
             raise ConfigError(f"strategy generative needs per_image >= 1 and candidates >= 0; got {per_image}, {candidates}")
         self.per_image, self.candidates = int(per_image), int(candidates)
+
+
+@STRATEGIES.register("discriminator")
+class DiscriminatorStrategy(QueryStrategy):
+    """Ravanbakhsh et al.: the slices whose (image, predicted label map) the pix2pix discriminator finds least
+    plausible go to the expert."""
+
+    needs = frozenset({"discriminator"})
+
+    def score(self, inputs: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        return np.asarray(inputs["discriminator"], dtype=np.float64)
 
 
 def build_strategy(name: str, params: dict[str, Any] | None = None) -> QueryStrategy:
@@ -159,6 +186,10 @@ def build_strategy(name: str, params: dict[str, Any] | None = None) -> QueryStra
     if unknown:
         raise ConfigError(f"strategy '{name}' has no parameter(s) {sorted(unknown)}; allowed: {sorted(cls.allowed_params())}")
     try:
-        return cls(**params)
+        strategy = cls(**params)
     except TypeError as exc:
         raise ConfigError(f"bad parameters for strategy '{name}': {exc}") from None
+    if not strategy.needs <= set(INPUTS):
+        raise ConfigError(f"strategy '{name}' needs unknown input(s) {sorted(strategy.needs - set(INPUTS))}; "
+                          f"inputs are {', '.join(INPUTS)}")
+    return strategy

@@ -15,6 +15,7 @@ import numpy as np
 __all__ = ["build_collaborative_report", "dice_table"]
 
 from medloop.report.experiment import COLORS
+from medloop.storage import save_figure
 
 
 def _dice(test: dict, names: dict[str, str]) -> dict[str, float | None]:
@@ -102,7 +103,7 @@ def build_collaborative_report(run_dir: str | Path) -> Path:
         ax.set_ylabel("test Dice")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(run_dir / "dice_by_budget.png", dpi=100)
+    save_figure(fig, run_dir / "dice_by_budget.png", dpi=100)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.scatter(corr["plausibility"], corr["dice"], s=8, alpha=0.6, color="#0072B2")
@@ -111,7 +112,7 @@ def build_collaborative_report(run_dir: str | Path) -> Path:
     if corr["pearson_r"] is not None:
         ax.set_title(f"r = {corr['pearson_r']:.3f}, p = {corr['p_value']:.2g}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(run_dir / "correlation.png", dpi=100)
+    save_figure(fig, run_dir / "correlation.png", dpi=100)
     plt.close(fig)
     figs = sorted((run_dir / "baselines").glob("fold*-figure.npz"))
     if figs:
@@ -130,7 +131,7 @@ def build_collaborative_report(run_dir: str | Path) -> Path:
                 if r == 0:
                     axes[r, c].set_title(title, fontsize=9)
         fig.tight_layout()
-        fig.savefig(run_dir / "discriminator.png", dpi=90)
+        save_figure(fig, run_dir / "discriminator.png", dpi=90)
         plt.close(fig)
     from medloop.report.html import write_report
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from medloop.storage import save_figure
 
 __all__ = ["build_report", "stage_table", "curve"]
 
@@ -141,7 +142,7 @@ def _plot_curves(results: dict, path: Path) -> None:
         ax.set_title("segmentation (UNet) at recorded stages", fontsize=10)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -169,7 +170,7 @@ def _plot_gallery(run_dir: Path, track: str, path: Path) -> bool:
             ax.axis("off")
     fig.suptitle(f"{track}: most (left) and least (right) informative synthetic samples, combined uncertainty", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
     return True
 
@@ -197,7 +198,7 @@ def _plot_overlays(run_dir: Path, track: str, path: Path) -> bool:
                 ax.set_title(f"round {int(rnd)}", fontsize=8)
     fig.suptitle(f"{track}: UNet segmentation at recorded stages (green: truth, orange: prediction)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
     return True
 
@@ -247,7 +248,8 @@ def build_report(run_dir: str | Path) -> Path:
                              f"{r['n_synthetic']} | {_fmt(r['test'].get('auc'))} | {_fmt(r['val'].get('auc'))} | "
                              f"{r['stop'] or ''} |")
     lines.append("")
-    gen = [lab for lab, spec in zip(labels, results["config"]["strategies"]) if spec["name"] == "generative"]
+    names = [spec if isinstance(spec, str) else spec["name"] for spec in results["config"]["strategies"]]
+    gen = [lab for lab, name in zip(labels, names) if name == "generative"]
     seed0 = str(results["config"]["seeds"][0])
     if gen and _plot_gallery(run_dir, f"{gen[0]}-seed{seed0}", run_dir / "gallery.png"):
         lines += ["## Synthetic samples", "", "![gallery](gallery.png)", ""]

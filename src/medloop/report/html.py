@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medloop.storage import write_text
+
 __all__ = ["write_report", "read_results"]
 
 _STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;line-height:1.4}"
@@ -17,10 +19,10 @@ def write_report(run_dir: Path, markdown_text: str, title: str) -> Path:
 
     import markdown
 
-    (run_dir / "report.md").write_text(markdown_text)
+    write_text(run_dir / "report.md", markdown_text)
     body = markdown.markdown(markdown_text, extensions=["tables"])
-    (run_dir / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-                                         f"</title><style>{_STYLE}</style></head><body>{body}</body></html>")
+    write_text(run_dir / "report.html", f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+                                        f"</title><style>{_STYLE}</style></head><body>{body}</body></html>")
     return run_dir / "report.md"
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from medloop.errors import DataError
+from medloop.storage import save_torch
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
@@ -17,13 +18,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_name: str, model_p
                     **record: Any) -> Path:
     from medloop import __version__
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"model": model_name, "model_params": model_params, "state_dict": model.state_dict(),
-                "medloop_version": __version__, **record}, tmp)
-    tmp.replace(path)  # atomic: a kill never leaves a half-written checkpoint
-    return path
+    # atomic: a kill never leaves a half-written checkpoint
+    return save_torch(path, {"model": model_name, "model_params": model_params, "state_dict": model.state_dict(),
+                             "medloop_version": __version__, **record})
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -18,6 +18,7 @@ from medloop.errors import ConfigError
 from medloop.models.pix2pix import Pix2PixDiscriminator
 from medloop.models.unet import BayesianUNet
 from medloop.progress import make_progress
+from medloop.seeding import torch_init, torch_stream
 
 __all__ = ["Pix2PixConfig", "Pix2PixTrainer", "train_pix2pix"]
 
@@ -57,11 +58,20 @@ class Pix2PixTrainer:
 
         self.config, self.num_classes = config, num_classes
         self.device = resolve_device(config.device)
-        torch.manual_seed(config.seed)
-        self.G = BayesianUNet(in_channels, num_classes, channels=config.g_channels, dropout=config.dropout).to(self.device)
-        self.D = Pix2PixDiscriminator(in_channels, num_classes, size, config.d_features, config.d_layers).to(self.device)
+        with torch_init(config.seed):
+            self.G = BayesianUNet(in_channels, num_classes, channels=config.g_channels, dropout=config.dropout)
+            self.D = Pix2PixDiscriminator(in_channels, num_classes, size, config.d_features, config.d_layers)
+        self.G, self.D = self.G.to(self.device), self.D.to(self.device)
+        self.seed_dropout(config.seed)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=(0.5, 0.999))
+
+    def seed_dropout(self, seed: int) -> None:
+        """Draw G's training dropout masks (pix2pix's noise) from the streams ``(seed, "pix2pix", "dropout", i)``."""
+        from medloop.models.dropout import mc_dropout_layers
+
+        for i, layer in enumerate(mc_dropout_layers(self.G)):
+            layer.generator = torch_stream(seed, "pix2pix", "dropout", i, device=self.device)
 
     def _onehot(self, labels: torch.Tensor) -> torch.Tensor:
         return F.one_hot(labels.long(), self.num_classes).permute(0, 3, 1, 2).float()
@@ -119,12 +129,9 @@ class Pix2PixTrainer:
 def train_pix2pix(trainer: Pix2PixTrainer, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                   seed: int, progress: bool = True) -> list[dict[str, float]]:
     """``config.epochs`` epochs of alternating updates over the samples (seeded shuffling)."""
-    from medloop.models.dropout import mc_dropout_layers
-
     cfg = trainer.config
-    gen = torch.Generator().manual_seed(seed)
-    for i, layer in enumerate(mc_dropout_layers(trainer.G)):  # seeded dropout masks (pix2pix's noise)
-        layer.generator = torch.Generator(device=trainer.device).manual_seed(seed * 7919 + 5 + i)
+    gen = torch_stream(seed, "pix2pix", "shuffle")
+    trainer.seed_dropout(seed)
     history = []
     with make_progress(transient=not progress) as bar:
         task = bar.add_task("training pix2pix", total=cfg.epochs, visible=progress)

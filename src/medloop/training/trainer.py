@@ -1,8 +1,9 @@
 """Supervised recipes: fit / predict / evaluate for classification and segmentation.
 
-Seeded (one generator for shuffling, one for dropout masks, one for the loss's logit noise, MONAI's
-random state for augmentation), early stopping on a validation split (the best epoch's weights are
-restored), optional head-only fine-tuning (the paper fine-tunes the last layer), progress bars.
+Seeded (named streams of the run's seed, ``medloop.seeding``: one for shuffling, one per dropout layer,
+one for the loss's logit noise, one for MONAI's augmentation random state), early stopping on a validation
+split (the best epoch's weights are restored), optional head-only fine-tuning (the paper fine-tunes the last
+layer), progress bars.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from medloop.errors import DataError
 from medloop.metrics import classification_metrics, segmentation_metrics
 from medloop.models.dropout import mc_dropout_layers
 from medloop.progress import make_progress
+from medloop.seeding import seed_for, torch_stream
 from medloop.training.augment import TrainingView, build_augmentation
 from medloop.training.losses import heteroscedastic_ce, heteroscedastic_seg_loss
 
@@ -89,12 +91,12 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
             p.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    shuffle_gen = torch.Generator().manual_seed(config.seed)
-    loss_gen = torch.Generator(device=device).manual_seed(config.seed + 2)
+    shuffle_gen = torch_stream(config.seed, "fit", "shuffle")
+    loss_gen = torch_stream(config.seed, "fit", "loss", device=device)
     for i, layer in enumerate(mc_dropout_layers(model)):
-        layer.generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + 3 + i)
+        layer.generator = torch_stream(config.seed, "fit", "dropout", i, device=device)
     size = tuple(train_ds[0].image.shape[-2:])
-    transform = build_augmentation(config.augmentation, size, config.seed)
+    transform = build_augmentation(config.augmentation, size, seed_for(config.seed, "fit", "augment"))
     # a last batch of one sample breaks batch norm in training mode: drop it (it is reshuffled next epoch)
     loader = torch.utils.data.DataLoader(TrainingView(train_ds, transform), batch_size=config.batch_size,
                                          shuffle=True, generator=shuffle_gen, num_workers=0,

@@ -200,3 +200,78 @@ def test_unknown_option_and_layout_suggest_the_fix(folder_tree):
         load_dataset(str(folder_tree), layout="acdcc", progress=False)
     with pytest.raises(ConfigError, match=r"unknown built-in dataset 'chest' .*chest-xray"):
         load_dataset("builtin:chest", progress=False)
+
+
+def _flip_a_bit_the_crc_catches(path):
+    """Flip one bit in the middle of the deflate stream such that gzip still inflates it (same length) but the
+    CRC-32 fails, and nibabel alone reads the damaged voxels without complaint (the case this guards)."""
+    import gzip
+
+    import nibabel as nib
+
+    original = path.read_bytes()
+    for pos in range(len(original) // 2, len(original) - 8):  # the last 8 bytes are the CRC and length
+        damaged = bytearray(original)
+        damaged[pos] ^= 0x10
+        try:
+            gzip.decompress(bytes(damaged))
+        except gzip.BadGzipFile as exc:
+            if "CRC check failed" not in str(exc):
+                continue
+        except Exception:  # zlib.error, EOFError: caught by nibabel too, not this test's case
+            continue
+        else:
+            continue
+        path.write_bytes(bytes(damaged))
+        try:
+            np.asarray(nib.load(str(path)).dataobj)
+        except Exception:
+            continue
+        return pos
+    raise AssertionError(f"no bit flip in {path} gives a CRC failure that inflates")
+
+
+def _realistic_volume(seed):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:48, 0:40]
+    blob = 800 * np.exp(-((yy - 24) ** 2 + (xx - 20) ** 2) / 200.0)
+    return (blob[:, :, None] + rng.normal(0, 20, (48, 40, 4))).astype(np.int16)
+
+
+def test_gzip_crc_failure_in_nifti_is_refused_naming_the_file(tmp_path):
+    from medloop.data.io import read_nifti
+
+    path = write_nifti(tmp_path / "case.nii.gz", _realistic_volume(0))
+    np.testing.assert_array_equal(read_nifti(path), _realistic_volume(0))
+    _flip_a_bit_the_crc_catches(path)
+    expected = r"case\.nii\.gz: cannot read NIfTI: gzip checksum failed \(CRC check failed.*re-download"
+    with pytest.raises(DataError, match=expected) as info:
+        read_nifti(path)
+    assert info.value.reason == "corrupt"
+
+
+def test_gzip_crc_failure_is_skipped_by_the_acdc_reader(tmp_path, caplog):
+    root = tmp_path / "acdc"
+    for p in (1, 2):
+        folder = root / f"patient{p:03d}"
+        write_nifti(folder / f"patient{p:03d}_frame01.nii.gz", _realistic_volume(p))
+        write_nifti(folder / f"patient{p:03d}_frame01_gt.nii.gz", np.ones((48, 40, 4), np.uint8))
+    _flip_a_bit_the_crc_catches(root / "patient002" / "patient002_frame01.nii.gz")
+    _expect(root, r"patient002_frame01\.nii\.gz: cannot read NIfTI: gzip checksum failed", "corrupt")
+    ds = _skip(root, caplog)
+    assert set(ds.case_ids) == {"patient001"}
+    assert "patient002_frame01.nii.gz: cannot read NIfTI: gzip checksum failed" in caplog.text
+    assert [e.reason for e in ds.skipped] == ["corrupt"]
+
+
+def test_truncated_and_damaged_gzip_streams_are_named(tmp_path):
+    from medloop.data.io import read_nifti
+
+    path = write_nifti(tmp_path / "cut.nii.gz", _realistic_volume(0))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"cut\.nii\.gz: cannot read NIfTI: truncated: the gzip stream ends"):
+        read_nifti(path)
+    path = write_nifti(tmp_path / "tail.nii.gz", _realistic_volume(0))
+    path.write_bytes(path.read_bytes() + b"junk")
+    with pytest.raises(DataError, match=r"tail\.nii\.gz: cannot read NIfTI: damaged gzip header or trailing data"):
+        read_nifti(path)

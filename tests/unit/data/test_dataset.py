@@ -71,3 +71,45 @@ def test_preview_is_written(tmp_path, acdc_tree):
     path = save_preview(ds, tmp_path / "out" / "preview.png", n=4)
     with Image.open(path) as img:
         assert img.size[0] > 300 and img.size[1] > 300
+
+
+def _labeled(labels, class_names=(), mask_labels=None):
+    from medloop.data import DatasetInfo, MedDataset, Sample
+
+    samples = [Sample(torch.zeros(1, 4, 4), None, label, f"c{i}", f"s{i}", "test") for i, label in enumerate(labels)]
+    return MedDataset.from_samples(samples, DatasetInfo("test", "mem", tuple(class_names), dict(mask_labels or {})))
+
+
+@pytest.mark.parametrize(
+    "labels, class_names, expected",
+    [
+        ([0, 1, 0], ("normal", "nodule"), 2),
+        ([0, None, 0], ("normal", "nodule"), 2),  # a named class without samples still counts
+        ([0, 2, None], (), 3),  # no names: the largest known label decides
+        ([0, 3], ("a", "b"), 4),  # a label beyond the names
+        ([None, None], (), 0),  # unlabeled
+    ],
+)
+def test_num_classes_from_names_and_known_labels(labels, class_names, expected):
+    assert _labeled(labels, class_names).num_classes == expected
+
+
+def test_num_classes_of_a_subset_is_that_of_its_source():
+    ds = _labeled([0, 1, 2, 0])
+    assert ds.subset([0, 3]).num_classes == 3
+
+
+@pytest.mark.parametrize(
+    "mask_labels, expected",
+    [({}, 2), ({0: "background", 1: "lung"}, 2), ({0: "background", 1: "myocardium", 2: "blood pool"}, 3),
+     ({0: "background", 4: "tumour"}, 5), ({0: "background"}, 2)],
+)
+def test_num_mask_classes_from_declared_labels(mask_labels, expected):
+    assert _labeled([None], mask_labels=mask_labels).num_mask_classes == expected
+
+
+def test_num_classes_of_real_layouts(folder_tree, acdc_tree):
+    assert load_dataset(str(acdc_tree), progress=False).num_mask_classes == 3  # medloop label map: bg, myo, blood pool
+    assert load_dataset(str(acdc_tree), options={"label_map": "medloop-rv"}, progress=False).num_mask_classes == 4
+    ds = load_dataset(str(folder_tree), progress=False)
+    assert ds.num_classes == max(len(ds.info.class_names), int(ds.labels.max()) + 1)

@@ -42,6 +42,19 @@ def test_a_line_cut_by_a_kill_is_ignored(tmp_path):
     assert "a" in reread and "b" not in reread
 
 
+def test_an_answer_after_a_torn_line_survives_the_next_reopen(tmp_path):
+    log = AnswerLog(tmp_path)
+    log.record(Answer("a", 0, np.ones((2, 2), dtype=np.int64)))
+    log.record(Answer("b", 1, None))
+    with open(log.path, "a") as fh:
+        fh.write('{"sample_id": "x", "lab')  # killed mid-line
+    reopened = AnswerLog(tmp_path)
+    reopened.record(Answer("c", 1, np.zeros((2, 2), dtype=np.int64)))  # acknowledged
+    final = AnswerLog(tmp_path)
+    assert [s for s in ("a", "b", "c", "x") if s in final] == ["a", "b", "c"]
+    assert final.get("c").label == 1 and final.get("c").mask.sum() == 0 and final.get("a").mask.sum() == 4
+
+
 class SlowOracle(Oracle):
     """Answers one query per poll, like an expert working through a queue."""
 

@@ -56,3 +56,16 @@ def test_state_dict_round_trip_includes_optimizers():
     b.load_state_dict(a.state_dict())
     assert b.opt_g.state_dict()["state"] and torch.equal(
         next(iter(a.G.state_dict().values())), next(iter(b.G.state_dict().values())))
+
+
+def test_initialisation_is_seeded_without_touching_the_global_generator():
+    from medloop.models.unet import BayesianUNet
+
+    cfg = Pix2PixConfig(g_channels=(8, 16, 16), d_features=8, seed=3, device="cpu")
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    t = Pix2PixTrainer(1, 3, 32, cfg)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(3)  # the seed alone: initialisation is what it was before named streams
+    g = BayesianUNet(1, 3, channels=cfg.g_channels, dropout=cfg.dropout)
+    assert all(torch.equal(a, b) for a, b in zip(t.G.state_dict().values(), g.state_dict().values()))

@@ -14,14 +14,15 @@ def columns(n: int = 10, hot: int = 7) -> dict[str, np.ndarray]:
     cols = {m: np.full(n, 0.1) for m in ("entropy", "margin", "bald", "combined", "epistemic", "aleatoric")}
     for m in cols:
         cols[m][hot] = 0.9
+    cols["discriminator"] = cols["entropy"].copy()
     cols["pred"] = np.arange(n) % 2
     cols["index"] = np.arange(n)
     return cols
 
 
-@pytest.mark.parametrize("name", ["entropy", "margin", "bald", "combined", "class_balanced", "generative"])
+@pytest.mark.parametrize("name", ["entropy", "margin", "bald", "combined", "class_balanced", "generative", "discriminator"])
 def test_measure_strategies_pick_the_obviously_uncertain_sample_first(name):
-    chosen, scores = build_strategy(name).select(columns(hot=7), 1, 2, np.random.default_rng(0))
+    chosen, scores = build_strategy(name).select(columns(hot=7), 2, np.random.default_rng(0), 1)
     assert 7 in chosen
     assert scores[7] == max(scores)
 
@@ -29,16 +30,16 @@ def test_measure_strategies_pick_the_obviously_uncertain_sample_first(name):
 def test_ranking_follows_the_measure_and_breaks_ties_by_index():
     cols = columns()
     cols["bald"] = np.array([0.5, 0.9, 0.5, 0.1, 0.7, 0.5, 0.0, 0.2, 0.3, 0.4])
-    chosen, _ = build_strategy("bald").select(cols, 2, 2, np.random.default_rng(0))
+    chosen, _ = build_strategy("bald").select(cols, 4, np.random.default_rng(0), 2)
     assert chosen.tolist() == [1, 4, 0, 2]  # 0.9, 0.7, then the 0.5 ties in index order
 
 
-def test_random_is_seeded_and_needs_no_mc():
+def test_random_is_seeded_and_needs_no_input():
     s = build_strategy("random")
-    assert not s.needs_mc
-    a, _ = s.select({"index": np.arange(50)}, 3, 2, np.random.default_rng(1))
-    b, _ = s.select({"index": np.arange(50)}, 3, 2, np.random.default_rng(1))
-    c, _ = s.select({"index": np.arange(50)}, 3, 2, np.random.default_rng(2))
+    assert s.needs == frozenset()
+    a, _ = s.select({"index": np.arange(50)}, 6, np.random.default_rng(1), 3)
+    b, _ = s.select({"index": np.arange(50)}, 6, np.random.default_rng(1), 3)
+    c, _ = s.select({"index": np.arange(50)}, 6, np.random.default_rng(2), 3)
     assert a.tolist() == b.tolist() and a.tolist() != c.tolist() and len(set(a.tolist())) == 6
 
 
@@ -46,10 +47,10 @@ def test_class_balanced_takes_k_per_predicted_class():
     cols = columns(12)
     cols["combined"] = np.linspace(1.0, 0.0, 12)  # class 0 (even indices) would win every slot overall
     cols["pred"] = np.array([0] * 8 + [1] * 4)
-    chosen, _ = build_strategy("class_balanced").select(cols, 3, 2, np.random.default_rng(0))
+    chosen, _ = build_strategy("class_balanced").select(cols, 6, np.random.default_rng(0), 3)
     preds = cols["pred"][chosen]
     assert (preds == 0).sum() == 3 and (preds == 1).sum() == 3
-    overall, _ = build_strategy("combined").select(cols, 3, 2, np.random.default_rng(0))
+    overall, _ = build_strategy("combined").select(cols, 6, np.random.default_rng(0), 3)
     assert (cols["pred"][overall] == 1).sum() == 0  # without balancing the minority class gets nothing
 
 
@@ -63,7 +64,7 @@ def test_class_balanced_fills_up_when_a_class_is_short():
 def test_contract_unique_indices_and_query_size(name):
     cols = columns(30)
     cols["combined"] = np.random.default_rng(0).random(30)
-    chosen, scores = build_strategy(name).select(cols, 4, 2, np.random.default_rng(0))
+    chosen, scores = build_strategy(name).select(cols, 8, np.random.default_rng(0), 4)
     assert len(chosen) == 8 and len(set(chosen.tolist())) == 8
     assert scores.shape == (30,)
     assert all(0 <= i < 30 for i in chosen)
@@ -78,3 +79,29 @@ def test_unknown_strategy_and_parameters_are_config_errors():
         build_strategy("class_balanced", {"measure": "variance"})
     with pytest.raises(ConfigError, match="per_image >= 1"):
         build_strategy("generative", {"per_image": 0})
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_contract_declared_inputs_are_known_and_suffice(name):
+    """A strategy scores with only what it declares (plus ``index``; ``pred`` when it balances classes)."""
+    from medloop.query import INPUTS
+
+    strategy = build_strategy(name)
+    assert strategy.needs <= set(INPUTS)
+    full = columns(30)
+    given = {"index": full["index"]}
+    if "mc" in strategy.needs:
+        given.update({k: v for k, v in full.items() if k not in ("discriminator", "index")})
+    if "discriminator" in strategy.needs:
+        given["discriminator"] = full["discriminator"]
+    chosen, _ = strategy.select(given, 6, np.random.default_rng(0), 3)
+    assert len(set(chosen.tolist())) == 6
+
+
+def test_class_balancing_without_predictions_is_a_clear_error():
+    cols = columns(10)
+    del cols["pred"]
+    with pytest.raises(ConfigError, match="per_class"):
+        build_strategy("class_balanced").select(cols, 4, np.random.default_rng(0), 2)
+    chosen, _ = build_strategy("class_balanced", {"per_class": False}).select(cols, 4, np.random.default_rng(0))
+    assert 7 in chosen

@@ -1,0 +1,486 @@
+"""Generative active learning (Mahapatra et al., MICCAI 2018) as a configuration of the loop, and its protocol.
+
+Each round trains the Bayesian classifier (continuing from the last round's weights, or from scratch with
+``retrain: restart``) on the labeled images (augmented ``augment_copies`` times) and the synthetic samples
+that joined so far; the segmenter is trained at the recorded stages (and at round 0 when a strategy needs
+synthetic candidates, whose masks come from it). Candidates are the unlabeled pool, or, for a strategy that
+needs ``synthetic``, variants of sampled unlabeled images rendered by the mask-conditioned cGAN; a variant
+selected by the strategy joins the training set with its source's label (one oracle query per source).
+
+Run directory::
+
+    config.yaml, run.json        the resolved config; versions, seeds, machine
+    tracks/<strategy>-seed<k>/   one track each (``loop.state``; resumable)
+    generators/seed<k>.pt        the cGAN of the generative strategy, trained on the seed's initial labeled set
+    baselines/*.json             fully supervised baselines (each written once, skipped on resume)
+    results.json                 everything, machine-readable; report.md / report.html / *.png built from it
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medloop.data import MedDataset, Sample, kfold_by_case, split_by_case
+from medloop.data.record import DatasetInfo
+from medloop.device import resolve_device
+from medloop.errors import ConfigError, DataError
+from medloop.loop.config import ExperimentConfig
+from medloop.loop.oracle import GroundTruthOracle, Oracle
+from medloop.loop.round import Candidates, Method, QuerySize, run_track
+from medloop.loop.rundir import check_resume, once
+from medloop.loop.state import RunState
+from medloop.metrics import plain
+from medloop.models import build_model, load_pretrained
+from medloop.progress import make_progress
+from medloop.query import QueryStrategy, build_strategy
+from medloop.seeding import seed_for, stream, torch_init
+from medloop.storage import save_npz, write_json
+from medloop.training import evaluate, fit, predict
+from medloop.uncertainty import score_pool
+
+__all__ = ["Context", "prepare", "Mahapatra", "initial_set", "run_experiment", "fsl_baselines", "savings"]
+
+
+@dataclasses.dataclass
+class Context:
+    """What every track of an experiment shares: config, data, splits."""
+
+    config: ExperimentConfig
+    dataset: MedDataset
+    splits: dict[int, Any]
+    progress: bool = True
+    oracle_factory: Callable[[MedDataset], Oracle] | None = None
+    _pixels: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.dataset[0].image.shape[0])
+
+    def pool(self, seed: int) -> MedDataset:
+        return self.dataset.subset(self.splits[seed].train)
+
+    def val(self, seed: int) -> MedDataset:
+        return self.dataset.subset(self.splits[seed].val)
+
+    def test(self, seed: int) -> MedDataset:
+        return self.dataset.subset(self.splits[seed].test)
+
+    def budget_count(self, pool_size: int) -> int:
+        b = self.config.budget
+        return int(round(b * pool_size)) if b <= 1 else int(b)
+
+    def pool_mask_pixels(self, seed: int) -> float:
+        """Foreground pixels of every mask in the seed's pool (the denominator of the pixel cost), read once."""
+        if seed not in self._pixels:
+            pool = self.pool(seed)
+            self._pixels[seed] = float(sum(int((pool[i].mask > 0).sum()) for i in np.nonzero(pool.has_mask)[0])) or 1.0
+        return self._pixels[seed]
+
+    def new_classifier(self, seed: int, *names: int | str) -> torch.nn.Module:
+        """A classifier initialised from the stream ``(seed, *names)``, then from ``classifier.pretrained``."""
+        cfg = self.config.classifier_config
+        with torch_init(seed, *names):
+            model = build_model(cfg.model, in_channels=self.in_channels, num_classes=self.num_classes,
+                                **cfg.model_params)
+        if cfg.pretrained:
+            load_pretrained(model, cfg.pretrained)
+        return model
+
+    def new_segmenter(self, seed: int, *names: int | str) -> torch.nn.Module:
+        cfg = self.config.segmenter_config
+        with torch_init(seed, *names):
+            return build_model(cfg.model, in_channels=self.in_channels, num_classes=self.dataset.num_mask_classes,
+                               **cfg.model_params)
+
+
+def prepare(config: ExperimentConfig, progress: bool = True, oracle_factory=None) -> Context:
+    """Load the data once, split per seed, and check the protocol and models fit the data (before any training)."""
+    from medloop.data import load_dataset
+
+    if config.data_config.size is None:
+        raise ConfigError("The 'data.size' parameter must be set (e.g. 128) so images can be batched")
+    ds = load_dataset(config.data_config, progress=progress)
+    labels = ds.labels
+    if not (labels >= 0).any():
+        raise DataError(f"no image labels in {ds.info.root}; the active-learning experiment needs image labels "
+                        "(labels.csv label column, or a layout that provides them)")
+    if ds.num_classes < 2:
+        raise DataError(f"{ds.info.root}: only one image class; active learning of a classifier needs two or more")
+    seg_cfg = config.segmenter_config
+    if seg_cfg is not None and not ds.has_mask.any():
+        raise DataError(f"{ds.info.root}: no masks, but the experiment trains a segmenter; set 'segmenter: null' "
+                        "or use data with masks")
+    if seg_cfg is not None and seg_cfg.model == "unet":
+        from medloop.models.unet import DEFAULT_CHANNELS
+
+        divisor = 2 ** (len(seg_cfg.model_params.get("channels", DEFAULT_CHANNELS)) - 1)
+        size = config.data_config.size
+        if size % divisor or size // divisor < 2:
+            raise ConfigError(f"The 'data.size' parameter ({size}) does not fit the UNet: it downsamples "
+                              f"{divisor.bit_length() - 1} times, so the size must be a multiple of {divisor} and at "
+                              f"least {2 * divisor}; change data.size or segmenter.model_params.channels")
+    splits = {}
+    for seed in config.seeds:
+        split = split_by_case(ds, val=config.val_fraction, test=config.test_fraction, seed=seed)
+        pool_labels = labels[split.train]
+        for c in range(ds.num_classes):
+            have = int((pool_labels == c).sum())
+            if have < config.initial_per_class:
+                name = ds.info.class_names[c] if c < len(ds.info.class_names) else str(c)
+                raise DataError(f"{ds.info.root}: the training pool (seed {seed}) has {have} images of class '{name}' "
+                                f"but the initial set needs initial_per_class = {config.initial_per_class}; lower "
+                                "initial_per_class or use more data")
+        pool_size = len(split.train)
+        initial = config.initial_per_class * ds.num_classes
+        budget = int(round(config.budget * pool_size)) if config.budget <= 1 else int(config.budget)
+        if budget < initial or budget > pool_size:
+            raise ConfigError(f"The 'budget' parameter gives {budget} labeled images but it must lie between the "
+                              f"initial set ({initial}) and the training pool ({pool_size}); got {config.budget}")
+        splits[seed] = split
+    ctx = Context(config, ds, splits, progress, oracle_factory)
+    ctx.new_classifier(config.seeds[0])  # a missing or mismatched pretrained checkpoint fails here, named
+    return ctx
+
+
+def _info(ctx: Context, name: str) -> DatasetInfo:
+    i = ctx.dataset.info
+    return DatasetInfo(name, i.root, i.class_names, i.mask_labels, i.volumetric)
+
+
+def train_classifier(ctx: Context, model: torch.nn.Module | None, samples: list[Sample], val: MedDataset | None,
+                     seed: int, *names: int | str) -> torch.nn.Module:
+    """Fit (or continue fitting) the classifier on ``samples``; early stopping on ``val``."""
+    cfg = ctx.config.classifier_config.replace(seed=seed_for(seed, *names, "fit"))
+    model = model if model is not None else ctx.new_classifier(seed, *names)
+    fit(model, MedDataset.from_samples(samples, _info(ctx, "labeled")), val, cfg, progress=ctx.progress)
+    return model.cpu()
+
+
+def train_segmenter(ctx: Context, samples: list[Sample], val: MedDataset | None, seed: int,
+                    *names: int | str) -> torch.nn.Module:
+    """A segmenter trained from scratch on the samples that have masks (real and synthetic); early stopping on
+    the validation samples with masks, if any."""
+    cfg = ctx.config.segmenter_config.replace(seed=seed_for(seed, *names, "fit"))
+    model = ctx.new_segmenter(seed, *names)
+    val = val.subset(np.nonzero(val.has_mask)[0]) if val is not None else None
+    fit(model, MedDataset.from_samples([s for s in samples if s.mask is not None], _info(ctx, "labeled")),
+        val if val is not None and len(val) else None, cfg, progress=ctx.progress)
+    return model.cpu()
+
+
+def initial_set(ctx: Context, seed: int) -> list[int]:
+    """``initial_per_class`` pool images per class (pool positions), drawn with the seed.
+
+    Drawing per class uses the stored labels (as the paper's protocol does); the oracle is still asked
+    (and charged) for every one of them.
+    """
+    rng = stream(seed, "initial set")
+    labels = ctx.pool(seed).labels
+    chosen = []
+    for c in range(ctx.num_classes):
+        idx = np.nonzero(labels == c)[0]
+        chosen += sorted(int(i) for i in rng.choice(idx, ctx.config.initial_per_class, replace=False))
+    return chosen
+
+
+@dataclasses.dataclass
+class Models:
+    """Method 1's models after a round: the classifier, and the segmenter last trained (``seg_round``)."""
+
+    classifier: torch.nn.Module | None = None
+    segmenter: torch.nn.Module | None = None
+    seg_round: int | None = None
+    stages: list[float] = dataclasses.field(default_factory=list)  # record_at stages reached this round
+
+
+class Mahapatra(Method):
+    """Classifier (+ segmenter) of one seed; candidates from the pool or synthetic variants."""
+
+    provides = frozenset({"mc", "synthetic"})
+
+    def __init__(self, ctx: Context, seed: int, strategy: QueryStrategy, sampler_for=None):
+        self.ctx, self.seed, self.cfg = ctx, seed, ctx.config
+        self.pool, self.val, self.test = ctx.pool(seed), ctx.val(seed), ctx.test(seed)
+        self.pos = {s: i for i, s in enumerate(self.pool.sample_ids)}
+        self.budget = ctx.budget_count(len(self.pool))
+        self.needs_masks = "synthetic" in strategy.needs
+        self.sampler_for = sampler_for
+        self.device = resolve_device(self.cfg.device)
+
+    def oracle(self) -> Oracle:
+        if self.ctx.oracle_factory:
+            return self.ctx.oracle_factory(self.pool)
+        return GroundTruthOracle.from_dataset(self.pool, with_masks=True)
+
+    def initial_ids(self) -> list[str]:
+        return [self.pool.sample_ids[i] for i in initial_set(self.ctx, self.seed)]
+
+    def restore(self, state: RunState) -> Models | None:
+        if not state.records:
+            return None
+        saved = state.load_model(state.records[-1]["round"])
+        models = Models(self.ctx.new_classifier(self.seed), seg_round=saved.get("seg_round"))
+        models.classifier.load_state_dict(saved["classifier"])
+        if saved.get("segmenter") is not None:
+            models.segmenter = self.ctx.new_segmenter(self.seed)
+            models.segmenter.load_state_dict(saved["segmenter"])
+        return models
+
+    def _labeled_samples(self, state: RunState, copies: int) -> list[Sample]:
+        """Real labeled samples with the oracle's label and mask, each repeated ``copies`` times."""
+        out = []
+        for sid in state.labeled:
+            a = state.answers[sid]
+            mask = torch.from_numpy(np.asarray(a.mask)).long() if a.mask is not None else None
+            out += [dataclasses.replace(self.pool[self.pos[sid]], label=a.label, mask=mask)] * copies
+        return out
+
+    def train(self, state: RunState, model: Models | None, round_idx: int) -> Models:
+        prev = model or Models()
+        fraction = len(state.labeled) / len(self.pool)
+        samples = self._labeled_samples(state, self.cfg.augment_copies) + state.synthetic
+        start = prev.classifier if self.cfg.retrain == "continue" else None
+        classifier = train_classifier(self.ctx, start, samples, self.val, self.seed, "round", round_idx, "classifier")
+        done = {f for r in state.records for f in r.get("stages", [])}
+        stages = [f for f in self.cfg.record_at if fraction + 1e-9 >= f and f not in done]
+        models = Models(classifier, prev.segmenter, prev.seg_round, stages)
+        if self.cfg.segmenter is not None and (stages or (round_idx == 0 and self.needs_masks)):
+            seg_samples = self._labeled_samples(state, 1) + state.synthetic
+            models.segmenter = train_segmenter(self.ctx, seg_samples, self.val, self.seed, "round", round_idx, "segmenter")
+            models.seg_round = round_idx
+        return models
+
+    def evaluate(self, state: RunState, model: Models, round_idx: int) -> dict:
+        val_m = evaluate(model.classifier, self.val, "classify", device=self.device)
+        test_m = evaluate(model.classifier, self.test, "classify", device=self.device)
+        seg = None
+        if model.seg_round == round_idx:
+            seg = evaluate(model.segmenter, self.test, "segment", device=self.device)
+            shown = self.test.subset([i for i in range(len(self.test)) if self.test.has_mask[i]][:4])
+            save_npz(state.folder / f"overlay_round_{round_idx:03d}.npz",
+                     pred=predict(model.segmenter, shown)["pred"].numpy().astype(np.uint8),
+                     image=np.stack([s.image[0].numpy() for s in shown]),
+                     truth=np.stack([s.mask.numpy() for s in shown]).astype(np.uint8))
+        pixels = sum(state.answers[s].pixels for s in state.labeled)
+        return {"n_labeled": len(state.labeled), "fraction": len(state.labeled) / len(self.pool),
+                "n_synthetic": len(state.synthetic),
+                "cost": {"images": len(state.labeled), "pixels": pixels,
+                         "pixel_fraction": pixels / self.ctx.pool_mask_pixels(self.seed)},
+                "val": {**plain(val_m), "auc_or_acc": val_m["auc"] if np.isfinite(val_m["auc"]) else val_m["accuracy"]},
+                "test": plain(test_m), "seg": plain(seg) if seg is not None else None, "stages": model.stages}
+
+    def stop(self, state: RunState, round_idx: int, record: dict) -> str | None:
+        if len(state.labeled) >= self.budget:
+            return "budget"
+        if round_idx >= self.cfg.max_rounds:
+            return "max_rounds"
+        scores = [r["val"]["auc_or_acc"] for r in state.records] + [record["val"]["auc_or_acc"]]
+        stale = len(scores) - 1 - int(np.argmax(scores))  # rounds since the best (the first best on ties)
+        if self.cfg.round_patience and stale >= self.cfg.round_patience:
+            return f"no validation improvement for {self.cfg.round_patience} rounds"
+        if len(state.labeled) >= len(self.pool):
+            return "pool exhausted"
+        return None
+
+    def query_size(self, state: RunState, round_idx: int) -> QuerySize:
+        per_class = self.cfg.query_per_class
+        return QuerySize(per_class * self.ctx.num_classes, self.budget - len(state.labeled), per_class)
+
+    def candidates(self, strategy: QueryStrategy, state: RunState, model: Models, round_idx: int,
+                   rng: np.random.Generator) -> Candidates:
+        labeled = set(state.labeled)
+        unlabeled = np.array([i for i, s in enumerate(self.pool.sample_ids) if s not in labeled], dtype=np.int64)
+        if "synthetic" not in strategy.needs:
+            return Candidates(self.pool.subset(unlabeled), [self.pool.sample_ids[i] for i in unlabeled])
+        # variants of (a sample of) the unlabeled images, masks from the current segmenter
+        sampler = self.sampler_for(self.seed)
+        n_src = len(unlabeled) if strategy.candidates == 0 else min(strategy.candidates, len(unlabeled))
+        sources = np.sort(rng.choice(unlabeled, n_src, replace=False))
+        masks = predict(model.segmenter, self.pool.subset(sources))["pred"].numpy() > 0
+        variants: list[Sample] = []
+        with make_progress(transient=not self.ctx.progress) as bar:
+            task = bar.add_task("generating candidates", total=n_src * strategy.per_image, visible=self.ctx.progress)
+            for j, pos in enumerate(sources):
+                s = self.pool[int(pos)]
+                for v_idx, v in enumerate(sampler.variants(s.image.numpy(), masks[j].astype(np.int64),
+                                                            strategy.per_image, rng)):
+                    variants.append(Sample(torch.from_numpy(v.image), torch.from_numpy(v.mask.astype(np.int64)), None,
+                                           s.case_id, f"{s.sample_id}~r{round_idx}v{v_idx:03d}", "synthetic",
+                                           meta={"source_sample": s.sample_id, "ops": v.ops}))
+                bar.update(task, advance=strategy.per_image)
+        return Candidates(MedDataset.from_samples(variants, _info(self.ctx, "candidates")),
+                          [v.meta["source_sample"] for v in variants], join=True)
+
+    def inputs(self, needs: frozenset[str], model: Models, candidates: Candidates, round_idx: int) -> dict[str, np.ndarray]:
+        columns: dict[str, np.ndarray] = {}
+        if "mc" in needs:
+            columns.update(score_pool(model.classifier, candidates.dataset, n_mc_samples=self.cfg.n_mc_samples,
+                                      seed=seed_for(self.seed, "round", round_idx, "mc"), device=self.device,
+                                      progress=self.ctx.progress).columns)
+        columns["index"] = np.arange(len(candidates))
+        return columns
+
+    def after_query(self, state: RunState, round_idx: int, candidates: Candidates, scores: np.ndarray) -> None:
+        if not candidates.join:
+            return
+        order = np.argsort(-scores, kind="stable")
+        top, bottom = order[:4], order[::-1][:4]
+        ds = candidates.dataset
+        save_npz(state.folder / f"gallery_round_{round_idx:03d}.npz",
+                 top_images=np.stack([ds[int(i)].image[0].numpy() for i in top]), top_scores=scores[top],
+                 bottom_images=np.stack([ds[int(i)].image[0].numpy() for i in bottom]), bottom_scores=scores[bottom],
+                 top_ids=np.array([ds.sample_ids[int(i)] for i in top]),
+                 bottom_ids=np.array([ds.sample_ids[int(i)] for i in bottom]))
+
+    def save(self, state: RunState, model: Models, round_idx: int) -> None:
+        state.save_model(round_idx, {"classifier": model.classifier.state_dict(), "seg_round": model.seg_round,
+                                     "segmenter": model.segmenter.state_dict() if model.segmenter is not None else None})
+
+
+# ------------------------------------------------------------------------------------------------ protocol
+
+
+def _supervised(ctx: Context, train_idx: np.ndarray, test_ds: MedDataset, seed: int, name: str,
+                val_ds: MedDataset | None = None) -> dict:
+    """Train classifier (and segmenter) on dataset positions ``train_idx`` with their stored labels."""
+    ds = ctx.dataset
+    samples = [ds[int(i)] for i in train_idx if ds.labels[int(i)] >= 0]
+    cls = train_classifier(ctx, None, samples * ctx.config.augment_copies, val_ds, seed, name, "classifier")
+    out = {"n_train": len(samples), "test": plain(evaluate(cls, test_ds, "classify"))}
+    if ctx.config.segmenter is not None:
+        seg_samples = [ds[int(i)] for i in train_idx if ds.has_mask[int(i)]]
+        seg = train_segmenter(ctx, seg_samples, val_ds, seed, name, "segmenter")
+        out["seg"] = plain(evaluate(seg, test_ds, "segment"))
+    return out
+
+
+def fsl_baselines(ctx: Context, folder: Path) -> dict:
+    """Full supervision per seed (whole training pool, same test split), FSL on random subsets (first seed),
+    and k-fold cross-validation by case over the whole dataset (the paper's FSL protocol)."""
+    cfg = ctx.config
+    result: dict[str, Any] = {"fsl": {}, "random_subset": [], "fsl_cv": None}
+    for seed in cfg.seeds:
+        result["fsl"][str(seed)] = once(folder / f"fsl-seed{seed}.json", lambda: _supervised(
+            ctx, ctx.splits[seed].train, ctx.test(seed), seed, "fsl", ctx.val(seed)))
+    seed0 = cfg.seeds[0]
+    train = ctx.splits[seed0].train
+
+    def subset(draw: int) -> dict:
+        n = max(ctx.num_classes, int(round(cfg.random_subset_fraction * len(train))))
+        idx = np.sort(stream(seed0, "random subset", draw).choice(train, n, replace=False))
+        return {"draw": draw, "fraction": cfg.random_subset_fraction,
+                **_supervised(ctx, idx, ctx.test(seed0), seed0, f"random subset {draw}", ctx.val(seed0))}
+
+    for draw in range(cfg.random_subset_draws):
+        result["random_subset"].append(once(folder / f"random-subset-{draw}.json", lambda: subset(draw)))
+    if cfg.fsl_folds:
+        result["fsl_cv"] = once(folder / f"fsl-cv{cfg.fsl_folds}.json", lambda: {"folds": [
+            _supervised(ctx, train_idx, ctx.dataset.subset(test_idx), seed0, f"fsl fold {k}")
+            for k, (train_idx, test_idx) in enumerate(kfold_by_case(ctx.dataset, k=cfg.fsl_folds, seed=seed0))]})
+    return result
+
+
+def savings(rounds: list[dict], fsl_auc: float, tolerance: float) -> dict | None:
+    """The first round whose test AUC is within ``tolerance`` of ``fsl_auc``: its labeled and pixel fractions."""
+    for r in rounds:
+        auc = r["test"].get("auc")
+        if auc is not None and auc >= fsl_auc - tolerance:
+            return {"round": r["round"], "image_fraction": r["fraction"],
+                    "pixel_fraction": r["cost"]["pixel_fraction"], "auc": auc}
+    return None
+
+
+def sampler_factory(ctx: Context, out: Path):
+    """``seed -> MaskConditionedSampler``: the cGAN trained on the seed's initial labeled images, cached on disk."""
+    cache: dict[int, Any] = {}
+
+    def sampler_for(seed: int):
+        from medloop.synth import MaskConditionedSampler
+        from medloop.training.cgan import CGANConfig, fit_generator
+
+        if seed in cache:
+            return cache[seed]
+        path = out / "generators" / f"seed{seed}.pt"
+        if path.exists():
+            cache[seed] = MaskConditionedSampler.load(path)
+            return cache[seed]
+        pool = ctx.pool(seed)
+        idx = [i for i in initial_set(ctx, seed) if pool.has_mask[i]]
+        if len(idx) < 2:
+            raise ConfigError("the generative strategy needs lung masks for the initial labeled images; "
+                              f"only {len(idx)} of them have masks")
+        images = torch.stack([pool[i].image for i in idx])
+        masks = torch.stack([(pool[i].mask > 0).long() for i in idx])
+        gcfg = CGANConfig.from_dict({**ctx.config.generator, "seed": seed, "device": ctx.config.device})
+        sampler, _ = fit_generator(images, masks, gcfg, pool.labels[idx], progress=ctx.progress)
+        sampler.save(path)
+        cache[seed] = sampler
+        return sampler
+
+    return sampler_for
+
+
+def run_mahapatra_track(ctx: Context, seed: int, spec: dict, folder: Path, sampler_for=None,
+                        interrupt=None) -> list[dict]:
+    """One strategy with one seed through the loop (resumes from ``folder``)."""
+    strategy = build_strategy(spec["name"], spec.get("params"))
+    method = Mahapatra(ctx, seed, strategy, sampler_for)
+    return run_track(method, strategy, RunState(folder, method.oracle(), ctx.config.oracle_timeout), seed, interrupt)
+
+
+def run_experiment(config: ExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True,
+                   interrupt=None, oracle_factory=None, console=None) -> dict:
+    """Run an experiment, or with ``resume`` continue one in ``out`` (completed rounds and baselines are kept,
+    the round in progress at the kill is redone); writes results.json and the report."""
+    from medloop import __version__
+    from medloop.report.experiment import build_report
+    from medloop.runinfo import write_run_record
+
+    out = Path(out)
+    check_resume(out, config, resume)
+    ctx = prepare(config, progress=progress, oracle_factory=oracle_factory)
+    out.mkdir(parents=True, exist_ok=True)
+    config.to_yaml(out / "config.yaml")
+    write_run_record(out, config.seeds[0], {"experiment": config.to_dict()}, "medloop run")
+    started = time.time()
+    sampler_for = sampler_factory(ctx, out)
+    tracks: dict[str, dict[str, list[dict]]] = {}
+    for seed in config.seeds:
+        for spec in config.strategy_specs:
+            if console is not None:
+                console.print(f"[bold]{spec['label']}[/bold] seed {seed}")
+            tracks.setdefault(spec["label"], {})[str(seed)] = run_mahapatra_track(
+                ctx, seed, spec, out / "tracks" / f"{spec['label']}-seed{seed}", sampler_for, interrupt)
+    baselines = fsl_baselines(ctx, out / "baselines")
+    save: dict[str, Any] = {}
+    for label, by_seed in tracks.items():
+        save[label] = {}
+        for seed, rounds in by_seed.items():
+            fsl_auc = baselines["fsl"][seed]["test"]["auc"]
+            save[label][seed] = savings(rounds, fsl_auc, config.savings_tolerance) if fsl_auc is not None else None
+    results = {
+        "experiment": config.name, "method": config.method, "medloop_version": __version__, "config": config.to_dict(),
+        "data": {"root": ctx.dataset.info.root, "n_samples": len(ctx.dataset),
+                 "class_names": list(ctx.dataset.info.class_names),
+                 "pool_size": {str(s): len(ctx.splits[s].train) for s in config.seeds},
+                 "val_size": {str(s): len(ctx.splits[s].val) for s in config.seeds},
+                 "test_size": {str(s): len(ctx.splits[s].test) for s in config.seeds}},
+        "tracks": tracks, "baselines": baselines, "savings": save,
+        "stopping": "validation split (the paper stops on its test set; medloop never looks at test to stop)",
+        "minutes": round((time.time() - started) / 60, 2),
+    }
+    write_json(out / "results.json", results)
+    build_report(out)
+    return results
+

@@ -1,0 +1,292 @@
+"""Human-machine collaborative segmentation (Ravanbakhsh et al.): Algorithm 1 as a configuration of the loop,
+and its cross-validation protocol.
+
+Inputs: a labeled set S_true (the slices of one volume), an unlabeled pool (the slices of the other training
+volumes), a total budget k (a fraction of the pool) and n cycles. Each cycle (a round of the loop): train G, D
+(pix2pix) on S = S_true + S_pseudo; rank the pool by the strategy (the method's: the discriminator, least
+plausible first); query the top k/n from the oracle (they join S_true); pseudo-label every remaining pool slice
+with G (S_pseudo); repeat. After the n-th query cycle a final G, D is trained on the last S and evaluated (Dice
+per class) on the test volumes, which are never trained on.
+
+Any strategy whose inputs exist runs here too: ``random``, and the MC-dropout measures of G (``entropy``,
+``bald``, ``margin``, ...) beside ``discriminator``; plus a fully supervised cGAN (every pool slice with its true
+labels). Cross-validation by volume (case).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medloop.data import MedDataset, kfold_by_case, load_dataset
+from medloop.errors import ConfigError, DataError
+from medloop.loop.config import CollaborativeConfig
+from medloop.loop.oracle import GroundTruthOracle
+from medloop.loop.round import Candidates, Method, QuerySize, run_track
+from medloop.loop.rundir import check_resume, once
+from medloop.loop.state import RunState
+from medloop.metrics import mask_dice, plain, segmentation_metrics
+from medloop.query import QueryStrategy, build_strategy
+from medloop.seeding import seed_for, stream
+from medloop.storage import save_npz, write_json
+from medloop.training.pix2pix import Pix2PixTrainer, train_pix2pix
+from medloop.uncertainty import score_pool
+from medloop.uncertainty.discriminator import discriminator_scores
+
+__all__ = ["CollabData", "load_collab_data", "Ravanbakhsh", "query_counts", "algorithm1", "run_collaborative"]
+
+
+def query_counts(k: int, n: int) -> list[int]:
+    """Exactly ``k`` queries over ``n`` cycles, ``k // n`` each, the remainder one by one in the first cycles."""
+    return [k // n + (1 if c < k % n else 0) for c in range(n)]
+
+
+@dataclasses.dataclass
+class CollabData:
+    """Slices with masks, as tensors, shared by every track."""
+
+    dataset: MedDataset
+    images: torch.Tensor  # [N, C, H, W]
+    masks: torch.Tensor  # [N, H, W]
+    num_classes: int
+    names: dict[int, str]
+
+    @property
+    def ids(self) -> list[str]:
+        return self.dataset.sample_ids
+
+
+def load_collab_data(config: CollaborativeConfig, progress: bool = True) -> CollabData:
+    ds = load_dataset(config.data_config, progress=progress)
+    if ds.config.size is None:
+        raise ConfigError("The 'data.size' parameter must be set (e.g. 64 or 128) so slices can be batched")
+    keep = np.nonzero(ds.has_mask)[0]
+    if len(keep) < len(ds):
+        ds = ds.subset(keep)  # slices without masks cannot be evaluated or simulated by the ground-truth oracle
+    if len(set(ds.case_ids)) < config.folds:
+        raise DataError(f"{ds.info.root}: {len(set(ds.case_ids))} volumes with masks, fewer than folds = {config.folds}; "
+                        "lower 'folds' or add volumes")
+    images = torch.stack([s.image for s in ds])
+    masks = torch.stack([s.mask for s in ds])
+    num_classes = max(ds.num_mask_classes, int(masks.max()) + 1)
+    names = {c: ds.info.mask_labels.get(c, f"label {c}") for c in range(1, num_classes)}
+    return CollabData(ds, images, masks, num_classes, names)
+
+
+def _test_metrics(trainer: Pix2PixTrainer, images: torch.Tensor, masks: torch.Tensor, names: dict[int, str]) -> dict:
+    _, _, pred = discriminator_scores(trainer.G, trainer.D, images)
+    return plain(segmentation_metrics(pred, masks, {0: "background", **names}))
+
+
+class Ravanbakhsh(Method):
+    """pix2pix on one fold: S_true from the base volume, k/n queries per cycle, pseudo-labels for the rest."""
+
+    provides = CollaborativeConfig.PROVIDES
+
+    def __init__(self, data: CollabData, train_idx: np.ndarray, test_idx: np.ndarray, base_case: str, budget: float,
+                 cycles: int, config: CollaborativeConfig, seed: int, progress: bool = True):
+        self.data, self.config, self.seed, self.progress, self.cycles = data, config, seed, progress, cycles
+        cases = np.array(data.dataset.case_ids)
+        self.base = [int(i) for i in train_idx if cases[i] == base_case]
+        self.pool = [int(i) for i in train_idx if cases[i] != base_case]
+        if not self.base or not self.pool:
+            raise DataError(f"fold has no base volume slices or no pool (base case '{base_case}')")
+        self.test_idx = np.asarray(test_idx)
+        self.pos = {data.ids[i]: i for i in range(len(data.dataset))}
+        self.per_cycle = query_counts(int(round(budget * len(self.pool))), cycles)
+        self.p2p = config.pix2pix_config
+
+    def _trainer(self) -> Pix2PixTrainer:
+        d = self.data
+        return Pix2PixTrainer(d.images.shape[1], d.num_classes, d.images.shape[-1],
+                              self.p2p.replace(seed=seed_for(self.seed, "pix2pix", "init")))
+
+    def initial_ids(self) -> list[str]:
+        return [self.data.ids[i] for i in self.base]
+
+    def restore(self, state: RunState) -> Pix2PixTrainer | None:
+        if not state.records:
+            return None
+        trainer = self._trainer()
+        trainer.load_state_dict(state.load_model(state.records[-1]["round"]))
+        return trainer
+
+    def _training_set(self, state: RunState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """S = S_true (expert masks, weight 1) + S_pseudo (G's label maps, weight ``pseudo_weight``), in pool order."""
+        pseudo = sorted(state.pseudo, key=self.pos.__getitem__)
+        idx = [self.pos[s] for s in state.labeled] + [self.pos[s] for s in pseudo]
+        labels = [torch.from_numpy(np.asarray(state.answers[s].mask)).long() for s in state.labeled]
+        labels += [torch.from_numpy(state.pseudo[s]).long() for s in pseudo]
+        weights = [1.0] * len(state.labeled) + [self.p2p.pseudo_weight] * len(pseudo)
+        return self.data.images[idx], torch.stack(labels), torch.tensor(weights)
+
+    def train(self, state: RunState, model: Pix2PixTrainer | None, round_idx: int) -> Pix2PixTrainer:
+        trainer = model if model is not None else self._trainer()
+        x, y, w = self._training_set(state)
+        train_pix2pix(trainer, x, y, w, seed_for(self.seed, "round", round_idx, "pix2pix"), self.progress)
+        return trainer
+
+    def evaluate(self, state: RunState, model: Pix2PixTrainer, round_idx: int) -> dict:
+        d = self.data
+        return {"cycle": round_idx, "final": round_idx == self.cycles, "n_true": len(state.labeled),
+                "n_pseudo": len(state.pseudo),
+                "test": _test_metrics(model, d.images[self.test_idx], d.masks[self.test_idx], d.names)}
+
+    def stop(self, state: RunState, round_idx: int, record: dict) -> str | None:
+        return "cycles" if round_idx >= self.cycles else None
+
+    def query_size(self, state: RunState, round_idx: int) -> QuerySize:
+        k = self.per_cycle[round_idx]
+        return QuerySize(k, k)
+
+    def _remaining(self, state: RunState) -> list[int]:
+        labeled = set(state.labeled)
+        return [i for i in self.pool if self.data.ids[i] not in labeled]
+
+    def candidates(self, strategy: QueryStrategy, state: RunState, model: Pix2PixTrainer, round_idx: int,
+                   rng: np.random.Generator) -> Candidates:
+        remaining = self._remaining(state)
+        return Candidates(self.data.dataset.subset(remaining), [self.data.ids[i] for i in remaining])
+
+    def inputs(self, needs: frozenset[str], model: Pix2PixTrainer, candidates: Candidates,
+               round_idx: int) -> dict[str, np.ndarray]:
+        images = self.data.images[[self.pos[s] for s in candidates.sources]]
+        columns: dict[str, np.ndarray] = {"index": np.arange(len(candidates))}
+        if "discriminator" in needs:
+            scores, _, _ = discriminator_scores(model.G, model.D, images, reduction=self.config.slice_reduction,
+                                                q=self.config.q)
+            columns["discriminator"] = scores.numpy().astype(np.float64)
+        if "mc" in needs:  # MC dropout of G: per-pixel measures averaged over the slice
+            cols = score_pool(model.G, candidates.dataset, n_mc_samples=self.config.n_mc_samples,
+                              seed=seed_for(self.seed, "round", round_idx, "mc"), device=model.device,
+                              reductions=("mean",), progress=False).columns
+            columns.update({k.removesuffix("_mean"): np.asarray(v, dtype=np.float64)
+                            for k, v in cols.items() if k.endswith("_mean")})
+        return columns
+
+    def pseudo_labels(self, state: RunState, model: Pix2PixTrainer) -> dict[str, np.ndarray]:
+        """G's label map for every remaining pool slice (with ``repseudo``; else only for those without one),
+        kept when its plausibility reaches ``pseudo_threshold``."""
+        pseudo = dict(state.pseudo)
+        rest = [i for i in self._remaining(state) if self.config.repseudo or self.data.ids[i] not in pseudo]
+        if rest:
+            d_scores, _, pred = discriminator_scores(model.G, model.D, self.data.images[rest])
+            plaus = 1.0 - d_scores.numpy()
+            for j, i in enumerate(rest):
+                sid = self.data.ids[i]
+                if self.config.pseudo_threshold is None or plaus[j] >= self.config.pseudo_threshold:
+                    pseudo[sid] = pred[j].numpy().astype(np.int64)
+                else:
+                    pseudo.pop(sid, None)
+        return pseudo
+
+    def save(self, state: RunState, model: Pix2PixTrainer, round_idx: int) -> None:
+        state.save_model(round_idx, model.state_dict())
+
+
+def algorithm1(data: CollabData, train_idx: np.ndarray, test_idx: np.ndarray, base_case: str, spec: dict | str,
+               budget: float, cycles: int, config: CollaborativeConfig, folder: Path, progress: bool = True,
+               interrupt=None, oracle_factory=None) -> list[dict]:
+    """Run (or resume) Algorithm 1 for one fold, strategy, budget and number of cycles; returns the records."""
+    spec = {"name": spec} if isinstance(spec, str) else spec
+    strategy = build_strategy(spec["name"], spec.get("params"))
+    method = Ravanbakhsh(data, train_idx, test_idx, base_case, budget, cycles, config, config.seed, progress)
+    oracle = oracle_factory(data.dataset) if oracle_factory else GroundTruthOracle.from_dataset(data.dataset)
+    return run_track(method, strategy, RunState(folder, oracle), config.seed, interrupt)
+
+
+def _correlation(trainer: Pix2PixTrainer, images: torch.Tensor, masks: torch.Tensor, config: CollaborativeConfig,
+                 num_classes: int) -> dict[str, list[float]]:
+    """Per-slice plausibility (1 - score) and Dice (mean over foreground classes present) of a model."""
+    scores, _, pred = discriminator_scores(trainer.G, trainer.D, images, reduction=config.slice_reduction, q=config.q)
+    classes = range(1, num_classes)
+    dice = torch.stack([mask_dice(pred == c, masks == c) for c in classes], 1)  # [N, K-1]
+    present = torch.stack([((pred == c) | (masks == c)).flatten(1).any(1) for c in classes], 1)
+    per_slice = torch.where(present.any(1), (dice * present).sum(1) / present.sum(1).clamp_min(1), torch.ones(len(dice)))
+    return {"plausibility": (1.0 - scores).tolist(), "dice": per_slice.tolist()}
+
+
+def _fit(data: CollabData, idx: list[int] | np.ndarray, config: CollaborativeConfig, seed: int, progress: bool,
+         *names: int | str) -> Pix2PixTrainer:
+    """A pix2pix trained on the slices ``idx`` with their true label maps."""
+    trainer = Pix2PixTrainer(data.images.shape[1], data.num_classes, data.images.shape[-1],
+                             config.pix2pix_config.replace(seed=seed_for(seed, *names, "init")))
+    train_pix2pix(trainer, data.images[idx], data.masks[idx], torch.ones(len(idx)), seed_for(seed, *names, "fit"),
+                  progress)
+    return trainer
+
+
+def _base_model(data: CollabData, train_idx, test_idx, base_case: str, config: CollaborativeConfig, fold: int,
+                out: Path, progress: bool) -> dict:
+    """The base model (one volume): the discriminator-Dice correlation on the test volumes, and a figure."""
+    cases = np.array(data.dataset.case_ids)
+    base = [int(i) for i in train_idx if cases[i] == base_case]
+    trainer = _fit(data, base, config, config.seed, progress, "fold", fold, "base")
+    corr = _correlation(trainer, data.images[test_idx], data.masks[test_idx], config, data.num_classes)
+    shown = np.asarray(test_idx)[np.linspace(0, len(test_idx) - 1, min(4, len(test_idx))).astype(int)]
+    _, pmap, pred = discriminator_scores(trainer.G, trainer.D, data.images[shown])
+    save_npz(out / f"fold{fold}-figure.npz", image=data.images[shown, 0].numpy(), truth=data.masks[shown].numpy(),
+             pred=pred.numpy(), plausibility=pmap.numpy(), ids=np.array([data.ids[i] for i in shown]))
+    return {"base_case": base_case, **corr,
+            "test": _test_metrics(trainer, data.images[test_idx], data.masks[test_idx], data.names)}
+
+
+def run_collaborative(config: CollaborativeConfig, out: str | Path, resume: bool = False, progress: bool = True,
+                      interrupt=None, oracle_factory=None, console=None) -> dict:
+    """Cross-validation by volume of Algorithm 1 and its baselines; writes results.json and the report."""
+    from scipy.stats import pearsonr
+
+    from medloop import __version__
+    from medloop.report.collaborative import build_collaborative_report
+    from medloop.runinfo import write_run_record
+
+    out = Path(out)
+    check_resume(out, config, resume)
+    data = load_collab_data(config, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    config.to_yaml(out / "config.yaml")
+    write_run_record(out, config.seed, {"experiment": config.to_dict()}, "medloop run")
+    started = time.time()
+    folds = kfold_by_case(data.dataset, k=config.folds, seed=config.seed)[: config.max_folds or None]
+    cases = np.array(data.dataset.case_ids)
+    tracks: dict[str, dict] = {}
+    fsl: dict[str, dict] = {}
+    corr: dict[str, list[float]] = {"plausibility": [], "dice": []}
+    for f, (train_idx, test_idx) in enumerate(folds):
+        base_case = str(stream(config.seed, "fold", f, "base case").choice(sorted(set(cases[train_idx]))))
+        for spec in config.strategy_specs:
+            for n in config.cycles:
+                for b in config.budgets:
+                    label = f"{spec['label']}-n{n}"
+                    if console is not None:
+                        console.print(f"fold {f}: {spec['label']}, budget {b:.0%}, {n} cycle(s)")
+                    recs = algorithm1(data, train_idx, test_idx, base_case, spec, b, n, config,
+                                      out / "tracks" / f"fold{f}" / f"{label}-b{int(round(b * 100)):03d}", progress,
+                                      interrupt, oracle_factory)
+                    tracks.setdefault(label, {}).setdefault(f"{b:.2f}", {})[str(f)] = recs
+        base_rec = once(out / "baselines" / f"fold{f}-base.json", lambda: _base_model(
+            data, train_idx, test_idx, base_case, config, f, out / "baselines", progress))
+        corr["plausibility"] += base_rec["plausibility"]
+        corr["dice"] += base_rec["dice"]
+        if config.fsl:
+            fsl[str(f)] = once(out / "baselines" / f"fold{f}-fsl.json", lambda: {"test": _test_metrics(
+                _fit(data, train_idx, config, config.seed, progress, "fold", f, "fsl"),
+                data.images[test_idx], data.masks[test_idx], data.names)})
+    correlation: dict[str, Any] = {"pearson_r": None, "p_value": None, "n_slices": len(corr["dice"]), **corr}
+    if len(corr["dice"]) >= 3 and np.std(corr["dice"]) > 0 and np.std(corr["plausibility"]) > 0:
+        r, p = pearsonr(corr["plausibility"], corr["dice"])
+        correlation.update(pearson_r=float(r), p_value=float(p))
+    results = {"experiment": config.name, "method": config.method, "medloop_version": __version__,
+               "config": config.to_dict(), "class_names": data.names,
+               "data": {"root": data.dataset.info.root, "n_slices": len(data.dataset),
+                        "n_volumes": len(set(data.dataset.case_ids)), "folds_run": len(folds)},
+               "tracks": tracks, "fsl": fsl, "correlation": correlation,
+               "minutes": round((time.time() - started) / 60, 2)}
+    write_json(out / "results.json", results)
+    build_collaborative_report(out)
+    return results
