@@ -52,12 +52,12 @@ from skimage.metrics import structural_similarity
 from medloop.config import DataConfig, TrainConfig, apply_overrides, parse_overrides
 from medloop.data import load_dataset, split_by_case
 from medloop.models import build_model
-from medloop.models.cgan import noise_sigma
-from medloop.synth.generator import MaskConditionedSampler, fit_generator
+from medloop.synth.generator import MaskConditionedSampler
 from medloop.synth.perturb import intensity_shift, shift_lung
+from medloop.synth.views import noise_sigma
 from medloop.training import evaluate, fit
 from medloop.metrics import classification_metrics, mask_dice
-from medloop.training.cgan import CGANConfig
+from medloop.training.cgan import CGANConfig, fit_generator
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """Repeat acquisitions of the chest X-ray phantom: the reference for the generator's SSIM, and what its source
-views (``MaskConditionedGenerator.source_view``) remove.
+views (``medloop.synth.views.source_view``; a Gaussian blur for comparison) remove.
 
 (a) SSIM reference. Each ``builtin:chest-xray`` case is imaged twice: the dataset's own image, and the same
 anatomy, pose and exposure with an independent detector-noise draw (``render_chest_xray(..., noise_rng=)``),
@@ -11,8 +11,8 @@ it, it changes more than the noise. Beside it the SSIM after a 1 px Gaussian blu
 (b) Source views. The same anatomy is also rendered without noise. In detector units (/4095) and inside the
 lungs: the noise left by each view (std of view - noise-free image), the correlation of its fine structure
 (what a 1.5 px blur removes) with the noise-free image's, and the time per image, for the source as given,
-the Gaussian view (``input_lowpass=1``), the total-variation view (``input_tv=0.5``) and, for comparison,
-non-local means (scikit-image, h = 0.8 x the estimated noise sigma). Also Immerkaer's noise estimate
+a 1 px Gaussian blur (the rejected ``g_input_lowpass=1`` view), the total-variation view (``g_input_tv=0.5``)
+and, for comparison, non-local means (scikit-image, h = 0.8 x the estimated noise sigma). Also Immerkaer's noise estimate
 (``noise_sigma``, which sets the TV weight) against the true noise std. Final line: JSON.
 
     python benchmarks/phantom_acquisition.py --size 128 --cases 60
@@ -36,7 +36,7 @@ from medloop.data.builtin import ChestXrayPhantom
 from medloop.data.dataset import prepare_item
 from medloop.data.phantoms.chest_xray import render_chest_xray
 from medloop.data.record import RawItem
-from medloop.models.cgan import MaskConditionedGenerator, noise_sigma
+from medloop.synth.views import noise_sigma, source_view
 
 
 def main() -> None:
@@ -48,10 +48,12 @@ def main() -> None:
     config = DataConfig(source="builtin:chest-xray", size=args.size, seed=args.seed)
     phantom = ChestXrayPhantom(config.source, seed=args.seed)
     noise_free = dataclasses.replace(phantom.params, noise_sigma=(0.0, 0.0))
+    from monai.networks.layers import GaussianFilter
+
     views = {
         "source": lambda x: x,
-        "gaussian_1px": MaskConditionedGenerator(1, 8, features=8, n_blocks=1, input_lowpass=1.0).source_view,
-        "tv_0.5": MaskConditionedGenerator(1, 8, features=8, n_blocks=1, input_tv=0.5).source_view,
+        "gaussian_1px": GaussianFilter(2, 1.0),
+        "tv_0.5": lambda x: source_view(x, 0.5),
         "nl_means": lambda x: torch.from_numpy(denoise_nl_means(
             x[0, 0].numpy(), h=0.8 * noise_sigma(x[0, 0].numpy()), patch_size=5, patch_distance=6,
             fast_mode=True)).float()[None, None],

@@ -77,6 +77,7 @@ def data_inspect(
     from medloop.config import DataConfig, parse_overrides
     from medloop.data import load_dataset, save_preview, summarize
     from medloop.report.console import summary_table
+    from medloop.storage import write_json
 
     config = DataConfig.from_dict(
         {"source": source, "layout": layout, "size": size, "seed": seed, "on_error": on_error, "options": parse_overrides(option)}
@@ -85,8 +86,7 @@ def data_inspect(
     summary = summarize(ds)
     console.print(summary_table(summary))
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(summary.to_dict(), indent=2))
+        write_json(json_out, summary.to_dict(), indent=2)
         console.print(f"summary written to {json_out}")
     if preview is not None:
         console.print(f"preview written to {save_preview(ds, preview, seed=seed)}")
@@ -174,7 +174,7 @@ def generate(
 ) -> None:
     """Synthesize realistic variants of each image by deforming its lung mask (Mahapatra et al. 2018)."""
     from medloop.config import DataConfig, parse_overrides
-    from medloop.synth.generate import generate_job
+    from medloop.generate import generate_job
     from medloop.training.cgan import CGANConfig
 
     base = CGANConfig.from_yaml(config).to_dict() if config else {}

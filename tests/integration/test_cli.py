@@ -175,13 +175,13 @@ def test_generate_with_the_fine_texture_options(folder_tree, tmp_path):
 
     out = tmp_path / "gen"
     opts = ["epochs=1", "ae_epochs=1", "vgg_weight=0", "g_features=8", "g_blocks=1", "d_features=4", "d_dense=8",
-            "batch_size=2", "g_noise=1", "l1_lowpass=1.0", "texture_weight=10", "g_ema=0.9", "gan_loss=lsgan"]
+            "batch_size=2", "g_noise=1", "l1_lowpass=1.0", "texture_weight=10", "g_ema=0.9"]
     result = runner.invoke(app, ["generate", "--data", str(folder_tree), "--size", "32", "--per-image", "2",
                                  "--seg-epochs", "1", "--out", str(out), *[a for o in opts for a in ("--set", o)]],
                            terminal_width=200)
     assert result.exit_code == 0, result.output
     config = json.loads((out / "run.json").read_text())["config"]["cgan"]
-    assert config["g_noise"] == 1 and config["texture_weight"] == 10 and config["gan_loss"] == "lsgan"
+    assert config["g_noise"] == 1 and config["texture_weight"] == 10
     assert MaskConditionedSampler.load(out / "generator.pt").G.params["noise_channels"] == 1
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 8
 
@@ -192,8 +192,8 @@ def test_generate_with_wrong_size_checkpoint_is_a_clear_error(folder_tree, tmp_p
     from medloop.synth import PerturbConfig
     from medloop.synth.generator import MaskConditionedSampler
 
-    path = MaskConditionedSampler(MaskAutoencoder(64, 4, (4, 4)), MaskConditionedGenerator(1, 4, 8, 1),
-                                  PerturbConfig()).save(tmp_path / "g.pt")
+    path = MaskConditionedSampler(MaskAutoencoder(64, 4, (4, 4)), MaskConditionedGenerator(1, 4, 8, 1, 0),
+                                  PerturbConfig(), 0.0).save(tmp_path / "g.pt")
     result = subprocess.run([sys.executable, "-m", "medloop", "generate", "--data", str(folder_tree), "--size", "32",
                              "--checkpoint", str(path), "--out", str(tmp_path / "o"), "--set", "ae_epochs=0"],
                             capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})

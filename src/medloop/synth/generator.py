@@ -1,9 +1,9 @@
-"""Mask-conditioned sample generation: fit the mask autoencoder + cGAN, render variants (Mahapatra et al. 2018).
+"""Mask-conditioned sample generation with a trained generator: render variants (Mahapatra et al. 2018).
 
-``fit_generator`` trains everything a ``MaskConditionedSampler`` needs from real images with lung masks;
 ``MaskConditionedSampler.variants`` makes up to N realistic variants of one image: the perturbations of
-``medloop.synth.perturb`` decide the new mask (and geometry), the generator renders the image for it, and the
-lung intensity change is applied to the rendered lung.
+``medloop.synth.perturb`` decide the new mask (and geometry), the generator renders the image for it from the
+source view (``medloop.synth.views``), and the lung intensity change is applied to the rendered lung. The
+training recipe that makes a sampler is ``fit_generator`` in ``training/cgan`` (synth/ never imports training/).
 """
 
 from __future__ import annotations
@@ -18,10 +18,14 @@ import torch
 from medloop.errors import ConfigError, DataError
 from medloop.models.cgan import MaskConditionedGenerator, PairDiscriminator
 from medloop.models.mask_ae import MaskAutoencoder
+from medloop.storage import save_torch
 from medloop.synth.perturb import PerturbConfig, intensity_shift, make_variants, shift_lung
-from medloop.training.cgan import CGANConfig, VGGFeatures, train_cgan, train_mask_autoencoder
+from medloop.synth.views import source_view
 
-__all__ = ["GeneratedVariant", "MaskConditionedSampler", "fit_generator", "build_vgg", "check_vgg_source"]
+__all__ = ["GeneratedVariant", "MaskConditionedSampler"]
+
+# generator options of files written before they were removed, with the only value the networks still build
+_REMOVED_G_OPTIONS = {"upsample": "resize", "padding": "zeros", "input_lowpass": 0.0}
 
 
 @dataclasses.dataclass
@@ -38,15 +42,22 @@ class GeneratedVariant:
 
 
 class MaskConditionedSampler:
-    """A trained mask autoencoder + generator that renders variants of an image."""
+    """A trained mask autoencoder + generator that renders variants of an image.
+
+    ``input_tv`` is the source-view setting the generator was trained with (``CGANConfig.g_input_tv``): the
+    sampler computes that view before rendering, and ``save`` records it, so a loaded sampler renders the same.
+    """
 
     def __init__(self, ae: MaskAutoencoder, generator: MaskConditionedGenerator, perturb: PerturbConfig,
-                 device: torch.device | str = "cpu", discriminator: PairDiscriminator | None = None,
+                 input_tv: float, device: torch.device | str = "cpu", discriminator: PairDiscriminator | None = None,
                  record: dict[str, Any] | None = None):
+        if input_tv < 0:
+            raise ConfigError(f"The 'input_tv' parameter of MaskConditionedSampler must be >= 0; got {input_tv}")
         self.ae = ae.to(device).eval()
         self.G = generator.to(device).eval()
         self.D = discriminator
         self.perturb = perturb
+        self.input_tv = float(input_tv)
         self.device = torch.device(device)
         self.record = record or {}
 
@@ -55,16 +66,15 @@ class MaskConditionedSampler:
         return self.ae.size
 
     @torch.no_grad()
-    def render(self, sources: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
-        """Generator output for sources ``[B, 1, S, S]`` conditioned on binary masks ``[B, S, S]``.
-
-        A generator with noise channels gets its noise from ``rng`` (reproducible variants), or from torch's
-        global generator when ``rng`` is None."""
+    def render(self, sources: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Generator output for sources ``[B, 1, S, S]`` conditioned on binary masks ``[B, S, S]``; a generator
+        with noise channels gets its noise from ``rng`` (reproducible variants)."""
         z, prior = self.ae.condition(masks)
+        view = source_view(sources.float().to(self.device), self.input_tv)
         noise = None
-        if self.G.noise_channels and rng is not None:
-            noise = torch.from_numpy(rng.standard_normal(self.G.noise_shape(sources), dtype=np.float32)).to(self.device)
-        return self.G(sources.float().to(self.device), z, prior, noise).cpu()
+        if self.G.noise_channels:
+            noise = torch.from_numpy(rng.standard_normal(self.G.noise_shape(view), dtype=np.float32)).to(self.device)
+        return self.G(view, z, prior, noise).cpu()
 
     def variants(self, image: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor, n: int,
                  rng: np.random.Generator, batch_size: int = 32) -> list[GeneratedVariant]:
@@ -93,20 +103,17 @@ class MaskConditionedSampler:
         return out
 
     def save(self, path: str | Path, **record: Any) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
+        """Write the networks, the source-view setting and the perturbations (plus ``record``) to ``path``."""
         from medloop import __version__
 
         # the record first: what describes the networks below always comes from the networks themselves
-        torch.save({**self.record, **record, "kind": "medloop-mask-cgan", "medloop_version": __version__,
-                    "ae_params": {"size": self.ae.size, "latent_dim": self.ae.latent_dim, "channels": list(self.ae.channels)},
-                    "g_params": self.G.params, "d_params": self.D.params if self.D is not None else None,
-                    "perturb": self.perturb.to_dict(),
-                    "ae": self.ae.state_dict(), "G": self.G.state_dict(),
-                    "D": self.D.state_dict() if self.D is not None else None}, tmp)
-        tmp.replace(path)
-        return path
+        return save_torch(path, {
+            **self.record, **record, "kind": "medloop-mask-cgan", "medloop_version": __version__,
+            "ae_params": {"size": self.ae.size, "latent_dim": self.ae.latent_dim, "channels": list(self.ae.channels)},
+            "g_params": self.G.params, "d_params": self.D.params if self.D is not None else None,
+            "source_view": {"input_tv": self.input_tv}, "perturb": self.perturb.to_dict(),
+            "ae": self.ae.state_dict(), "G": self.G.state_dict(),
+            "D": self.D.state_dict() if self.D is not None else None})
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "MaskConditionedSampler":
@@ -124,93 +131,18 @@ class MaskConditionedSampler:
         ap = state["ae_params"]
         ae = MaskAutoencoder(ap["size"], ap["latent_dim"], tuple(ap["channels"]))
         ae.load_state_dict(state["ae"])
-        G = MaskConditionedGenerator(**state["g_params"])
+        g_params = dict(state["g_params"])
+        # files written before the source view left the generator keep its setting (and removed options) there
+        view = state.get("source_view") or {"input_tv": g_params.pop("input_tv", 0.0)}
+        for name, only in _REMOVED_G_OPTIONS.items():
+            if g_params.pop(name, only) != only:
+                raise DataError(f"this generator was trained with the removed option {name}="
+                                f"{state['g_params'][name]!r}; train it again with this medloop version", path, "format")
+        G = MaskConditionedGenerator(**g_params)
         G.load_state_dict(state["G"])
         D = None
         if state.get("D") is not None:
             D = PairDiscriminator(**state["d_params"])
             D.load_state_dict(state["D"])
         record = {k: v for k, v in state.items() if k not in ("ae", "G", "D")}
-        sampler = cls(ae, G, PerturbConfig.from_dict(state["perturb"]), device, D, record)
-        return sampler
-
-
-def check_vgg_source(config: CGANConfig, labels: np.ndarray | None) -> None:
-    """Fail before any training when the content loss needs a VGG16 that cannot be had."""
-    if config.vgg or config.vgg_weight == 0 or config.content_weight == 0:
-        return
-    if labels is None or (labels >= 0).sum() < 2 or len(np.unique(labels[labels >= 0])) < 2:
-        raise ConfigError("the content loss needs a VGG16: give cgan.vgg (a local ImageNet vgg16 file or a medloop "
-                          "vgg16 checkpoint), or labeled images of two classes to train one, or set cgan.vgg_weight 0")
-
-
-def build_vgg(config: CGANConfig, images: torch.Tensor | None = None, labels: np.ndarray | None = None,
-              progress: bool = True) -> tuple[VGGFeatures | None, dict[str, Any]]:
-    """The VGG16 of the content loss: a local file when ``config.vgg`` is set, else the project's own
-    vgg16 classifier trained on ``images``/``labels``. Returns ``(features or None, description)``."""
-    from medloop.models import VGG16Classifier, load_pretrained
-
-    if config.vgg_weight == 0 or config.content_weight == 0:
-        return None, {"vgg": "not used (vgg_weight or content_weight is 0)"}
-    in_channels = int(images.shape[1]) if images is not None else 1
-    if config.vgg:
-        path = Path(config.vgg)
-        if not path.is_file():
-            raise DataError("VGG16 weights not found; give a local torchvision vgg16/vgg16_bn .pth file or a "
-                            "`medloop train --model vgg16` checkpoint", path, "missing")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and state.get("model") == "vgg16" and "state_dict" in state:
-            from medloop.training import load_checkpoint
-
-            model, _ = load_checkpoint(path)
-            return VGGFeatures(model.features, imagenet=False, source=f"medloop vgg16 checkpoint {path}"), {
-                "vgg": f"medloop vgg16 checkpoint {path}"}
-        has_bn = any("running_mean" in k for k in state) if isinstance(state, dict) else False
-        model = VGG16Classifier(in_channels, 2, batch_norm=has_bn)
-        report = load_pretrained(model, path)
-        return VGGFeatures(model.features, imagenet=True, source=f"ImageNet VGG16 {path}"), {
-            "vgg": f"ImageNet {'vgg16_bn' if has_bn else 'vgg16'} from {path}", "loaded": report.loaded}
-    check_vgg_source(config, labels)
-    from medloop.config import TrainConfig
-    from medloop.data.dataset import MedDataset
-    from medloop.data.record import DatasetInfo, Sample
-    from medloop.training import fit
-
-    keep = np.nonzero(labels >= 0)[0]
-    samples = [Sample(images[i], None, int(labels[i]), f"img{i}", f"img{i}", "generator-training") for i in keep]
-    ds = MedDataset.from_samples(samples, DatasetInfo("vgg-training", "memory"))
-    model = VGG16Classifier(in_channels, int(labels.max()) + 1, width=config.vgg_width)
-    cfg = TrainConfig(model="vgg16", model_params={"width": config.vgg_width}, epochs=config.vgg_epochs,
-                      patience=0, seed=config.seed, device=config.device, augment={"enabled": False})
-    torch.manual_seed(config.seed)
-    result = fit(model, ds, None, cfg, progress=progress)
-    model.cpu().eval()
-    desc = f"project's own vgg16 (width {config.vgg_width}) trained {config.vgg_epochs} epochs on {len(keep)} labeled images"
-    return VGGFeatures(model.features, imagenet=False, source=desc), {"vgg": desc,
-                                                                    "final_train_loss": result.history[-1]["train_loss"] if result.history else None}
-
-
-def fit_generator(images: torch.Tensor, masks: torch.Tensor, config: CGANConfig, labels: np.ndarray | None = None,
-                  progress: bool = True) -> tuple[MaskConditionedSampler, dict[str, Any]]:
-    """Train the mask autoencoder (85% of the masks; reconstruction Dice on the other 15%), the VGG16 of the
-    content loss when needed, then the cGAN. ``images [N, C, S, S]``, ``masks [N, S, S]`` (lung > 0)."""
-    from medloop.device import resolve_device
-
-    if len(images) < 2:
-        raise ConfigError(f"the generator needs at least 2 images with lung masks; got {len(images)}")
-    if images.shape[-1] % 16 or images.shape[-1] != images.shape[-2]:
-        raise ConfigError(f"the generator needs square images whose size is divisible by 16; got "
-                          f"{tuple(images.shape[-2:])}: use a working size such as 64, 128 or 256")
-    check_vgg_source(config, labels)
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(masks))
-    n_val = max(1, int(round(0.15 * len(masks)))) if len(masks) >= 8 else 0
-    ae, ae_report = train_mask_autoencoder(masks[order[n_val:]], config, masks[order[:n_val]] if n_val else None,
-                                           progress=progress)
-    vgg, vgg_report = build_vgg(config, images, labels, progress=progress)
-    trainer, history = train_cgan(images, masks, ae, config, vgg, progress=progress)
-    device = resolve_device(config.device)
-    record = {"cgan_config": config.to_dict(), "autoencoder": {k: v for k, v in ae_report.items() if k != "history"},
-              "content_vgg": vgg_report, "cgan_history": history}
-    sampler = MaskConditionedSampler(trainer.ae, trainer.generator, config.perturb_config, device, trainer.D, record)
-    return sampler, record
+        return cls(ae, G, PerturbConfig.from_dict(state["perturb"]), view["input_tv"], device, D, record)

@@ -1,13 +1,16 @@
 """Library entry point behind ``medloop generate``: train (or load) the generator, write synthetic variants.
 
-The output folder is itself a medloop ``folder`` dataset (``images/``, ``masks/``, ``labels.csv``) plus
-``manifest.jsonl`` (one record per variant: source, class, operations and parameters, which mask was used),
-``gallery.png`` (the paper's Fig. 2 layout), ``generator.pt`` and ``run.json``.
+A job (it trains the generator and, when masks are missing, a lung segmenter), so it sits beside ``jobs.py``
+rather than in ``synth/``, which never imports ``training/``. The output folder is itself a medloop ``folder``
+dataset (``images/``, ``masks/``, ``labels.csv``) plus ``manifest.jsonl`` (one record per variant: source, class,
+operations and parameters, which mask was used), ``gallery.png`` (the paper's Fig. 2 layout), ``generator.pt``,
+``summary.json`` and ``run.json``; every file is written atomically, the index files last.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -22,8 +25,11 @@ from medloop.data import MedDataset, load_dataset
 from medloop.errors import ConfigError
 from medloop.progress import make_progress
 from medloop.runinfo import write_run_record
-from medloop.synth.generator import GeneratedVariant, MaskConditionedSampler, check_vgg_source, fit_generator
-from medloop.training.cgan import CGANConfig
+from medloop.seeding import stream, torch_init
+from medloop.storage import atomic_write, save_figure, write_json, write_text
+from medloop.synth.generator import GeneratedVariant, MaskConditionedSampler
+from medloop.training import fit, load_checkpoint, predict
+from medloop.training.cgan import CGANConfig, check_vgg_source, fit_generator
 
 __all__ = ["generate_job", "save_gallery", "lung_masks_for"]
 
@@ -32,10 +38,15 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def _save_png(path: Path, image: np.ndarray) -> None:
+    """A 2-D uint8 / uint16 array as a PNG, written atomically."""
+    png = Image.fromarray(image)
+    atomic_write(path, lambda fh: png.save(fh, format="PNG"))
+
+
 def _png16(path: Path, image: np.ndarray) -> None:
     """Single-channel float image in [0, 1] -> 16-bit PNG (keeps the generator's precision)."""
-    arr = np.clip(image, 0.0, 1.0)
-    Image.fromarray((arr * 65535 + 0.5).astype(np.uint16)).save(path)
+    _save_png(path, (np.clip(image, 0.0, 1.0) * 65535 + 0.5).astype(np.uint16))
 
 
 def lung_masks_for(ds: MedDataset, segmenter: str | Path | None, seg_epochs: int, seed: int,
@@ -46,8 +57,6 @@ def lung_masks_for(ds: MedDataset, segmenter: str | Path | None, seg_epochs: int
     masks) a UNet trained here on the images that have masks. Returns masks, where each came from, and a
     description of the segmenter.
     """
-    from medloop.training import fit, load_checkpoint, predict
-
     has = ds.has_mask
     info: dict[str, Any] = {"segmenter": None}
     masks: list[np.ndarray | None] = [ds[i].mask.numpy() > 0 if has[i] else None for i in range(len(ds))]
@@ -65,8 +74,8 @@ def lung_masks_for(ds: MedDataset, segmenter: str | Path | None, seg_epochs: int
                                   "give --segmenter (a `medloop train --model unet` checkpoint)")
             from medloop.models import build_model
 
-            torch.manual_seed(seed)
-            model = build_model("unet", in_channels=int(ds[0].image.shape[0]), num_classes=2)
+            with torch_init(seed):
+                model = build_model("unet", in_channels=int(ds[0].image.shape[0]), num_classes=2)
             fit(model, ds.subset(np.nonzero(has)[0]), None,
                 TrainConfig(task="segment", model="unet", epochs=seg_epochs, patience=0, seed=seed), progress=progress)
             info["segmenter"] = f"UNet trained {seg_epochs} epochs on the {int(has.sum())} images with manual masks"
@@ -101,7 +110,7 @@ def save_gallery(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray, list[
             ax.set_title(name[:38], fontsize=7)
     fig.suptitle("source (orange: lung mask) and generated variants (orange: conditioning mask)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -143,20 +152,18 @@ def generate_job(data: DataConfig, out: str | Path, per_image: int = 200, cgan: 
         lung = torch.from_numpy(np.stack([masks[i] for i in manual])).long()
         sampler, _ = fit_generator(images, lung, cgan, ds.labels[manual], progress=progress)
         trained = f"trained on {len(manual)} images with manual masks"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "images").mkdir(exist_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
     sampler.save(out / "generator.pt")
-    rng = np.random.default_rng(seed)
+    rng = stream(seed, "generate", "variants")
     class_names = list(ds.info.class_names)
     n_sources = len(ds) if limit is None else min(limit, len(ds))
     gallery: list = []
     written = 0
+    labels_csv = io.StringIO()
+    writer = csv.writer(labels_csv)
+    writer.writerow(["image", "mask", "label", "case_id", "source_sample", "mask_source"])
+    manifest: list[str] = []
     started = time.perf_counter()
-    with open(out / "manifest.jsonl", "w") as manifest, open(out / "labels.csv", "w", newline="") as labels_fh, \
-            make_progress(transient=not progress) as bar:
-        writer = csv.writer(labels_fh)
-        writer.writerow(["image", "mask", "label", "case_id", "source_sample", "mask_source"])
+    with make_progress(transient=not progress) as bar:
         task = bar.add_task("generating", total=n_sources * per_image, visible=progress)
         for i in range(n_sources):
             sample = ds[i]
@@ -166,19 +173,21 @@ def generate_job(data: DataConfig, out: str | Path, per_image: int = 200, cgan: 
             for j, v in enumerate(variants):
                 vid = f"{_safe(sample.sample_id)}-v{j:03d}"
                 _png16(out / "images" / f"{vid}.png", v.image[0])
-                Image.fromarray((v.mask > 0).astype(np.uint8) * 255).save(out / "masks" / f"{vid}.png")
+                _save_png(out / "masks" / f"{vid}.png", (v.mask > 0).astype(np.uint8) * 255)
                 writer.writerow([f"images/{vid}.png", f"masks/{vid}.png", label_text, sample.case_id,
                                  sample.sample_id, mask_sources[i]])
-                manifest.write(json.dumps({"id": vid, "source_sample": sample.sample_id, "case_id": sample.case_id,
-                                           "label": label, "class": label_text or None,
-                                           "mask_source": mask_sources[i], "ops": v.ops}) + "\n")
-            manifest.flush()
+                manifest.append(json.dumps({"id": vid, "source_sample": sample.sample_id, "case_id": sample.case_id,
+                                            "label": label, "class": label_text or None,
+                                            "mask_source": mask_sources[i], "ops": v.ops}) + "\n")
             written += len(variants)
             if len(gallery) < gallery_rows:
                 gallery.append((sample.sample_id, sample.image[0].numpy(), masks[i], variants[:6]))
             rate = written / max(time.perf_counter() - started, 1e-9)
             bar.update(task, advance=len(variants), description=f"generating ({rate:.1f} images/s)")
     seconds = time.perf_counter() - started
+    # the dataset's index files last: a folder with labels.csv has all its images
+    write_text(out / "manifest.jsonl", "".join(manifest))
+    write_text(out / "labels.csv", labels_csv.getvalue())
     save_gallery(out / "gallery.png", gallery)
     summary = {"sources": n_sources, "variants": written, "per_image": per_image, "seconds": round(seconds, 2),
                "images_per_s": round(written / max(seconds, 1e-9), 2), "generator": trained,
@@ -186,7 +195,7 @@ def generate_job(data: DataConfig, out: str | Path, per_image: int = 200, cgan: 
                          "predicted": mask_sources[:n_sources].count("predicted")},
                "out": str(out), **seg_info,
                "content_vgg": sampler.record.get("content_vgg"), "autoencoder": sampler.record.get("autoencoder")}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary, indent=2)
     write_run_record(out, seed, {"data": data.to_dict(), "cgan": cgan.to_dict(), "per_image": per_image,
                                  "checkpoint": str(checkpoint) if checkpoint else None,
                                  "segmenter": str(segmenter) if segmenter else None, "limit": limit,
