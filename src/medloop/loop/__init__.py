@@ -5,7 +5,7 @@ from medloop.loop.config import CollaborativeConfig, ExperimentConfig
 from medloop.loop.mahapatra import Context, Mahapatra, fsl_baselines, prepare, run_experiment, run_mahapatra_track, savings
 from medloop.loop.oracle import Answer, AnswerLog, GroundTruthOracle, Oracle, OracleTimeout, PersistentOracle, collect
 from medloop.loop.ravanbakhsh import Ravanbakhsh, algorithm1, run_collaborative
-from medloop.loop.round import Candidates, Interrupt, Method, QuerySize, run_track
+from medloop.loop.round import Candidates, Interrupt, Method, Proposal, QuerySize, run_track
 from medloop.loop.state import RunState
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "Oracle",
     "OracleTimeout",
     "PersistentOracle",
+    "Proposal",
     "QuerySize",
     "Ravanbakhsh",
     "RunState",

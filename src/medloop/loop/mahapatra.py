@@ -33,7 +33,7 @@ from medloop.device import resolve_device
 from medloop.errors import ConfigError, DataError
 from medloop.loop.config import ExperimentConfig
 from medloop.loop.oracle import GroundTruthOracle, Oracle
-from medloop.loop.round import Candidates, Method, QuerySize, run_track
+from medloop.loop.round import Candidates, Method, Proposal, QuerySize, run_track
 from medloop.loop.rundir import check_resume, once
 from medloop.loop.state import RunState
 from medloop.metrics import plain
@@ -330,6 +330,27 @@ class Mahapatra(Method):
                                       progress=self.ctx.progress).columns)
         columns["index"] = np.arange(len(candidates))
         return columns
+
+    def proposals(self, model: Models, sample_ids: list[str]) -> dict[str, Proposal]:
+        """For an annotator: the classifier's MC-mean class probabilities and, once a segmenter is trained, its
+        MC-mean mask with the per-pixel predictive entropy (divided by its maximum, log K) as uncertainty."""
+        ds = self.pool.subset([self.pos[s] for s in sample_ids])
+        mc = dict(n_mc_samples=self.cfg.n_mc_samples, device=self.device, progress=False)
+        cols = score_pool(model.classifier, ds, seed=seed_for(self.seed, "proposals", "classifier"), **mc).columns
+        probs = np.stack([cols[f"prob_{c}"] for c in range(self.ctx.num_classes)], 1)  # [N, K]
+        masks: list[np.ndarray | None] = [None] * len(ds)
+        maps: list[np.ndarray | None] = [None] * len(ds)
+
+        def keep(idx: list[int], umaps: dict[str, torch.Tensor], mean_probs: torch.Tensor) -> None:
+            top = float(np.log(mean_probs.shape[1]))
+            for j, i in enumerate(idx):
+                masks[i] = mean_probs[j].argmax(0).numpy()
+                maps[i] = (umaps["entropy"][j] / top).clamp(0, 1).numpy()
+
+        if model.segmenter is not None:
+            score_pool(model.segmenter, ds, seed=seed_for(self.seed, "proposals", "segmenter"), reductions=("mean",),
+                       on_maps=keep, **mc)
+        return {s: Proposal(masks[j], probs[j], maps[j]) for j, s in enumerate(sample_ids)}
 
     def after_query(self, state: RunState, round_idx: int, candidates: Candidates, scores: np.ndarray) -> None:
         if not candidates.join:

@@ -27,7 +27,7 @@ from medloop.data import MedDataset, kfold_by_case, load_dataset
 from medloop.errors import ConfigError, DataError
 from medloop.loop.config import CollaborativeConfig
 from medloop.loop.oracle import GroundTruthOracle
-from medloop.loop.round import Candidates, Method, QuerySize, run_track
+from medloop.loop.round import Candidates, Method, Proposal, QuerySize, run_track
 from medloop.loop.rundir import check_resume, once
 from medloop.loop.state import RunState
 from medloop.metrics import mask_dice, plain, segmentation_metrics
@@ -184,6 +184,13 @@ class Ravanbakhsh(Method):
                 else:
                     pseudo.pop(sid, None)
         return pseudo
+
+    def proposals(self, model: Pix2PixTrainer, sample_ids: list[str]) -> dict[str, Proposal]:
+        """For an annotator: G's label map, and the discriminator's implausibility map (1 - plausibility) as
+        uncertainty (the unreliable areas of Ravanbakhsh et al.'s Fig. 2)."""
+        images = self.data.images[[self.pos[s] for s in sample_ids]]
+        _, plausibility, pred = discriminator_scores(model.G, model.D, images)
+        return {s: Proposal(pred[j].numpy(), None, (1.0 - plausibility[j]).numpy()) for j, s in enumerate(sample_ids)}
 
     def save(self, state: RunState, model: Pix2PixTrainer, round_idx: int) -> None:
         state.save_model(round_idx, model.state_dict())

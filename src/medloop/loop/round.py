@@ -26,7 +26,7 @@ from medloop.loop.state import RunState
 from medloop.query import QueryStrategy
 from medloop.seeding import stream
 
-__all__ = ["Method", "Candidates", "QuerySize", "run_track", "Interrupt"]
+__all__ = ["Method", "Candidates", "QuerySize", "Proposal", "run_track", "Interrupt"]
 
 
 class Interrupt(Exception):
@@ -85,6 +85,20 @@ class Candidates:
         return out
 
 
+@dataclasses.dataclass
+class Proposal:
+    """What the model shows an annotator for one image; each part may be ``None``.
+
+    Shape:
+        mask: ``[H, W]`` label map; probs: ``[K]`` image-class probabilities; uncertainty: ``[H, W]`` in [0, 1]
+        (higher = less sure).
+    """
+
+    mask: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+
+
 class Method(ABC):
     """One configuration of the loop for one track (see the module docstring)."""
 
@@ -127,6 +141,10 @@ class Method(ABC):
 
     def after_query(self, state: RunState, round_idx: int, candidates: Candidates, scores: np.ndarray) -> None:
         """Optional: write what a report shows about the query (e.g. a gallery of candidates)."""
+
+    def proposals(self, model: Any, sample_ids: list[str]) -> dict[str, Proposal]:
+        """Optional: the model's proposal for each pool image an annotator is asked about (``{}``: none)."""
+        return {}
 
     @abstractmethod
     def save(self, state: RunState, model: Any, round_idx: int) -> None: ...
