@@ -217,6 +217,35 @@ def run(
 
 
 @app.command()
+def serve(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML of either method.")],
+    out: Annotated[Path, typer.Option(help="Run folder (its datastore/ holds images, labels and the index).")],
+    data: Annotated[Optional[str], typer.Option(help="Override data.source (builtin:NAME or a folder).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free one).")] = 8000,
+    token: Annotated[Optional[str], typer.Option(help="Access token (a random one is printed when omitted).")] = None,
+    lease: Annotated[float, typer.Option(help="Seconds an image stays with the annotator who opened it.")] = 300.0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the served run in --out after a stop or kill.")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override key=value (dotted keys for sections).")] = None,
+) -> None:
+    """Label with the loop: an annotation server and browser UI; the model retrains after each batch."""
+    from medloop.config import parse_overrides
+    from medloop.loop import load_experiment_config
+    from medloop.serve import serve as serve_run
+
+    overrides = parse_overrides(set_)
+    if data is not None:
+        overrides["data.source"] = data
+    cfg = load_experiment_config(config, overrides)
+
+    def echo(line: str) -> None:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+        sys.stdout.flush()
+
+    serve_run(cfg, out, host=host, port=port, token=token, resume=resume, lease_seconds=lease, echo=echo)
+
+
+@app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="The --out folder of a `medloop run`.")],
 ) -> None:
