@@ -1,0 +1,244 @@
+"""The annotation server's REST API: the token, ids that cannot leave the run folder, upload checks, MONAI Label
+compatible answers, leases over HTTP; never a 500 for a bad request."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from medloop.loop import ExperimentConfig
+from medloop.serve import Runner, create_app
+from tests.serve_support import AUTH, CHEST, TOKEN, png, square
+
+
+@pytest.fixture
+def runner(tmp_path):
+    """A served run whose loop is not started: the initial batch is queued by hand (no model, no training)."""
+    r = Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "run", lease_seconds=60)
+    r.oracle.submit(r.plan.method.initial_ids())
+    return r
+
+
+@pytest.fixture
+def client(runner):
+    with TestClient(create_app(runner, TOKEN, max_upload_bytes=64 * 1024), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One served run for the tests that change nothing (auth, traversal)."""
+    r = Runner(ExperimentConfig.from_dict(CHEST), tmp_path_factory.mktemp("shared") / "run")
+    r.oracle.submit(r.plan.method.initial_ids())
+    with TestClient(create_app(r, TOKEN), raise_server_exceptions=False) as c:
+        yield c
+
+
+def first(client, who: str = "a") -> str:
+    return client.post("/activelearning/uncertainty", headers=AUTH, json={"client_id": who}).json()["id"]
+
+
+def put(client, image: str, data: bytes, params: dict | str | None = None, headers=AUTH, tag: str = "final"):
+    params = {"class": 1, "client_id": "a"} if params is None else params
+    return client.put("/datastore/label", params={"image": image, "tag": tag}, headers=headers,
+                      files={"label": ("label.png", data, "image/png")},
+                      data={"params": params if isinstance(params, str) else json.dumps(params)})
+
+
+ENDPOINTS = [("get", "/info/"), ("post", "/activelearning/uncertainty"), ("get", "/datastore/?output=all"),
+             ("get", "/datastore/image?image=cxr-0001"), ("get", "/datastore/label?label=cxr-0001&tag=final"),
+             ("put", "/datastore/label?image=cxr-0001"), ("post", "/infer/mahapatra2018?image=cxr-0001"),
+             ("get", "/api/status"), ("get", "/api/item?image=cxr-0001"), ("post", "/api/lease?image=cxr-0001"),
+             ("post", "/api/release?image=cxr-0001"), ("get", "/"), ("get", "/static/app.js")]
+
+
+@pytest.mark.parametrize("method,path", ENDPOINTS)
+def test_every_endpoint_but_health_needs_the_token(shared, method, path):
+    client = shared
+    assert client.get("/health/").json() == {"status": "ok"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer ü-not-ascii".encode("latin-1")},
+                    {"Authorization": f"Basic {TOKEN}"}):
+        r = client.request(method, path, headers=headers)
+        assert r.status_code == 401, (headers, r.text)
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert client.request(method, path + ("&" if "?" in path else "?") + "token=nope").status_code == 401
+
+
+def test_header_query_and_browser_cookie_are_accepted(client, runner):
+    assert client.get("/info/", headers=AUTH).status_code == 200
+    assert client.get(f"/info/?token={TOKEN}").status_code == 200
+    r = client.get(f"/?token={TOKEN}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"  # the token leaves the address bar
+    cookie = r.headers["set-cookie"]
+    assert f"medloop-{runner.run_id[:16]}=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    page = client.get("/")  # the test client keeps the cookie
+    assert page.status_code == 200 and "<canvas" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+
+
+def test_one_runs_token_and_cookie_do_not_open_another_runs_server(tmp_path, client):
+    other = Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "other")
+    with TestClient(create_app(other, "another-token-123")) as c2:
+        assert c2.get("/info/", headers=AUTH).status_code == 401
+        client.get(f"/?token={TOKEN}", follow_redirects=False)
+        c2.cookies.update(client.cookies)  # a browser that holds the first run's cookie
+        assert c2.get("/api/status").status_code == 401
+    sid = first(client)
+    r = put(client, sid, png(square((32, 32))), {"class": 0, "run_id": other.run_id})
+    assert r.status_code == 409 and "another run" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("path", [
+    "/datastore/image?image=../config.yaml", "/datastore/image?image=..%2F..%2Fetc%2Fpasswd",
+    "/datastore/image?image=/etc/passwd", "/datastore/image?image=images/cxr-0001.png",
+    "/datastore/label?label=../../serve.json&tag=final", "/datastore/label?label=cxr-0001&tag=../../../serve",
+    "/datastore/image/info?image=..", "/api/item?image=%00", "/static/..%2Fapp.py", "/static/../app.py",
+    "/static/index.html/..", "/datastore/image?image=" + "x" * 5000])
+def test_ids_cannot_reach_outside_the_datastore(shared, path):
+    r = shared.get(path, headers=AUTH)
+    assert 400 <= r.status_code < 500, r.text
+    assert "run_id" not in r.text and "root:" not in r.text  # nothing of the files leaks
+
+
+def test_monai_label_subset(client, runner):
+    info = client.get("/info/", headers=AUTH).json()
+    assert {"name", "version", "labels", "models", "strategies", "datastore"} <= set(info)
+    assert info["labels"] == {"lung": 1} and list(info["strategies"]) == ["uncertainty"]
+    assert info["medloop"]["class_names"] == ["normal", "nodule"] and info["medloop"]["needs_class"]
+    nxt = client.post("/activelearning/uncertainty", headers=AUTH, json={"client_id": "a"}).json()
+    initial = runner.plan.method.initial_ids()
+    assert nxt["id"] == initial[0] and nxt["name"].endswith(".png") and nxt["path"].endswith(nxt["name"])
+    assert nxt["strategy"]["uncertainty"]["client_id"] == "a" and nxt["rank"] == 0
+    assert client.post("/activelearning/uncertainty", headers=AUTH).json()["id"] == initial[1]  # anonymous client
+    assert client.post("/activelearning/random", headers=AUTH).status_code == 404
+    ds = client.get("/datastore/?output=all", headers=AUTH).json()
+    assert set(ds) == {"name", "description", "images_dir", "labels_dir", "objects"} and len(ds["objects"]) == 15
+    assert client.get("/datastore/", headers=AUTH).json() == {"total": 15, "completed": 0, "label_tags": {}}
+    image = client.get(f"/datastore/image?image={nxt['id']}", headers=AUTH)
+    assert image.headers["content-type"] == "image/png"
+    assert np.asarray(Image.open(io.BytesIO(image.content))).shape == (32, 32)
+    mask = square((32, 32))
+    r = put(client, nxt["id"], png(mask), {"class": "nodule", "client_id": "a"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"image": nxt["id"], "label": nxt["id"], "tag": "final", "acknowledged": True,
+                        "duplicate": False, "class": 1, "labeled": 1, "budget": runner.plan.budget}
+    back = client.get(f"/datastore/label?label={nxt['id']}&tag=final", headers=AUTH)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(back.content))), mask)
+    assert client.get("/datastore/?output=train", headers=AUTH).json()[0]["label"].endswith(".png")
+    assert client.get(f"/datastore/image/info?image={nxt['id']}", headers=AUTH).json()["labels"]["final"]["info"]["class"] == 1
+    r = client.post(f"/infer/mahapatra2018?image={nxt['id']}", headers=AUTH)
+    assert r.status_code == 409 and "no model yet" in r.json()["detail"]  # the loop has not trained
+    assert client.post(f"/infer/other?image={nxt['id']}", headers=AUTH).status_code == 404
+
+
+def test_the_same_label_twice_is_acknowledged_once_a_different_one_refused(client, runner):
+    sid = first(client)
+    assert put(client, sid, png(square((32, 32)))).json()["duplicate"] is False
+    again = put(client, sid, png(square((32, 32))))
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    other = put(client, sid, png(square((32, 32), at=10)))
+    assert other.status_code == 409 and "already has a final label" in other.json()["detail"]
+    assert len(runner.datastore.answers_path.read_text().splitlines()) == 1
+
+
+NOISE = png(np.random.default_rng(0).integers(0, 2, (32, 32)))
+
+
+def rgb(shape):
+    return png(np.zeros((*shape, 3)))
+
+
+BAD_UPLOADS = [
+    (b"", None, 400, "empty"),
+    (b"GIF89a not a png", None, 415, "not a PNG"),
+    (png(np.zeros((32, 32))), "not json", 400, "JSON object"),
+    (png(np.zeros((32, 32))), "[1, 2]", 400, "JSON object"),
+    (png(np.zeros((16, 32))), None, 422, "32x16 but image"),
+    (rgb((32, 32)), None, 422, "mode RGB"),
+    (png(np.zeros((32, 32)), "RGBA"), None, 422, "mode RGBA"),
+    (png(square((32, 32), value=7)), None, 422, "label values [7]"),
+    (png(np.full((32, 32), 255)), None, 422, "label values [255]"),
+    (NOISE[: len(NOISE) // 2], None, 422, "cannot be decoded"),
+    (png(np.zeros((32, 32))), {"client_id": "a"}, 422, "params.class"),
+    (png(np.zeros((32, 32))), {"class": 2}, 422, "params.class"),
+    (png(np.zeros((32, 32))), {"class": True}, 422, "params.class"),
+    (png(np.zeros((32, 32))), {"class": "pneumonia"}, 422, "params.class"),
+    (png(np.zeros((32, 32))), {"class": 0, "client_id": "x" * 65}, 400, "client_id"),
+]
+
+
+@pytest.mark.parametrize("data,params,status,message", BAD_UPLOADS, ids=[f"{b[2]}-{b[3]}" for b in BAD_UPLOADS])
+def test_bad_uploads_are_refused_naming_the_problem(client, runner, data, params, status, message):
+    sid = first(client)
+    r = put(client, sid, data, params)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+    assert runner.datastore.answer(sid) is None
+
+
+def test_other_bad_requests_are_4xx(client, runner):
+    sid = first(client)
+    big = put(client, sid, b"\x89PNG\r\n\x1a\n" + bytes(70 * 1024))
+    assert big.status_code == 413 and "larger than" in big.json()["detail"]
+    assert put(client, sid, png(np.zeros((32, 32))), tag="original").status_code == 400
+    assert put(client, "nope", png(np.zeros((32, 32)))).status_code == 404
+    no_file = client.put(f"/datastore/label?image={sid}", headers=AUTH, data={"params": "{}"})
+    assert no_file.status_code == 422 and "label" in no_file.json()["detail"]
+    not_asked = [s for s in runner.datastore.ids if s not in runner.plan.method.initial_ids()][0]
+    r = put(client, not_asked, png(np.zeros((32, 32))))
+    assert r.status_code == 409 and "not in the annotation queue" in r.json()["detail"]
+    assert client.get("/datastore/?output=everything", headers=AUTH).status_code == 422
+    r = client.post("/activelearning/uncertainty", headers={**AUTH, "Content-Type": "application/json"},
+                    content=b"{bad json")
+    assert r.status_code == 422
+    assert client.get("/api/item", headers=AUTH).status_code == 422  # image missing
+    assert client.post(f"/infer/mahapatra2018?image={sid}&output=nifti", headers=AUTH).status_code == 422
+
+
+def test_leases_over_http(client, runner):
+    a = first(client, "a")
+    b = first(client, "b")
+    assert a != b
+    r = put(client, a, png(square((32, 32))), {"class": 0, "client_id": "b"})
+    assert r.status_code == 409 and "another annotator" in r.json()["detail"]
+    taken = client.post(f"/api/lease?image={a}&client_id=b", headers=AUTH)
+    assert taken.status_code == 409
+    assert client.post(f"/api/release?image={a}&client_id=a", headers=AUTH).status_code == 200
+    assert client.post(f"/api/lease?image={a}&client_id=b", headers=AUTH).json()["yours"] is True
+    queue = client.get("/api/status?client_id=b", headers=AUTH).json()["queue"]
+    assert [q["id"] for q in queue] == runner.plan.method.initial_ids()
+    assert {q["id"]: q["yours"] for q in queue}[a] is True
+
+
+def test_lease_expiry_over_http(tmp_path):
+    import time
+
+    r = Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "run", lease_seconds=0.3)
+    r.oracle.submit(r.plan.method.initial_ids())
+    with TestClient(create_app(r, TOKEN)) as client:
+        a = first(client, "a")
+        assert put(client, a, png(square((32, 32))), {"class": 0, "client_id": "b"}).status_code == 409
+        time.sleep(0.35)
+        assert put(client, a, png(square((32, 32))), {"class": 0, "client_id": "b"}).status_code == 200
+
+
+def test_item_for_the_ui_holds_raw_arrays(client, runner):
+    sid = first(client)
+    item = client.get(f"/api/item?image={sid}", headers=AUTH).json()
+    import base64
+
+    pixels = np.frombuffer(base64.b64decode(item["image"]), np.uint8).reshape(item["height"], item["width"])
+    assert np.array_equal(pixels, runner.datastore.image(sid))
+    assert item["proposal"] is None and item["final"] is None and item["class"] is None
+    put(client, sid, png(square((32, 32))))
+    item = client.get(f"/api/item?image={sid}", headers=AUTH).json()
+    final = np.frombuffer(base64.b64decode(item["final"]), np.uint8).reshape(32, 32)
+    assert np.array_equal(final, square((32, 32))) and item["class"] == 1
+    status = client.get("/api/status", headers=AUTH).json()
+    assert status["labeled"] == 1 and status["phase"] == "waiting for labels" and status["run_id"] == runner.run_id
