@@ -1,0 +1,94 @@
+"""The annotation UI in a real browser (headless Chromium through selenium): open it with the token, set the
+class, paint a stroke (and undo another), submit, and find the mask on disk."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medloop.loop import ExperimentConfig
+from medloop.serve import Runner, create_app
+from tests.serve_support import CHEST, TOKEN, LiveServer, wait_for
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
+                       reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver): "
+                              "apt-get install chromium chromium-driver (.ci/run installs them)"),
+]
+
+
+def chromium(width: int = 1280, height: int = 800):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let selenium look for a browser or driver online
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", f"--user-data-dir={tempfile.mkdtemp(prefix='medloop-chromium-')}",
+                f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+@pytest.fixture
+def served(tmp_path):
+    runner = Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "run").start()
+    server = LiveServer(create_app(runner, TOKEN))
+    yield runner, server
+    server.stop()
+
+
+def test_paint_a_stroke_submit_and_find_the_mask_on_disk(served):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    runner, server = served
+    initial = runner.plan.method.initial_ids()
+    driver = chromium()
+    try:
+        driver.get(f"{server.url}/?token={TOKEN}")
+        wait_for(lambda: driver.find_element(By.ID, "item-title").text in initial, timeout=30, what="the first image")
+        assert "token" not in driver.current_url  # traded for the cookie
+        sid = driver.find_element(By.ID, "item-title").text
+        assert driver.find_element(By.ID, "queue").text.count("cxr-") == len(initial)
+        canvas = driver.find_element(By.ID, "canvas")
+        actions = ActionChains(driver)
+        actions.send_keys("1").send_keys("]]]").perform()  # label 1 (lung), brush radius 3 -> 6
+        # a stroke near the top, undone with Z
+        actions.move_to_element_with_offset(canvas, -60, -150).click_and_hold().move_by_offset(120, 0).release().perform()
+        actions.send_keys("z").perform()
+        # the stroke that stays: across the middle of the image
+        actions.move_to_element_with_offset(canvas, -100, 0).click_and_hold().move_by_offset(200, 0).release().perform()
+        actions.send_keys(Keys.ENTER).perform()  # no class yet: refused in the page, nothing sent
+        wait_for(lambda: "class" in driver.find_element(By.ID, "message").text, timeout=10, what="the class reminder")
+        assert runner.datastore.answer(sid) is None
+        actions.key_down(Keys.SHIFT).send_keys("2").key_up(Keys.SHIFT).perform()  # class 2 = nodule
+        actions.send_keys(Keys.ENTER).perform()
+        wait_for(lambda: runner.datastore.answer(sid), timeout=20, what="the submitted label")
+        wait_for(lambda: driver.find_element(By.ID, "item-title").text not in ("No image", sid), timeout=20,
+                 what="the next image")
+        assert "1 / " in driver.find_element(By.ID, "progress-text").text or runner.datastore.status()["completed"] >= 1
+        logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+    assert not logs, logs
+    answer = runner.datastore.answer(sid)
+    assert answer["class"] == 1 and answer["info"]["client_id"].startswith("annotator-")
+    mask = runner.datastore.label(sid, "final")
+    height, width = mask.shape
+    assert set(np.unique(mask)) == {0, 1}
+    row = mask[height // 2 - 1: height // 2 + 2]
+    assert row[:, width // 3: 2 * width // 3].all()  # the stroke crosses the middle
+    assert not mask[: height // 4].any()  # the undone stroke near the top is gone
+    assert (runner.datastore.folder / "labels" / "final" / f"{sid}.png").is_file()
