@@ -10,8 +10,9 @@
       answers.jsonl                 every expert label, appended and fsynced before it is acknowledged
 
 An expert label is durable before it is acknowledged: its PNG is written atomically, then its line is appended
-to ``answers.jsonl`` and fsynced, then the index is rewritten. ``answers.jsonl`` is the record of the expert's
-work: the index is rebuilt from it on every open, so a kill between the two writes loses nothing.
+to ``answers.jsonl`` and fsynced. ``answers.jsonl`` is the record of the expert's work; the index follows it
+within half a second (rewritten atomically at most twice a second, off the acknowledgement's path) and is
+rebuilt from it on every open, so a kill before the index catches up loses nothing.
 
 Ids are never joined into paths: every file name comes from the index (an id with characters outside
 ``[A-Za-z0-9._-]`` gets them replaced and a hash of the id appended), and every path is checked to stay inside
@@ -104,6 +105,7 @@ class Datastore:
         self._objects: dict[str, dict] = {}
         self._stems: dict[str, str] = {}
         self._answers: dict[str, dict] = {}
+        self._flush: threading.Timer | None = None  # a pending index rewrite
 
     @property
     def index_path(self) -> Path:
@@ -258,8 +260,19 @@ class Datastore:
             append_jsonl(self.answers_path, record)
             self._answers[sample_id] = record
             self._objects[sample_id]["labels"]["final"] = {"ext": ".png", "info": record["info"]}
-            self._write_index()
+            if self._flush is None:
+                self._flush = threading.Timer(0.5, self.flush)
+                self._flush.daemon = True
+                self._flush.start()
         return record
+
+    def flush(self) -> None:
+        """Rewrite the index now (it follows ``answers.jsonl`` within half a second on its own)."""
+        with self._lock:
+            if self._flush is not None:
+                self._flush.cancel()
+                self._flush = None
+            self._write_index()
 
     def record_proposals(self, proposals: dict[str, Any], info: dict[str, dict]) -> None:
         """Write the model's proposals (``labels/original`` masks, uncertainty maps) and index them once.

@@ -76,10 +76,19 @@ def test_final_label_is_durable_and_indexed(store):
     assert store.status()["completed"] == 1 and store.datalist()[0]["label"].endswith(".png")
 
 
+def test_the_index_follows_the_log_within_a_second(store):
+    import time
+
+    store.record_final("A", np.ones((8, 10), np.uint8), 1, {})
+    time.sleep(0.8)
+    assert "final" in json.loads(store.index_path.read_text())["objects"]["A"]["labels"]
+
+
 def test_open_rebuilds_expert_labels_from_the_log(tmp_path, store):
     mask = np.ones((8, 10), np.uint8)
     store.record_final("A", mask, 1, {})
-    # a kill between the log line and the index: the index lacks the label, the log has it
+    store.flush()
+    # a kill before the index caught up with the log: the index lacks the label, the log has it
     index = json.loads(store.index_path.read_text())
     index["objects"]["A"]["labels"] = {}
     index["objects"]["a"]["labels"]["final"] = {"ext": ".png", "info": {"name": "x"}}  # never acknowledged
