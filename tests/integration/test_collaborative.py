@@ -74,7 +74,7 @@ def test_collaborative_resume_after_a_kill_matches(tmp_path):
     resumed = run_collaborative(cfg, tmp_path / "run", resume=True, progress=False)
 
     def strip(tracks):
-        return {k: {b: {f: [{x: y for x, y in r.items() if x != "seconds"} for r in recs] for f, recs in folds.items()}
+        return {k: {b: {f: [{x: y for x, y in r.items() if not x.endswith("seconds")} for r in recs] for f, recs in folds.items()}
                     for b, folds in v.items()} for k, v in tracks.items()}
 
     assert strip(ref["tracks"]) == strip(resumed["tracks"])

@@ -117,6 +117,16 @@ def _fmt_shape(shape: Sequence[int], volumetric: bool) -> str:
     return "x".join(str(d) for d in dims)
 
 
+def _center_crop(images: torch.Tensor, masks: torch.Tensor | None, fraction: float
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The central ``fraction`` of each side of ``images [Z, C, H, W]`` (and ``masks [Z, H, W]``)."""
+    h, w = images.shape[-2:]
+    ch, cw = max(1, int(round(h * fraction))), max(1, int(round(w * fraction)))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    images = images[..., top:top + ch, left:left + cw]
+    return images, masks[..., top:top + ch, left:left + cw] if masks is not None else None
+
+
 def prepare_item(raw: RawItem, entry: Entry, layout: Layout, config: DataConfig) -> list[Sample]:
     """Validate, normalize and resize one read entry into 2D samples (one per slice for volumes)."""
     where = entry.where
@@ -160,9 +170,12 @@ def prepare_item(raw: RawItem, entry: Entry, layout: Layout, config: DataConfig)
     images = torch.from_numpy(np.ascontiguousarray(volume.transpose(0, 3, 1, 2), dtype=np.float32))  # [Z, C, H, W]
     masks = torch.from_numpy(mask) if mask is not None else None  # [Z, H, W]
     native_hw = tuple(images.shape[-2:])
-    if config.size is not None and native_hw != (config.size, config.size):
+    if config.crop < 1.0:
+        images, masks = _center_crop(images, masks, config.crop)
+    hw = tuple(images.shape[-2:])  # after the crop
+    if config.size is not None and hw != (config.size, config.size):
         target = (config.size, config.size)
-        shrinking = config.size < min(native_hw)
+        shrinking = config.size < min(hw)
         images = F.interpolate(images, size=target, mode="bilinear", align_corners=False, antialias=shrinking)
         if masks is not None:
             masks = F.interpolate(masks[:, None].float(), size=target, mode="nearest-exact")[:, 0].long()

@@ -33,7 +33,7 @@ from medloop.loop.state import RunState
 from medloop.metrics import mask_dice, plain, segmentation_metrics
 from medloop.query import QueryStrategy, build_strategy
 from medloop.seeding import seed_for, stream
-from medloop.storage import save_npz, write_json
+from medloop.storage import save_npz, save_torch, write_json
 from medloop.training.pix2pix import Pix2PixTrainer, train_pix2pix
 from medloop.uncertainty import score_pool
 from medloop.uncertainty.discriminator import discriminator_scores
@@ -89,8 +89,9 @@ class Ravanbakhsh(Method):
     provides = CollaborativeConfig.PROVIDES
 
     def __init__(self, data: CollabData, train_idx: np.ndarray, test_idx: np.ndarray, base_case: str, budget: float,
-                 cycles: int, config: CollaborativeConfig, seed: int, progress: bool = True):
+                 cycles: int, config: CollaborativeConfig, seed: int, progress: bool = True, base: Path | None = None):
         self.data, self.config, self.seed, self.progress, self.cycles = data, config, seed, progress, cycles
+        self.base_model = base  # the fold's base model (trained on the base volume): every track's round 0
         cases = np.array(data.dataset.case_ids)
         self.base = [int(i) for i in train_idx if cases[i] == base_case]
         self.pool = [int(i) for i in train_idx if cases[i] != base_case]
@@ -126,15 +127,23 @@ class Ravanbakhsh(Method):
         return self.data.images[idx], torch.stack(labels), torch.tensor(weights)
 
     def train(self, state: RunState, model: Pix2PixTrainer | None, round_idx: int) -> Pix2PixTrainer:
-        trainer = model if model is not None else self._trainer()
         x, y, w = self._training_set(state)
+        self._trained = (0, 0.0)
+        if round_idx == 0 and self.base_model is not None:  # S_true is the base volume: the fold's shared base model
+            trainer = self._trainer()
+            trainer.load_state_dict(torch.load(self.base_model, weights_only=True))
+            return trainer
+        trainer = model if model is not None else self._trainer()
+        t0 = time.time()
         train_pix2pix(trainer, x, y, w, seed_for(self.seed, "round", round_idx, "pix2pix"), self.progress)
+        self._trained = (len(x) * self.p2p.epochs, time.time() - t0)
         return trainer
 
     def evaluate(self, state: RunState, model: Pix2PixTrainer, round_idx: int) -> dict:
         d = self.data
         return {"cycle": round_idx, "final": round_idx == self.cycles, "n_true": len(state.labeled),
-                "n_pseudo": len(state.pseudo),
+                "n_pseudo": len(state.pseudo), "slices_trained": self._trained[0],
+                "train_seconds": round(self._trained[1], 2),
                 "test": _test_metrics(model, d.images[self.test_idx], d.masks[self.test_idx], d.names)}
 
     def stop(self, state: RunState, round_idx: int, record: dict) -> str | None:
@@ -198,11 +207,15 @@ class Ravanbakhsh(Method):
 
 def algorithm1(data: CollabData, train_idx: np.ndarray, test_idx: np.ndarray, base_case: str, spec: dict | str,
                budget: float, cycles: int, config: CollaborativeConfig, folder: Path, progress: bool = True,
-               interrupt=None, oracle_factory=None) -> list[dict]:
-    """Run (or resume) Algorithm 1 for one fold, strategy, budget and number of cycles; returns the records."""
+               interrupt=None, oracle_factory=None, base: Path | None = None) -> list[dict]:
+    """Run (or resume) Algorithm 1 for one fold, strategy, budget and number of cycles; returns the records.
+
+    ``base``: weights of the model trained on the base volume (``run_collaborative`` trains it once per fold);
+    round 0 uses it instead of training the same model again.
+    """
     spec = {"name": spec} if isinstance(spec, str) else spec
     strategy = build_strategy(spec["name"], spec.get("params"))
-    method = Ravanbakhsh(data, train_idx, test_idx, base_case, budget, cycles, config, config.seed, progress)
+    method = Ravanbakhsh(data, train_idx, test_idx, base_case, budget, cycles, config, config.seed, progress, base)
     oracle = oracle_factory(data.dataset) if oracle_factory else GroundTruthOracle.from_dataset(data.dataset)
     return run_track(method, strategy, RunState(folder, oracle), config.seed, interrupt)
 
@@ -230,10 +243,12 @@ def _fit(data: CollabData, idx: list[int] | np.ndarray, config: CollaborativeCon
 
 def _base_model(data: CollabData, train_idx, test_idx, base_case: str, config: CollaborativeConfig, fold: int,
                 out: Path, progress: bool) -> dict:
-    """The base model (one volume): the discriminator-Dice correlation on the test volumes, and a figure."""
+    """The base model (one volume), saved for the fold's tracks: the discriminator-Dice correlation on the test
+    volumes, and a figure."""
     cases = np.array(data.dataset.case_ids)
     base = [int(i) for i in train_idx if cases[i] == base_case]
     trainer = _fit(data, base, config, config.seed, progress, "fold", fold, "base")
+    save_torch(out / f"fold{fold}-base.pt", trainer.state_dict())
     corr = _correlation(trainer, data.images[test_idx], data.masks[test_idx], config, data.num_classes)
     shown = np.asarray(test_idx)[np.linspace(0, len(test_idx) - 1, min(4, len(test_idx))).astype(int)]
     _, pmap, pred = discriminator_scores(trainer.G, trainer.D, data.images[shown])
@@ -243,11 +258,28 @@ def _base_model(data: CollabData, train_idx, test_idx, base_case: str, config: C
             "test": _test_metrics(trainer, data.images[test_idx], data.masks[test_idx], data.names)}
 
 
+def _fsl_model(data: CollabData, train_idx, test_idx, config: CollaborativeConfig, fold: int, progress: bool) -> dict:
+    """The fully supervised pix2pix (every training slice with its true label map): test Dice, and the
+    discriminator-Dice correlation of a model that segments well."""
+    trainer = _fit(data, train_idx, config, config.seed, progress, "fold", fold, "fsl")
+    return {"test": _test_metrics(trainer, data.images[test_idx], data.masks[test_idx], data.names),
+            **_correlation(trainer, data.images[test_idx], data.masks[test_idx], config, data.num_classes)}
+
+
+def _pearson(corr: dict[str, list[float]]) -> dict[str, Any]:
+    """Pearson r (and p) between per-slice plausibility and Dice, with the values."""
+    from scipy.stats import pearsonr
+
+    out: dict[str, Any] = {"pearson_r": None, "p_value": None, "n_slices": len(corr["dice"]), **corr}
+    if len(corr["dice"]) >= 3 and np.std(corr["dice"]) > 0 and np.std(corr["plausibility"]) > 0:
+        r, p = pearsonr(corr["plausibility"], corr["dice"])
+        out.update(pearson_r=float(r), p_value=float(p))
+    return out
+
+
 def run_collaborative(config: CollaborativeConfig, out: str | Path, resume: bool = False, progress: bool = True,
                       interrupt=None, oracle_factory=None, console=None) -> dict:
     """Cross-validation by volume of Algorithm 1 and its baselines; writes results.json and the report."""
-    from scipy.stats import pearsonr
-
     from medloop import __version__
     from medloop.report.collaborative import build_collaborative_report
     from medloop.runinfo import write_run_record
@@ -264,8 +296,11 @@ def run_collaborative(config: CollaborativeConfig, out: str | Path, resume: bool
     tracks: dict[str, dict] = {}
     fsl: dict[str, dict] = {}
     corr: dict[str, list[float]] = {"plausibility": [], "dice": []}
+    corr_fsl: dict[str, list[float]] = {"plausibility": [], "dice": []}
     for f, (train_idx, test_idx) in enumerate(folds):
         base_case = str(stream(config.seed, "fold", f, "base case").choice(sorted(set(cases[train_idx]))))
+        base_rec = once(out / "baselines" / f"fold{f}-base.json", lambda: _base_model(
+            data, train_idx, test_idx, base_case, config, f, out / "baselines", progress))
         for spec in config.strategy_specs:
             for n in config.cycles:
                 for b in config.budgets:
@@ -274,25 +309,20 @@ def run_collaborative(config: CollaborativeConfig, out: str | Path, resume: bool
                         console.print(f"fold {f}: {spec['label']}, budget {b:.0%}, {n} cycle(s)")
                     recs = algorithm1(data, train_idx, test_idx, base_case, spec, b, n, config,
                                       out / "tracks" / f"fold{f}" / f"{label}-b{int(round(b * 100)):03d}", progress,
-                                      interrupt, oracle_factory)
+                                      interrupt, oracle_factory, out / "baselines" / f"fold{f}-base.pt")
                     tracks.setdefault(label, {}).setdefault(f"{b:.2f}", {})[str(f)] = recs
-        base_rec = once(out / "baselines" / f"fold{f}-base.json", lambda: _base_model(
-            data, train_idx, test_idx, base_case, config, f, out / "baselines", progress))
         corr["plausibility"] += base_rec["plausibility"]
         corr["dice"] += base_rec["dice"]
         if config.fsl:
-            fsl[str(f)] = once(out / "baselines" / f"fold{f}-fsl.json", lambda: {"test": _test_metrics(
-                _fit(data, train_idx, config, config.seed, progress, "fold", f, "fsl"),
-                data.images[test_idx], data.masks[test_idx], data.names)})
-    correlation: dict[str, Any] = {"pearson_r": None, "p_value": None, "n_slices": len(corr["dice"]), **corr}
-    if len(corr["dice"]) >= 3 and np.std(corr["dice"]) > 0 and np.std(corr["plausibility"]) > 0:
-        r, p = pearsonr(corr["plausibility"], corr["dice"])
-        correlation.update(pearson_r=float(r), p_value=float(p))
+            fsl[str(f)] = once(out / "baselines" / f"fold{f}-fsl.json", lambda: _fsl_model(
+                data, train_idx, test_idx, config, f, progress))
+            corr_fsl["plausibility"] += fsl[str(f)]["plausibility"]
+            corr_fsl["dice"] += fsl[str(f)]["dice"]
     results = {"experiment": config.name, "method": config.method, "medloop_version": __version__,
                "config": config.to_dict(), "class_names": data.names,
                "data": {"root": data.dataset.info.root, "n_slices": len(data.dataset),
                         "n_volumes": len(set(data.dataset.case_ids)), "folds_run": len(folds)},
-               "tracks": tracks, "fsl": fsl, "correlation": correlation,
+               "tracks": tracks, "fsl": fsl, "correlation": _pearson(corr), "correlation_fsl": _pearson(corr_fsl),
                "minutes": round((time.time() - started) / 60, 2)}
     write_json(out / "results.json", results)
     build_collaborative_report(out)

@@ -10,6 +10,7 @@ working size.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
@@ -41,11 +42,14 @@ class Pix2PixDiscriminator(nn.Module):
         num_classes: label-map channels K.
         size: working size; sets the number of layers (receptive field) unless ``num_layers`` is given.
         features: width of the first layer (pix2pix: 64).
+        one_hot_input: D judges one-hot label maps (``judge`` turns probabilities into their argmax one-hot,
+            with straight-through gradients); else it judges probabilities as given.
     """
 
     def __init__(self, in_channels: int, num_classes: int, size: int = 256, features: int = 64,
-                 num_layers: int | None = None):
+                 num_layers: int | None = None, one_hot_input: bool = False):
         super().__init__()
+        self.one_hot_input = one_hot_input
         self.num_layers = num_layers or layers_for_size(size)
         self.receptive_field = patch_receptive_field(self.num_layers)
         self.net = PatchDiscriminator(spatial_dims=2, channels=features, in_channels=in_channels + num_classes,
@@ -53,3 +57,11 @@ class Pix2PixDiscriminator(nn.Module):
 
     def forward(self, image: torch.Tensor, label_map: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([image, label_map], dim=1))[-1]
+
+    def judge(self, image: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Patch logits for a prediction given as class probabilities ``[N, K, H, W]``, in the form D was
+        trained on (one-hot argmax with straight-through gradients when ``one_hot_input``)."""
+        if self.one_hot_input:
+            hard = F.one_hot(probs.argmax(1), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+            probs = hard + probs - probs.detach()
+        return self(image, probs)

@@ -78,12 +78,14 @@ def build_collaborative_report(run_dir: str | Path) -> Path:
     for row in rows:
         lines.append("| " + " | ".join([row[0]] + ["n/a" if v is None else f"{v:.3f}" for v in row[1:]]) + " |")
     lines += ["", "![dice](dice_by_budget.png)", "", "## Discriminator score and Dice", ""]
-    if corr["pearson_r"] is not None:
-        lines.append(f"Pearson correlation between per-slice discriminator plausibility and per-slice Dice of the base "
-                     f"model (trained on one volume) on the test volumes: **r = {corr['pearson_r']:.3f}**, "
-                     f"p = {corr['p_value']:.2g}, n = {corr['n_slices']} slices.")
-    else:
-        lines.append(f"Correlation undefined (n = {corr['n_slices']} slices, or a constant score).")
+    pairs = [("base model (trained on one volume)", corr), ("fully supervised model", results.get("correlation_fsl"))]
+    pairs = [(what, c) for what, c in pairs if c]
+    for what, c in pairs:
+        if c["pearson_r"] is not None:
+            lines.append(f"- Pearson correlation of per-slice discriminator plausibility and per-slice Dice, {what}, test volumes: "
+                         f"**r = {c['pearson_r']:.3f}**, p = {c['p_value']:.2g}, n = {c['n_slices']} slices.")
+        else:
+            lines.append(f"- {what}: correlation undefined (n = {c['n_slices']} slices, or a constant score).")
     lines += ["", "![correlation](correlation.png)", "", "![discriminator](discriminator.png)", ""]
     # figures
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(4.2 * (len(names) + 1), 3.5), squeeze=False)
@@ -105,12 +107,13 @@ def build_collaborative_report(run_dir: str | Path) -> Path:
     fig.tight_layout()
     save_figure(fig, run_dir / "dice_by_budget.png", dpi=100)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.scatter(corr["plausibility"], corr["dice"], s=8, alpha=0.6, color="#0072B2")
-    ax.set_xlabel("discriminator plausibility (slice mean)")
-    ax.set_ylabel("Dice (mean over classes)")
-    if corr["pearson_r"] is not None:
-        ax.set_title(f"r = {corr['pearson_r']:.3f}, p = {corr['p_value']:.2g}", fontsize=10)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 4), squeeze=False)
+    for ax, (what, c) in zip(axes[0], pairs):
+        ax.scatter(c["plausibility"], c["dice"], s=8, alpha=0.6, color="#0072B2")
+        ax.set_xlabel("discriminator plausibility (slice)")
+        ax.set_ylabel("Dice (mean over classes)")
+        r = "n/a" if c["pearson_r"] is None else f"r = {c['pearson_r']:.3f}, p = {c['p_value']:.2g}"
+        ax.set_title(f"{what.split(' (')[0]}: {r}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, run_dir / "correlation.png", dpi=100)
     plt.close(fig)

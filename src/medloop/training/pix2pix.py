@@ -1,8 +1,20 @@
 """pix2pix training recipe for label maps (Isola et al. 2017; Ravanbakhsh et al.): alternating D / G updates.
 
-D learns real pairs (image, one-hot label map) against generated pairs (image, softmax of G); G minimizes the
-adversarial loss plus ``lambda_sup`` times a supervised term (cross-entropy, or L1 on one-hot maps). Each sample
-carries a weight, so pseudo-labeled samples can count less (``pseudo_weight``) in both networks' losses.
+G minimizes ``adv_weight`` times the adversarial loss plus ``lambda_sup`` times a supervised term:
+``dice_ce`` (soft Dice over the foreground classes + class-weighted cross-entropy, weights the inverse square
+root of each class's pixel frequency in the training labels: the myocardium is about 1% of a cardiac MR
+slice), or plain ``ce``. Each sample carries a weight, so pseudo-labeled samples can count less
+(``pseudo_weight``) in both networks' losses.
+
+The discriminator (``discriminator``):
+
+- ``graded`` (default): D sees (image, one-hot label map) and learns, region by region, how right the map is
+  (``synth.label_errors.agreement_map``: 1 = agrees with the reference): the reference map, G's argmax
+  prediction and the reference damaged by a graded error (eroded, dilated, shifted, dropped or swapped
+  structures, boundary noise) are all judged against the reference. Every map D sees is one-hot, so it cannot
+  tell ground truth from predictions by their softness (Luc et al. 2016); G gets D's judgement of its argmax
+  map through a straight-through estimator. Its score is then a local quality estimate.
+- ``pix2pix``: the original game, real pairs (image, one-hot reference) against generated pairs (image, softmax).
 """
 
 from __future__ import annotations
@@ -19,19 +31,23 @@ from medloop.models.pix2pix import Pix2PixDiscriminator
 from medloop.models.unet import BayesianUNet
 from medloop.progress import make_progress
 from medloop.seeding import torch_init, torch_stream
+from medloop.synth.label_errors import agreement_map, damage_label_maps
 
-__all__ = ["Pix2PixConfig", "Pix2PixTrainer", "train_pix2pix"]
+__all__ = ["Pix2PixConfig", "Pix2PixTrainer", "train_pix2pix", "class_weights"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Pix2PixConfig(Config):
-    """pix2pix for segmentation. ``lambda_sup`` 100 as pix2pix; ``pseudo_weight`` for pseudo-labeled samples."""
+    """pix2pix for segmentation. ``lambda_sup`` 100 as pix2pix; ``pseudo_weight`` for pseudo-labeled samples;
+    ``damage_px``: the largest boundary error (pixels) of the damaged maps a graded D learns from."""
 
     epochs: int = 30
     batch_size: int = 8
     lr: float = 2e-4
     lambda_sup: float = 100.0
-    supervised: typing.Literal["ce", "l1"] = "ce"
+    supervised: typing.Literal["dice_ce", "ce"] = "dice_ce"
+    discriminator: typing.Literal["graded", "pix2pix"] = "graded"
+    damage_px: int = 4
     adv_weight: float = 1.0
     pseudo_weight: float = 0.5
     g_channels: tuple[int, ...] = (16, 32, 64, 128)
@@ -42,12 +58,24 @@ class Pix2PixConfig(Config):
     device: str = "auto"
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "damage_px"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"The '{name}' parameter of Pix2PixConfig must be >= 1; got {getattr(self, name)}")
         for name in ("lambda_sup", "adv_weight", "pseudo_weight", "lr"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"The '{name}' parameter of Pix2PixConfig must be >= 0; got {getattr(self, name)}")
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse square root of each class's pixel frequency, mean 1 over the classes present (absent: 0)."""
+    freq = torch.bincount(labels.flatten().long(), minlength=num_classes)[:num_classes].double()
+    freq = freq / freq.sum().clamp_min(1)
+    w = torch.where(freq > 0, freq.clamp_min(1e-8).rsqrt(), torch.zeros_like(freq))
+    return (w / w[freq > 0].mean()).float()
+
+
+def _weighted_mean(values: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return (values * w).sum() / w.sum().clamp_min(1e-8)
 
 
 class Pix2PixTrainer:
@@ -60,43 +88,64 @@ class Pix2PixTrainer:
         self.device = resolve_device(config.device)
         with torch_init(config.seed):
             self.G = BayesianUNet(in_channels, num_classes, channels=config.g_channels, dropout=config.dropout)
-            self.D = Pix2PixDiscriminator(in_channels, num_classes, size, config.d_features, config.d_layers)
+            self.D = Pix2PixDiscriminator(in_channels, num_classes, size, config.d_features, config.d_layers,
+                                          one_hot_input=config.discriminator == "graded")
         self.G, self.D = self.G.to(self.device), self.D.to(self.device)
+        self.weights = torch.ones(num_classes, device=self.device)  # class weights of the CE term
         self.seed_dropout(config.seed)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=(0.5, 0.999))
 
     def seed_dropout(self, seed: int) -> None:
-        """Draw G's training dropout masks (pix2pix's noise) from the streams ``(seed, "pix2pix", "dropout", i)``."""
+        """Draw G's training dropout masks (pix2pix's noise) and D's damaged maps from streams of ``seed``."""
         from medloop.models.dropout import mc_dropout_layers
 
         for i, layer in enumerate(mc_dropout_layers(self.G)):
             layer.generator = torch_stream(seed, "pix2pix", "dropout", i, device=self.device)
+        self.damage_gen = torch_stream(seed, "pix2pix", "damage")
 
     def _onehot(self, labels: torch.Tensor) -> torch.Tensor:
         return F.one_hot(labels.long(), self.num_classes).permute(0, 3, 1, 2).float()
 
+    def supervised(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Per-sample supervised loss, weighted over the batch by ``w``."""
+        ce = F.cross_entropy(logits, y, weight=self.weights if self.config.supervised == "dice_ce" else None,
+                             reduction="none").flatten(1).mean(1)
+        if self.config.supervised == "ce":
+            return _weighted_mean(ce, w)
+        probs, onehot = logits.softmax(1)[:, 1:], self._onehot(y)[:, 1:]  # foreground classes
+        inter = (probs * onehot).flatten(2).sum(2)
+        denom = (probs + onehot).flatten(2).sum(2)
+        dice = (2 * inter + 1.0) / (denom + 1.0)  # [N, K-1]; an absent class scores 1 when none is predicted
+        dice_loss = 1.0 - dice.mean(1)
+        return _weighted_mean(dice_loss + ce, w)
+
     def step(self, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> dict[str, float]:
         """``images [N, C, H, W]``, ``labels [N, H, W]``, ``weights [N]`` (1 expert, < 1 pseudo)."""
         cfg = self.config
-        x, y, w = images.to(self.device), labels.to(self.device), weights.to(self.device).float()
+        x, y, w = images.to(self.device), labels.to(self.device).long(), weights.to(self.device).float()
         self.G.train()
         self.D.train()
         logits, _ = self.G(x)
         probs = logits.softmax(1)
-        real, fake = self.D(x, self._onehot(y)), self.D(x, probs.detach())
-        wd = w.view(-1, 1, 1, 1).expand_as(real)
-        d_loss = 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real), weight=wd)
-                        + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), weight=wd))
+        if cfg.discriminator == "graded":
+            damaged = damage_label_maps(y, self.num_classes, self.damage_gen, cfg.damage_px)
+            maps = torch.cat([y, probs.argmax(1).detach(), damaged])
+            judged = self.D(x.repeat(3, 1, 1, 1), self._onehot(maps))
+            target = agreement_map(maps, y.repeat(3, 1, 1), tuple(judged.shape[-2:]))
+            wd = w.repeat(3).view(-1, 1, 1, 1).expand_as(judged)
+            d_loss = F.binary_cross_entropy_with_logits(judged, target, weight=wd)
+        else:
+            real, fake = self.D(x, self._onehot(y)), self.D(x, probs.detach())
+            wd = w.view(-1, 1, 1, 1).expand_as(real)
+            d_loss = 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real), weight=wd)
+                            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), weight=wd))
         self.opt_d.zero_grad()
         d_loss.backward()
         self.opt_d.step()
-        judged = self.D(x, probs)
+        judged = self.D.judge(x, probs)
         adv = F.binary_cross_entropy_with_logits(judged, torch.ones_like(judged))
-        if cfg.supervised == "ce":
-            sup = (F.cross_entropy(logits, y, reduction="none").flatten(1).mean(1) * w).sum() / w.sum().clamp_min(1e-8)
-        else:
-            sup = ((probs - self._onehot(y)).abs().flatten(1).mean(1) * w).sum() / w.sum().clamp_min(1e-8)
+        sup = self.supervised(logits, y, w)
         g_loss = cfg.adv_weight * adv + cfg.lambda_sup * sup
         self.opt_g.zero_grad()
         g_loss.backward()
@@ -108,34 +157,39 @@ class Pix2PixTrainer:
         """The generator's loss without updating (dropout off)."""
         self.G.eval()
         self.D.eval()
-        x, y = images.to(self.device), labels.to(self.device)
+        x, y = images.to(self.device), labels.to(self.device).long()
         logits, _ = self.G(x)
-        judged = self.D(x, logits.softmax(1))
+        judged = self.D.judge(x, logits.softmax(1))
         adv = F.binary_cross_entropy_with_logits(judged, torch.ones_like(judged))
-        return float(self.config.adv_weight * adv + self.config.lambda_sup * F.cross_entropy(logits, y))
+        sup = self.supervised(logits, y, torch.ones(len(x), device=self.device))
+        return float(self.config.adv_weight * adv + self.config.lambda_sup * sup)
 
     def state_dict(self) -> dict:
-        """Networks and optimizer states (so a resumed run continues exactly where it stopped)."""
+        """Networks, optimizer states and class weights (so a resumed run continues exactly where it stopped)."""
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
-                "opt_d": self.opt_d.state_dict()}
+                "opt_d": self.opt_d.state_dict(), "class_weights": self.weights}
 
     def load_state_dict(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        self.weights = state["class_weights"].to(self.device)
 
 
 def train_pix2pix(trainer: Pix2PixTrainer, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-                  seed: int, progress: bool = True) -> list[dict[str, float]]:
-    """``config.epochs`` epochs of alternating updates over the samples (seeded shuffling)."""
+                  seed: int, progress: bool = True, epochs: int | None = None) -> list[dict[str, float]]:
+    """``epochs`` (default ``config.epochs``) epochs of alternating updates over the samples (seeded shuffling);
+    the CE class weights come from ``labels``."""
     cfg = trainer.config
+    epochs = cfg.epochs if epochs is None else epochs
     gen = torch_stream(seed, "pix2pix", "shuffle")
     trainer.seed_dropout(seed)
+    trainer.weights = class_weights(labels, trainer.num_classes).to(trainer.device)
     history = []
     with make_progress(transient=not progress) as bar:
-        task = bar.add_task("training pix2pix", total=cfg.epochs, visible=progress)
-        for epoch in range(cfg.epochs):
+        task = bar.add_task("training pix2pix", total=epochs, visible=progress)
+        for epoch in range(epochs):
             sums: dict[str, float] = {}
             seen = 0
             for idx in torch.randperm(len(images), generator=gen).split(cfg.batch_size):
@@ -145,9 +199,8 @@ def train_pix2pix(trainer: Pix2PixTrainer, images: torch.Tensor, labels: torch.T
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
                 seen += len(idx)
             history.append({"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()}})
-            bar.update(task, advance=1, description=f"pix2pix epoch {epoch + 1}/{cfg.epochs} "
+            bar.update(task, advance=1, description=f"pix2pix epoch {epoch + 1}/{epochs} "
                                                     f"sup {history[-1].get('g_sup', float('nan')):.3f}")
     trainer.G.eval()
     trainer.D.eval()
-
     return history

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medloop.data import collate_samples, load_dataset, save_preview, summarize
-from medloop.errors import DataError
+from medloop.errors import ConfigError, DataError
 from tests.conftest import gray, write_png
 
 
@@ -113,3 +113,19 @@ def test_num_classes_of_real_layouts(folder_tree, acdc_tree):
     assert load_dataset(str(acdc_tree), options={"label_map": "medloop-rv"}, progress=False).num_mask_classes == 4
     ds = load_dataset(str(folder_tree), progress=False)
     assert ds.num_classes == max(len(ds.info.class_names), int(ds.labels.max()) + 1)
+
+
+def test_center_crop_keeps_the_middle_before_resizing():
+    from medloop.config import DataConfig
+    from medloop.data import load_dataset
+
+    full = load_dataset(DataConfig(source="builtin:cardiac-mr", size=32, options={"n_volumes": 2, "min_slices": 2,
+                                                                                   "max_slices": 2}))
+    cropped = load_dataset(DataConfig(source="builtin:cardiac-mr", size=32, crop=0.5,
+                                      options={"n_volumes": 2, "min_slices": 2, "max_slices": 2}))
+    a, b = full[0], cropped[0]
+    assert b.image.shape == a.image.shape == (1, 32, 32)
+    # the heart (foreground) fills a larger share of the cropped slice: about 4x at half the field of view
+    assert (b.mask > 0).float().mean() > 2.5 * (a.mask > 0).float().mean() > 0
+    with pytest.raises(ConfigError, match="crop"):
+        DataConfig(crop=0.05)

@@ -69,3 +69,25 @@ def test_initialisation_is_seeded_without_touching_the_global_generator():
     torch.manual_seed(3)  # the seed alone: initialisation is what it was before named streams
     g = BayesianUNet(1, 3, channels=cfg.g_channels, dropout=cfg.dropout)
     assert all(torch.equal(a, b) for a, b in zip(t.G.state_dict().values(), g.state_dict().values()))
+
+
+def test_dice_ce_weights_rare_classes_and_the_graded_discriminator_tells_wrong_maps():
+    from medloop.synth.label_errors import agreement_map
+    from medloop.training.pix2pix import class_weights, train_pix2pix
+    from medloop.uncertainty.discriminator import discriminator_scores
+    from tests.unit.synth.test_label_errors import heart
+
+    y = heart(8, 32)
+    w = class_weights(y, 4)
+    assert w[3] == 0 and w[1] > w[0] and w[2] > w[0]  # absent class 3; rarer classes weigh more
+    x = (y.float() / 2 + 0.05 * torch.randn(8, 32, 32, generator=torch.Generator().manual_seed(0)))[:, None]
+    cfg = Pix2PixConfig(g_channels=(4, 8, 8), d_features=4, lr=2e-3, epochs=20, batch_size=2, device="cpu")
+    t = Pix2PixTrainer(1, 3, 32, cfg)
+    train_pix2pix(t, x, y, torch.ones(8), seed=0, progress=False)
+    # D's judgement falls as the map's error grows (the true map, then shifted by 3 and by 8 px)
+    with torch.no_grad():
+        plaus = [torch.sigmoid(t.D(x, t._onehot(torch.roll(y, s, dims=2)))).mean().item() for s in (0, 3, 8)]
+    agree = [agreement_map(torch.roll(y, s, dims=2), y, (1, 1)).mean().item() for s in (0, 3, 8)]
+    assert plaus[0] > plaus[1] > plaus[2] and plaus[0] - plaus[2] > 0.05, (plaus, agree)
+    scores, maps, pred = discriminator_scores(t.G, t.D, x, reduction="foreground")
+    assert scores.shape == (8,) and maps.shape == (8, 32, 32) and pred.shape == (8, 32, 32)
