@@ -78,8 +78,8 @@ def _mahapatra_plan(config: ExperimentConfig, out: Path, progress: bool) -> Plan
 
     def headline(rec: dict) -> dict:
         seg = rec.get("seg") or {}
-        return {"val AUC or accuracy": _finite(rec["val"].get("auc_or_acc")), "test AUC": _finite(rec["test"].get("auc")),
-                "test accuracy": _finite(rec["test"].get("accuracy")), "segmenter Dice": _finite(seg.get("dice_mean"))}
+        return {"val AUC/acc": _finite(rec["val"].get("auc_or_acc")), "test AUC": _finite(rec["test"].get("auc")),
+                "test acc": _finite(rec["test"].get("accuracy")), "seg Dice": _finite(seg.get("dice_mean"))}
 
     return Plan(method, strategy, spec, seed, out / "tracks" / f"{spec['label']}-seed{seed}", method.pool,
                 method.budget, [info.class_names[c] if c < len(info.class_names) else str(c)
@@ -103,7 +103,7 @@ def _ravanbakhsh_plan(config: CollaborativeConfig, out: Path, progress: bool) ->
 
     def headline(rec: dict) -> dict:
         dice = rec["test"].get("dice", {})
-        return {"held-out Dice": _finite(rec["test"].get("dice_mean")), **{f"Dice {k}": _finite(v) for k, v in dice.items()}}
+        return {"Dice": _finite(rec["test"].get("dice_mean")), **{k: _finite(v) for k, v in dice.items()}}
 
     return Plan(method, strategy, spec, config.seed, out / "tracks" / "fold0" / f"{label}-b{int(round(b * 100)):03d}",
                 data.dataset.subset(method.base + method.pool), len(method.base) + sum(method.per_cycle), [],

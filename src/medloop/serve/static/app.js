@@ -138,11 +138,13 @@ function renderOverlay() {
   const ctx = c.getContext("2d");
   const img = ctx.createImageData(it.width, it.height);
   const n = it.width * it.height;
+  let top = 1;
+  if (it.uncertainty) for (let i = 0; i < n; i++) top = Math.max(top, it.uncertainty[i]);
   for (let i = 0; i < n; i++) {
     let r = 0, g = 0, b = 0, a = 0;
     if (S.showUnc && it.uncertainty) {
-      const u = it.uncertainty[i] / 255;  // heat: transparent -> yellow -> red
-      r = 255; g = Math.round(255 * (1 - u)); b = 0; a = u * 0.8;
+      const u = it.uncertainty[i] / top;  // relative to this image's most uncertain pixel: purple -> yellow
+      r = 255 * Math.min(1, 0.45 + u); g = 255 * u * u; b = 200 * (1 - u); a = Math.pow(u, 1.5) * 0.95;
     }
     const v = S.label[i];
     if (S.showMask && v > 0) {
@@ -489,6 +491,7 @@ function bind() {
   canvas.addEventListener("pointermove", (e) => {
     const p = toImage(e);
     S.cursor = { x: p.cx, y: p.cy };
+    showPixel(p);
     if (S.drag && S.drag.mode === "pan") {
       S.panX += e.clientX - S.drag.x; S.panY += e.clientY - S.drag.y;
       S.drag.x = e.clientX; S.drag.y = e.clientY;
@@ -545,6 +548,15 @@ function bind() {
     };
     if (actions[key]) { actions[key](); e.preventDefault(); }
   });
+}
+
+function showPixel(p) {
+  const it = S.item, x = Math.floor(p.x), y = Math.floor(p.y);
+  if (!it || x < 0 || y < 0 || x >= it.width || y >= it.height) { $("pixel").textContent = ""; return; }
+  const i = y * it.width + x;
+  const parts = [`(${x}, ${y})`, `value ${it.channels === 3 ? it.pixels[i * 3] : it.pixels[i]}`, `label ${S.label[i]}`];
+  if (it.uncertainty) parts.push(`uncertainty ${(it.uncertainty[i] / 255).toFixed(2)}`);
+  $("pixel").textContent = parts.join(" · ");
 }
 
 function resetView() {
