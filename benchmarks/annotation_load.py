@@ -78,7 +78,8 @@ class Server:
     def start(self, resume: bool) -> None:
         cmd = [sys.executable, "-m", "medloop.cli", "serve", str(self.config), "--out", str(self.out), "--port",
                str(self.port), "--token", TOKEN, "--lease", "20"] + (["--resume"] if resume else [])
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.out.parent / "server.log", "ab"))
+        with open(self.out.parent / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 300
         while True:
             try:
@@ -243,7 +244,7 @@ def main() -> None:
         "submissions_per_s": round(len(lat) / wall, 2), "p50_ms": round(float(np.percentile(lat, 50)), 1),
         "p95_ms": round(float(np.percentile(lat, 95)), 1), "max_ms": round(float(lat.max()), 1),
         "p95_ms_while_training": round(float(np.percentile(busy, 95)), 1) if len(busy) else None,
-        "n_while_training": int(len(busy)), "acknowledged": len(acked), "lost": int(lost),
+        "n_while_training": len(busy), "acknowledged": len(acked), "lost": int(lost),
         "duplicated": int(duplicated), "kills": server.kills, "retried_after_kill": sum(a.retries for a in annotators),
         "per_annotator": {a.name: len(a.acked) for a in annotators}, "rounds": rounds,
         "final_phase": phase, "wall_s": round(wall, 1), "torch_threads_server": 1,

@@ -185,7 +185,7 @@ def test_kill_9_at_any_point_loses_and_duplicates_nothing(tmp_path):
     served.kill()  # 1: in the middle of a batch
 
     again = subprocess.run([sys.executable, "-m", "medloop.cli", "serve", str(config), "--out", str(out), "--port", "0"],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=120, check=False)
     assert again.returncode == 2 and "--resume" in again.stderr
 
     served = Served(config, out, "--resume")

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from medloop.serve.datastore import RequestError, png_bytes
 from medloop.serve.runner import Runner
 
-__all__ = ["create_app", "MAX_UPLOAD_BYTES"]
+__all__ = ["MAX_UPLOAD_BYTES", "create_app"]
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from medloop.data import Sample
 from medloop.errors import DataError, MedloopError
 from medloop.storage import append_jsonl, read_jsonl, write_bytes, write_json
 
-__all__ = ["Datastore", "RequestError", "png_bytes", "read_png", "label_digest", "TAGS"]
+__all__ = ["TAGS", "Datastore", "RequestError", "label_digest", "png_bytes", "read_png"]
 
 TAGS = ("final", "original")  # the expert's labels, the model's proposals (MONAI Label's DefaultLabelTag)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -117,7 +117,7 @@ class Datastore:
 
     @classmethod
     def open(cls, folder: str | Path, samples: Iterable[Sample] = (), name: str = "medloop",
-             description: str = "") -> "Datastore":
+             description: str = "") -> Datastore:
         """Open (or create) the datastore in ``folder``, adding ``samples``' images it does not hold yet, and
         rebuild the expert labels of the index from ``answers.jsonl``."""
         ds = cls(folder, name, description)

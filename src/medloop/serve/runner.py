@@ -125,7 +125,7 @@ def plan_track(config: ExperimentConfig | CollaborativeConfig, out: Path, progre
 class _Observed(Method):
     """The served method, observed by the runner: every call is the method's own."""
 
-    def __init__(self, inner: Method, runner: "Runner"):
+    def __init__(self, inner: Method, runner: Runner):
         self.inner, self.runner, self.provides = inner, runner, inner.provides
 
     def initial_ids(self) -> list[str]:
@@ -180,7 +180,7 @@ class _Observed(Method):
 class _Tap:
     """The served strategy; keeps the scores of its last selection for the queue."""
 
-    def __init__(self, strategy: QueryStrategy, runner: "Runner"):
+    def __init__(self, strategy: QueryStrategy, runner: Runner):
         self._strategy, self._runner = strategy, runner
 
     def __getattr__(self, name: str) -> Any:
@@ -238,7 +238,7 @@ class Runner:
     def model_name(self) -> str:
         return self.config.method
 
-    def start(self) -> "Runner":
+    def start(self) -> Runner:
         self._thread = threading.Thread(target=self._run, name="medloop-loop", daemon=True)
         self._thread.start()
         return self

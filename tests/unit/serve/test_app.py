@@ -190,7 +190,7 @@ def test_other_bad_requests_are_4xx(client, runner):
     assert put(client, "nope", png(np.zeros((32, 32)))).status_code == 404
     no_file = client.put(f"/datastore/label?image={sid}", headers=AUTH, data={"params": "{}"})
     assert no_file.status_code == 422 and "label" in no_file.json()["detail"]
-    not_asked = [s for s in runner.datastore.ids if s not in runner.plan.method.initial_ids()][0]
+    not_asked = next(s for s in runner.datastore.ids if s not in runner.plan.method.initial_ids())
     r = put(client, not_asked, png(np.zeros((32, 32))))
     assert r.status_code == 409 and "not in the annotation queue" in r.json()["detail"]
     assert client.get("/datastore/?output=everything", headers=AUTH).status_code == 422

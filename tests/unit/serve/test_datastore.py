@@ -41,7 +41,7 @@ def test_layout_and_index_follow_monai_label(store):
 
 def test_file_names_are_safe_and_unique_whatever_the_ids(store):
     names = [store.path(s).name for s in IDS]
-    assert len(set(n.lower() for n in names)) == len(IDS)  # A and a differ on case-insensitive file systems too
+    assert len({n.lower() for n in names}) == len(IDS)  # A and a differ on case-insensitive file systems too
     for name in names:
         assert "/" not in name and ":" not in name and not name.startswith(".")
     for s in IDS:  # every file is inside the datastore
