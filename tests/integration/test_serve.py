@@ -94,6 +94,10 @@ def test_method1_labeled_to_the_end_through_the_api(tmp_path):
     check_track(runner)
     rounds = [json.loads(l) for l in (runner.plan.folder / "rounds.jsonl").read_text().splitlines()]
     assert [len(r["queried"]) for r in rounds] == [4, 4, 0] and rounds[-1]["stop"] == "max_rounds"
+    assert {runner.datastore.answer(s)["info"]["round"] for s in runner.plan.method.initial_ids()} == {None}
+    again = Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "run", resume=True).start()  # a finished run
+    wait_for(lambda: again.phase == "finished", what="the finished run")
+    assert again.infer(with_mask[0])[0] == 2 and sorted(again.metrics) == [0, 1, 2] and not again.oracle.queue()
 
 
 def test_method2_with_two_annotators_at_once(tmp_path):

@@ -403,4 +403,7 @@ def serve(config, out, host: str = "127.0.0.1", port: int = 8000, token: str | N
     runner.start()
     server = uvicorn.Server(uvicorn.Config(create_app(runner, token), log_level="warning", access_log=False,
                                            lifespan="off", timeout_graceful_shutdown=2))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        runner.datastore.flush()  # the index catches up with answers.jsonl before the process ends

@@ -251,8 +251,8 @@ class Runner:
         plan = self.plan
         try:
             state = RunState(plan.folder, self.oracle, plan.timeout)
-            if state.done:
-                self._restored(state, None)
+            if state.done:  # run_track returns at once: show the finished run's metrics and model
+                self._restored(state, plan.method.restore(state))
             run_track(_Observed(plan.method, self), _Tap(plan.strategy, self), state, plan.seed)
             self._phase("finished", self.round_idx)
         except Exception as exc:  # the server stays up and shows it; the run resumes after a fix
@@ -297,7 +297,7 @@ class Runner:
             self.datastore.record_proposals(proposals, {s: self._proposal_info(p, model_round, scores.get(s))
                                                         for s, p in proposals.items()})
         self._phase("waiting for labels", self.round_idx)
-        return Batch(self.round_idx if self._snapshot is not None else 0, scores)
+        return Batch(self.round_idx if self._snapshot is not None else None, scores)  # None: the initial set
 
     def _proposal_info(self, proposal: Proposal, model_round: int, score: float | None) -> dict:
         info: dict[str, Any] = {"model_round": model_round, "score": score}
