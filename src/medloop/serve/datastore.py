@@ -213,9 +213,10 @@ class Datastore:
 
     def info(self, sample_id: str) -> dict:
         """MONAI Label's image info: the image's info plus its ``path``, and the labels it has."""
-        obj = self._objects[self.check(sample_id)]
-        return {**copy.deepcopy(obj["image"]["info"]), "path": str(self.folder / "images" / obj["image"]["info"]["name"]),
-                "labels": copy.deepcopy(obj["labels"])}
+        with self._lock:  # the loop's thread may be indexing proposals
+            obj = self._objects[self.check(sample_id)]
+            return {**copy.deepcopy(obj["image"]["info"]),
+                    "path": str(self.folder / "images" / obj["image"]["info"]["name"]), "labels": copy.deepcopy(obj["labels"])}
 
     def answer(self, sample_id: str) -> dict | None:
         """The acknowledged expert answer of an image (its ``answers.jsonl`` record), or ``None``."""
@@ -306,10 +307,11 @@ class Datastore:
 
     def proposal_info(self, sample_id: str) -> dict:
         """The info of the model's latest proposal for an image (``{}`` when none)."""
-        obj = self._objects[self.check(sample_id)]
-        if "original" in obj["labels"]:
-            return copy.deepcopy(obj["labels"]["original"]["info"])
-        return copy.deepcopy(obj["image"]["info"].get("proposal", {}))
+        with self._lock:
+            obj = self._objects[self.check(sample_id)]
+            if "original" in obj["labels"]:
+                return copy.deepcopy(obj["labels"]["original"]["info"])
+            return copy.deepcopy(obj["image"]["info"].get("proposal", {}))
 
     def _write_index(self) -> None:
         write_json(self.index_path, {"name": self.name, "description": self.description, "images_dir": "images",

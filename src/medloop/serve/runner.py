@@ -293,7 +293,8 @@ class Runner:
         if self._snapshot is not None:
             self._phase("preparing proposals", self.round_idx)
             model_round, model = self._snapshot
-            proposals = self.plan.method.proposals(model, ids)
+            with self._infer_lock:  # /infer may be sampling the same copy
+                proposals = self.plan.method.proposals(model, ids)
             self.datastore.record_proposals(proposals, {s: self._proposal_info(p, model_round, scores.get(s))
                                                         for s, p in proposals.items()})
         self._phase("waiting for labels", self.round_idx)
