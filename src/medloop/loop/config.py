@@ -203,7 +203,7 @@ class CollaborativeConfig(Config):
         strategies: strategy names or ``{name, params, label}``: ``discriminator`` (the method), ``random``, and
             any MC-dropout measure of the generator (``entropy``, ``bald``, ``margin``, ...).
         pix2pix: ``Pix2PixConfig`` fields.
-        slice_reduction, q: per-slice reduction of the discriminator map (``mean`` or ``low_q``).
+        slice_reduction, q: per-slice reduction of the discriminator map (``foreground``, ``mean`` or ``low_q``).
         pseudo_threshold: keep a pseudo-label only when its slice's mean plausibility is at least this
             (``null``: keep all).
         repseudo: re-pseudo-label every remaining pool slice each cycle (else keep the first pseudo-label).
@@ -221,7 +221,7 @@ class CollaborativeConfig(Config):
     cycles: tuple[int, ...] = (1, 3)
     strategies: tuple[Any, ...] = ("discriminator", "random", "entropy")
     pix2pix: dict = dataclasses.field(default_factory=dict)
-    slice_reduction: str = "mean"
+    slice_reduction: str = "foreground"
     q: float = 0.1
     pseudo_threshold: float | None = None
     repseudo: bool = True

@@ -142,7 +142,8 @@ class Ravanbakhsh(Method):
     def evaluate(self, state: RunState, model: Pix2PixTrainer, round_idx: int) -> dict:
         d = self.data
         return {"cycle": round_idx, "final": round_idx == self.cycles, "n_true": len(state.labeled),
-                "n_pseudo": len(state.pseudo), "slices_trained": self._trained[0],
+                "n_pseudo": len(state.pseudo), "expert_pixels": sum(state.answers[s].pixels for s in state.labeled),
+                "slices_trained": self._trained[0],
                 "train_seconds": round(self._trained[1], 2),
                 "test": _test_metrics(model, d.images[self.test_idx], d.masks[self.test_idx], d.names)}
 

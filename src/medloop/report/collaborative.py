@@ -77,7 +77,17 @@ def build_collaborative_report(run_dir: str | Path) -> Path:
              "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for row in rows:
         lines.append("| " + " | ".join([row[0]] + ["n/a" if v is None else f"{v:.3f}" for v in row[1:]]) + " |")
-    lines += ["", "![dice](dice_by_budget.png)", "", "## Discriminator score and Dice", ""]
+    lines += ["", "![dice](dice_by_budget.png)", "", "## Annotation cost", "",
+              "Mean over folds after the last cycle: slices labeled by the expert (base volume + queries), slices "
+              "pseudo-labeled by the generator, and annotated (foreground) pixels of the expert's label maps.", "",
+              "| strategy | budget | expert slices | pseudo-labeled slices | expert pixels |", "|---|---|---|---|---|"]
+    for lab, by_budget in results["tracks"].items():
+        for b, folds in sorted(by_budget.items(), key=lambda kv: float(kv[0])):
+            last = [recs[-1] for recs in folds.values() if recs]
+            mean = lambda key: float(np.mean([r.get(key, 0) for r in last])) if last else float("nan")  # noqa: E731
+            lines.append(f"| {lab} | {float(b) * 100:.0f}% | {mean('n_true'):.0f} | {mean('n_pseudo'):.0f} | "
+                         f"{mean('expert_pixels'):.0f} |")
+    lines += ["", "## Discriminator score and Dice", ""]
     pairs = [("base model (trained on one volume)", corr), ("fully supervised model", results.get("correlation_fsl"))]
     pairs = [(what, c) for what, c in pairs if c]
     for what, c in pairs:
@@ -121,7 +131,7 @@ def build_collaborative_report(run_dir: str | Path) -> Path:
     if figs:
         d = np.load(figs[0])
         n = len(d["image"])
-        fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
+        fig, axes = plt.subplots(n, 5, figsize=(12.5, 2.6 * n), squeeze=False)
         for r in range(n):
             axes[r, 0].imshow(d["image"][r], cmap="gray")
             axes[r, 1].imshow(d["truth"][r], cmap="viridis", vmin=0, vmax=max(2, int(d["truth"].max())))
@@ -129,7 +139,11 @@ def build_collaborative_report(run_dir: str | Path) -> Path:
             axes[r, 3].imshow(d["image"][r], cmap="gray")
             bad = np.ma.masked_where(d["plausibility"][r] >= 0.5, 1.0 - d["plausibility"][r])
             axes[r, 3].imshow(bad, cmap="Reds", alpha=0.6, vmin=0, vmax=1)
-            for c, title in enumerate(("slice", "ground truth", "prediction", "discriminator: unreliable in red")):
+            axes[r, 4].imshow(d["image"][r], cmap="gray")
+            wrong = np.ma.masked_where(d["pred"][r] == d["truth"][r], np.ones_like(d["pred"][r], dtype=float))
+            axes[r, 4].imshow(wrong, cmap="Reds", alpha=0.7, vmin=0, vmax=1)
+            for c, title in enumerate(("slice", "ground truth", "prediction (pseudo label)",
+                                       "discriminator: unreliable in red", "pseudo label wrong (red)")):
                 axes[r, c].axis("off")
                 if r == 0:
                     axes[r, c].set_title(title, fontsize=9)
