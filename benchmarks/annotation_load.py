@@ -116,6 +116,8 @@ class Annotator(threading.Thread):
         self.acked: dict[str, str] = {}  # image -> digest
         self.latencies: list[tuple[float, bool]] = []  # (seconds, started while the loop was busy)
         self.retries = 0
+        self.duplicates = 0
+        self.error: str | None = None
 
     def label(self, sample_id: str, shape: tuple[int, int]) -> tuple[np.ndarray, int]:
         seed = int(hashlib.sha1(sample_id.encode()).hexdigest()[:8], 16)
@@ -157,11 +159,15 @@ class Annotator(threading.Thread):
                                       data={"params": json.dumps({"class": cls, "client_id": self.name})})
             if r.status_code == 200:
                 self.latencies.append((elapsed, busy))
+                if r.json()["duplicate"]:  # a label sent again after a kill, stored before it
+                    self.duplicates += 1
+                    continue
                 self.acked[nxt["id"]] = label_digest(mask, cls)
                 with self.shared["lock"]:
                     self.shared["acked"] += 1
             elif r.status_code != 409:  # 409: another annotator took it meanwhile
-                raise SystemExit(f"{self.name}: {r.status_code} {r.text}")
+                self.error = f"{self.name}: {r.status_code} {r.text}"
+                return
         http.close()
 
 
@@ -213,6 +219,9 @@ def main() -> None:
                 server.start(resume=True)
         time.sleep(0.1)
     wall = time.time() - started
+    errors = [a.error for a in annotators if a.error]
+    if errors:
+        raise SystemExit(f"an annotator got an unexpected answer: {errors}")
     deadline = time.monotonic() + 300  # the loop takes in the last batch and trains its last round
     while (phase := monitor.get("/api/status").json()["phase"]) not in ("finished", "error"):
         if time.monotonic() > deadline:
@@ -246,6 +255,7 @@ def main() -> None:
         "p95_ms_while_training": round(float(np.percentile(busy, 95)), 1) if len(busy) else None,
         "n_while_training": len(busy), "acknowledged": len(acked), "lost": int(lost),
         "duplicated": int(duplicated), "kills": server.kills, "retried_after_kill": sum(a.retries for a in annotators),
+        "acknowledged_as_duplicate": sum(a.duplicates for a in annotators),
         "per_annotator": {a.name: len(a.acked) for a in annotators}, "rounds": rounds,
         "final_phase": phase, "wall_s": round(wall, 1), "torch_threads_server": 1,
         "cpu_count": os.cpu_count(),

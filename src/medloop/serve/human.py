@@ -90,6 +90,7 @@ class HumanOracle(Oracle):
                     log.warning("%d queued item(s) from before the restart are no longer asked for: %s", len(stale),
                                 stale[:5])
                 self._restored = False
+            new = [s for s in new if self.datastore.answer(s) is None]  # answered while the proposals were made
             if new:
                 append_jsonl(self.queue_path, {"round": batch.round_idx, "ids": new, "ts": int(time.time()),
                                                "scores": {s: batch.scores[s] for s in new if s in batch.scores}})
@@ -149,6 +150,8 @@ class HumanOracle(Oracle):
             now = self._expire()
             earlier = self.datastore.answer(self.datastore.check(sample_id))
             if earlier is not None:
+                self._queue.pop(sample_id, None)
+                self._leases.pop(sample_id, None)
                 if earlier["digest"] == digest:
                     return earlier, False
                 raise RequestError(f"image '{sample_id}' already has a final label (from "

@@ -168,3 +168,19 @@ def test_concurrent_answers_never_mix_or_duplicate(oracle):
         assert len(winner) == 1  # everyone else got 409
         value = int(winner[0][1:])
         assert store.answer(s)["class"] == value and np.array_equal(store.label(s, "final"), mask(value))
+
+
+def test_an_item_answered_while_the_resumed_loop_prepares_its_batch_does_not_come_back(tmp_path, clock):
+    first = HumanOracle(open_store(tmp_path / "ds"), clock=clock)
+    first.submit(["img-1", "img-2", "img-3"])
+    second = HumanOracle(open_store(tmp_path / "ds"), clock=clock)  # restarted: the queue is open at once
+
+    def prepare(ids):  # the proposals take a while; an annotator answers from the persisted queue meanwhile
+        second.answer("img-2", mask(), 0, "a")
+        return Batch(0, {})
+
+    second.prepare = prepare
+    second.submit(["img-1", "img-2", "img-3"])
+    assert [q["id"] for q in second.queue()] == ["img-1", "img-3"]
+    assert second.lease("b")["id"] == "img-1" and second.lease("c")["id"] == "img-3" and second.lease("d") is None
+    assert set(second.poll()) == {"img-2"}
