@@ -4,8 +4,9 @@ Runs ``medloop serve`` (method 1 on a phantom chest X-ray pool) as a separate pr
 that each label what the queue offers (POST /activelearning, GET /api/item, PUT /datastore/label, as the UI does),
 with no think time, until each has --per-annotator acknowledged labels or the run finishes. The server is killed
 with SIGKILL --kills times: early in a batch (the resumed round then retrains while the annotators go on with the
-persisted queue), while the model retrains, and again early in a later batch; each time it is restarted on the
-same port with --resume, and an annotator whose request died with the server sends the same label again.
+persisted queue), while the model retrains, and early in a later batch while a label is on its way; each time it
+is restarted on the same port with --resume, and an annotator whose request died with the server sends the same
+label again (stored before the kill: acknowledged as a duplicate; not stored: stored now).
 
 At the end every acknowledged label (by the hash of its mask and class) is looked up in the datastore's answer log
 and in the track's answer log, which the loop trained on: ``lost`` counts acknowledged labels missing or changed,
@@ -117,6 +118,7 @@ class Annotator(threading.Thread):
         self.latencies: list[tuple[float, bool]] = []  # (seconds, started while the loop was busy)
         self.retries = 0
         self.duplicates = 0
+        self.in_put = False  # a label is on its way: a kill now may land before or after it is stored
         self.error: str | None = None
 
     def label(self, sample_id: str, shape: tuple[int, int]) -> tuple[np.ndarray, int]:
@@ -154,9 +156,11 @@ class Annotator(threading.Thread):
             buffer = io.BytesIO()
             Image.fromarray(mask).save(buffer, format="PNG")
             busy = self.shared["phase"] in BUSY
+            self.in_put = True
             r, elapsed = self.request(http, "PUT", "/datastore/label", params={"image": nxt["id"]},
                                       files={"label": ("label.png", buffer.getvalue(), "image/png")},
                                       data={"params": json.dumps({"class": cls, "client_id": self.name})})
+            self.in_put = False
             if r.status_code == 200:
                 self.latencies.append((elapsed, busy))
                 if r.json()["duplicate"]:  # a label sent again after a kill, stored before it
@@ -190,8 +194,9 @@ def main() -> None:
     print(f"work folder {work}; starting the server (the phantom pool renders once, then is cached)", file=sys.stderr)
     server.start(resume=False)
     shared = {"phase": "starting", "finished": False, "acked": 0, "lock": threading.Lock()}
-    # kill early in round 0's batch, while round 1 retrains, and early in round 2's batch; more kills in between
-    plan = [("acked", 35), ("busy", 120), ("acked", 235)]
+    # kill early in round 0's batch, while round 1 retrains, and early in round 2's batch while a label is on its
+    # way (more kills: in between)
+    plan = [("acked", 35), ("busy", 120), ("put", 235)]
     plan += [("acked", 60 + 100 * k) for k in range(max(0, args.kills - len(plan)))]
     plan = sorted(plan[: args.kills], key=lambda p: p[1])
     annotators = [Annotator(f"annotator-{i}", server, args.per_annotator + 10, shared) for i in range(args.annotators)]
@@ -212,7 +217,8 @@ def main() -> None:
                 pass
         if plan:
             kind, at = plan[0]
-            if shared["acked"] >= at and (kind == "acked" or shared["phase"] in BUSY):
+            if shared["acked"] >= at and (kind == "acked" or (kind == "busy" and shared["phase"] in BUSY)
+                                          or (kind == "put" and any(a.in_put for a in annotators))):
                 plan.pop(0)
                 print(f"kill -9 at {shared['acked']} acknowledged labels (phase: {shared['phase']})", file=sys.stderr)
                 server.kill()
