@@ -111,13 +111,19 @@ async function encodeLabelPNG(width, height, pixels) {
 
 // ------------------------------------------------------------------------------------------------ drawing
 
-function renderBase() {
+// A canvas sized to the current item and a blank image to fill, or null when no item is shown.
+function blankLayer(canvas) {
   const it = S.item;
-  if (!it) return;
-  const c = S.baseCanvas;
-  c.width = it.width; c.height = it.height;
-  const ctx = c.getContext("2d");
-  const img = ctx.createImageData(it.width, it.height);
+  if (!it) return null;
+  canvas.width = it.width; canvas.height = it.height;
+  const ctx = canvas.getContext("2d");
+  return { it, ctx, img: ctx.createImageData(it.width, it.height) };
+}
+
+function renderBase() {
+  const layer = blankLayer(S.baseCanvas);
+  if (!layer) return;
+  const { it, ctx, img } = layer;
   const lo = S.wl - S.ww / 2;
   const n = it.width * it.height;
   for (let i = 0; i < n; i++) {
@@ -131,12 +137,9 @@ function renderBase() {
 }
 
 function renderOverlay() {
-  const it = S.item;
-  if (!it) return;
-  const c = S.overlayCanvas;
-  c.width = it.width; c.height = it.height;
-  const ctx = c.getContext("2d");
-  const img = ctx.createImageData(it.width, it.height);
+  const layer = blankLayer(S.overlayCanvas);
+  if (!layer) return;
+  const { it, ctx, img } = layer;
   const n = it.width * it.height;
   let top = 1;
   if (it.uncertainty) for (let i = 0; i < n; i++) top = Math.max(top, it.uncertainty[i]);
