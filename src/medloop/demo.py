@@ -33,10 +33,10 @@ def demo_collaborative(seed: int = 0, quick: bool = False) -> dict:
                 "folds": 2, "max_folds": 1, "budgets": [0.5], "cycles": [1], "strategies": ["discriminator", "random"],
                 "pix2pix": {"epochs": 1, "batch_size": 8, "g_channels": [4, 8, 8], "d_features": 4}}
     return {"method": "ravanbakhsh2018", "name": "ravanbakhsh2018-demo", "seed": seed,
-            "data": {"source": "builtin:cardiac-mr", "size": 64, "seed": seed},
+            "data": {"source": "builtin:cardiac-mr", "size": 64, "seed": seed, "crop": 0.5},
             "folds": 5, "max_folds": 1, "budgets": [0.1, 0.5], "cycles": [1],
             "strategies": ["discriminator", "random"],
-            "pix2pix": {"epochs": 4, "batch_size": 8, "lr": 0.002, "g_channels": [8, 16, 32, 64], "d_features": 8}}
+            "pix2pix": {"epochs": 10, "batch_size": 8, "lr": 0.001, "g_channels": [8, 16, 32, 64], "d_features": 8}}
 
 
 def demo_experiment(size: int = 64, seed: int = 0, quick: bool = False) -> dict:
