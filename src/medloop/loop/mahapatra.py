@@ -48,6 +48,11 @@ from medloop.uncertainty import score_pool
 __all__ = ["Context", "prepare", "Mahapatra", "initial_set", "run_experiment", "fsl_baselines", "savings"]
 
 
+def budget_count(budget: float, pool_size: int) -> int:
+    """Images to label in all: ``budget`` is a fraction of the pool when <= 1, else a count."""
+    return int(round(budget * pool_size)) if budget <= 1 else int(budget)
+
+
 @dataclasses.dataclass
 class Context:
     """What every track of an experiment shares: config, data, splits."""
@@ -77,8 +82,7 @@ class Context:
         return self.dataset.subset(self.splits[seed].test)
 
     def budget_count(self, pool_size: int) -> int:
-        b = self.config.budget
-        return int(round(b * pool_size)) if b <= 1 else int(b)
+        return budget_count(self.config.budget, pool_size)
 
     def pool_mask_pixels(self, seed: int) -> float:
         """Foreground pixels of every mask in the seed's pool (the denominator of the pixel cost), read once."""
@@ -143,7 +147,7 @@ def prepare(config: ExperimentConfig, progress: bool = True, oracle_factory=None
                                 "initial_per_class or use more data")
         pool_size = len(split.train)
         initial = config.initial_per_class * ds.num_classes
-        budget = int(round(config.budget * pool_size)) if config.budget <= 1 else int(config.budget)
+        budget = budget_count(config.budget, pool_size)
         if budget < initial or budget > pool_size:
             raise ConfigError(f"The 'budget' parameter gives {budget} labeled images but it must lie between the "
                               f"initial set ({initial}) and the training pool ({pool_size}); got {config.budget}")

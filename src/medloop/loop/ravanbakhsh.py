@@ -127,13 +127,13 @@ class Ravanbakhsh(Method):
         return self.data.images[idx], torch.stack(labels), torch.tensor(weights)
 
     def train(self, state: RunState, model: Pix2PixTrainer | None, round_idx: int) -> Pix2PixTrainer:
-        x, y, w = self._training_set(state)
         self._trained = (0, 0.0)
         if round_idx == 0 and self.base_model is not None:  # S_true is the base volume: the fold's shared base model
             trainer = self._trainer()
             trainer.load_state_dict(torch.load(self.base_model, weights_only=True))
             return trainer
         trainer = model if model is not None else self._trainer()
+        x, y, w = self._training_set(state)
         t0 = time.time()
         train_pix2pix(trainer, x, y, w, seed_for(self.seed, "round", round_idx, "pix2pix"), self.progress)
         self._trained = (len(x) * self.p2p.epochs, time.time() - t0)
