@@ -36,13 +36,15 @@ from medloop.loop.oracle import GroundTruthOracle, Oracle
 from medloop.loop.round import Candidates, Method, Proposal, QuerySize, run_track
 from medloop.loop.rundir import check_resume, once
 from medloop.loop.state import RunState
-from medloop.metrics import plain
+from medloop.metrics import classification_metrics, plain
+from medloop.metrics.bootstrap import stored_probs
 from medloop.models import build_model, load_pretrained
 from medloop.progress import make_progress
 from medloop.query import QueryStrategy, build_strategy
 from medloop.seeding import seed_for, stream, torch_init
 from medloop.storage import save_npz, write_json
 from medloop.training import evaluate, fit, predict
+from medloop.training.trainer import trainable_subset
 from medloop.uncertainty import score_pool
 
 __all__ = ["Context", "prepare", "Mahapatra", "initial_set", "run_experiment", "fsl_baselines", "savings"]
@@ -267,7 +269,7 @@ class Mahapatra(Method):
 
     def evaluate(self, state: RunState, model: Models, round_idx: int) -> dict:
         val_m = evaluate(model.classifier, self.val, "classify", device=self.device)
-        test_m = evaluate(model.classifier, self.test, "classify", device=self.device)
+        test_m, test_probs = _classify(model.classifier, self.test, self.device)
         seg = None
         if model.seg_round == round_idx:
             seg = evaluate(model.segmenter, self.test, "segment", device=self.device)
@@ -282,7 +284,8 @@ class Mahapatra(Method):
                 "cost": {"images": len(state.labeled), "pixels": pixels,
                          "pixel_fraction": pixels / self.ctx.pool_mask_pixels(self.seed)},
                 "val": {**plain(val_m), "auc_or_acc": val_m["auc"] if np.isfinite(val_m["auc"]) else val_m["accuracy"]},
-                "test": plain(test_m), "seg": plain(seg) if seg is not None else None, "stages": model.stages}
+                "test": plain(test_m), "test_probs": test_probs, "seg": plain(seg) if seg is not None else None,
+                "stages": model.stages}
 
     def stop(self, state: RunState, round_idx: int, record: dict) -> str | None:
         if len(state.labeled) >= self.budget:
@@ -376,13 +379,22 @@ class Mahapatra(Method):
 # ------------------------------------------------------------------------------------------------ protocol
 
 
+def _classify(model: torch.nn.Module, test: MedDataset, device: Any = "cpu") -> tuple[dict, list]:
+    """Test metrics and the per-image probabilities they come from (one pass; images with a label, in split
+    order), the latter as stored for bootstrap intervals."""
+    test = trainable_subset(test, "classify")
+    probs = predict(model, test, device=device)["probs"].numpy()  # [N, K]
+    return classification_metrics(probs, test.labels), stored_probs(probs)
+
+
 def _supervised(ctx: Context, train_idx: np.ndarray, test_ds: MedDataset, seed: int, name: str,
                 val_ds: MedDataset | None = None) -> dict:
     """Train classifier (and segmenter) on dataset positions ``train_idx`` with their stored labels."""
     ds = ctx.dataset
     samples = [ds[int(i)] for i in train_idx if ds.labels[int(i)] >= 0]
     cls = train_classifier(ctx, None, samples * ctx.config.augment_copies, val_ds, seed, name, "classifier")
-    out = {"n_train": len(samples), "test": plain(evaluate(cls, test_ds, "classify"))}
+    test_m, test_probs = _classify(cls, test_ds)
+    out = {"n_train": len(samples), "test": plain(test_m), "test_probs": test_probs}
     if ctx.config.segmenter is not None:
         seg_samples = [ds[int(i)] for i in train_idx if ds.has_mask[int(i)]]
         seg = train_segmenter(ctx, seg_samples, val_ds, seed, name, "segmenter")
@@ -500,7 +512,9 @@ def run_experiment(config: ExperimentConfig, out: str | Path, resume: bool = Fal
                  "class_names": list(ctx.dataset.info.class_names),
                  "pool_size": {str(s): len(ctx.splits[s].train) for s in config.seeds},
                  "val_size": {str(s): len(ctx.splits[s].val) for s in config.seeds},
-                 "test_size": {str(s): len(ctx.splits[s].test) for s in config.seeds}},
+                 "test_size": {str(s): len(ctx.splits[s].test) for s in config.seeds},
+                 # the labels of the images each record's ``test_probs`` scores, in the same order
+                 "test_labels": {str(s): [int(y) for y in ctx.test(s).labels if y >= 0] for s in config.seeds}},
         "tracks": tracks, "baselines": baselines, "savings": save,
         "stopping": "validation split (the paper stops on its test set; medloop never looks at test to stop)",
         "minutes": round((time.time() - started) / 60, 2),
