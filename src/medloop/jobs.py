@@ -1,4 +1,5 @@
-"""Library entry points behind ``medloop train`` and ``medloop score`` (the CLI only parses arguments)."""
+"""Library entry points behind ``medloop train``, ``medloop pretrain`` and ``medloop score`` (the CLI only parses
+arguments)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import heapq
 import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,7 +24,10 @@ from medloop.storage import save_figure, write_json, write_text
 from medloop.training import evaluate, fit, load_checkpoint, save_checkpoint
 from medloop.uncertainty import score_pool
 
-__all__ = ["train_job", "score_job", "model_params_for"]
+if TYPE_CHECKING:
+    from medloop.training.selfsup import SelfSupConfig
+
+__all__ = ["train_job", "pretrain_job", "score_job", "model_params_for"]
 
 
 def check_model_task(config: TrainConfig) -> None:
@@ -85,6 +89,9 @@ def train_job(data: DataConfig, config: TrainConfig, out: str | Path, progress: 
     """
     out = Path(out)
     check_model_task(config)
+    if config.pretrained == "selfsup":
+        raise ConfigError("pretrained 'selfsup' pretrains per seed inside an experiment; for 'medloop train' run "
+                          "'medloop pretrain --data ... --out DIR' first and pass --pretrained DIR/selfsup.pt")
     if config.task == "segment" and data.size is None:
         raise ConfigError("segmentation needs a working size (e.g. --size 128) so images can be batched")
     if config.model == "unet":
@@ -201,3 +208,64 @@ def score_job(checkpoint: str | Path, data: DataConfig, out: str | Path, n_mc_sa
     write_run_record(out, seed, {"data": data.to_dict(), "checkpoint": str(checkpoint), "n_mc_samples": n_mc_samples,
                                  "batch_size": batch_size}, "medloop score")
     return path
+
+
+def pretrain_job(data: DataConfig, model: str, model_params: dict[str, Any], config: "SelfSupConfig", out: str | Path,
+                 val_fraction: float = 0.15, test_fraction: float = 0.2, progress: bool = True) -> dict[str, Any]:
+    """Self-supervised pretraining of a classifier trunk on the training split's images (labels unused), then a
+    linear probe (logistic regression on frozen features, trained on the training split's labels, ROC AUC on the
+    test split) for the pretrained trunk and for the same trunk at random initialisation.
+
+    Writes ``selfsup.pt`` (load it with ``classifier.pretrained`` / ``--pretrained``), ``metrics.json``,
+    ``loss.png``, ``config.yaml`` and ``run.json``.
+    """
+    from medloop.training.selfsup import dataset_features, linear_probe, pretrain
+
+    out = Path(out)
+    check_model_task(TrainConfig(task="classify", model=model))
+    if data.size is None:
+        raise ConfigError("pretraining needs a working size (e.g. --size 128) so images can be batched")
+    ds = load_dataset(data, progress=progress)
+    split = split_by_case(ds, val=val_fraction, test=test_fraction, seed=config.seed)
+    pool = ds.subset(split.train)
+    params = {"in_channels": int(ds[0].image.shape[0]), "num_classes": max(ds.num_classes, 2), **model_params}
+    with torch_init(config.seed, "selfsup", "init"):
+        net = build_model(model, **params)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", config.to_yaml())
+    write_run_record(out, config.seed, {"data": data.to_dict(), "model": model, "model_params": model_params,
+                                        "selfsup": config.to_dict()}, "medloop pretrain")
+    labeled = bool((ds.labels >= 0).any()) and ds.num_classes >= 2
+    test = ds.subset(split.test)
+
+    def probe() -> dict[str, Any] | None:
+        if not labeled:
+            return None
+        tr = np.nonzero(pool.labels >= 0)[0]
+        te = np.nonzero(test.labels >= 0)[0]
+        return linear_probe(dataset_features(net, pool.subset(tr)), pool.labels[tr],
+                            dataset_features(net, test.subset(te)), test.labels[te])
+
+    before = probe()
+    images = torch.stack([s.image for s in pool])
+    result = pretrain(net, images, config, progress=progress, out=out / "selfsup.pt",
+                      meta={"model": model, "model_params": model_params, "in_channels": params["in_channels"],
+                            "data": data.to_dict(), "n_images": int(len(images))})
+    after = probe()
+    metrics = {"n_images": int(len(images)), "seconds": result["seconds"], "history": result["history"],
+               "linear_probe": {"pretrained": after, "random_init": before}}
+    write_json(out / "metrics.json", metrics, indent=2)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([h["epoch"] + 1 for h in result["history"]], [h["loss"] for h in result["history"]], color="#0072B2")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("NT-Xent loss")
+    ax.set_title(f"SimCLR on {len(images)} unlabeled images", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, out / "loss.png", dpi=100)
+    plt.close(fig)
+    return metrics

@@ -63,7 +63,11 @@ class ExperimentConfig(Config):
         seeds: one run of every strategy per seed (split, initial set, training, MC masks all follow it).
         val_fraction, test_fraction: split by case; validation decides stopping, test is reported.
         classifier: ``TrainConfig`` fields of the classifier (task classify) trained every round; its
-            ``pretrained`` checkpoint initialises every classifier of the run (rounds and baselines).
+            ``pretrained`` checkpoint initialises every classifier of the run (rounds and baselines): a path (an
+            ImageNet torchvision file, or a ``medloop pretrain`` checkpoint), or ``selfsup``: pretrain the trunk
+            on each seed's training pool (images only) before round 0 (``medloop.loop.pretraining``).
+        selfsup: ``SelfSupConfig`` fields (epochs, batch_size, lr, temperature...) for ``pretrained: selfsup``;
+            the seed and device come from the experiment.
         segmenter: ``TrainConfig`` fields of the segmenter (``model``: a registered segmentation network) trained
             at recorded stages (``null``: no segmentation).
         strategies: list of strategy names or ``{name, params, label}``; names from the strategy registry.
@@ -97,6 +101,7 @@ class ExperimentConfig(Config):
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     classifier: dict = dataclasses.field(default_factory=dict)
+    selfsup: dict = dataclasses.field(default_factory=dict)
     segmenter: dict | None = dataclasses.field(default_factory=dict)
     strategies: tuple[Any, ...] = ({"name": "generative"}, {"name": "class_balanced"}, {"name": "random"})
     generator: dict = dataclasses.field(default_factory=dict)
@@ -129,7 +134,8 @@ class ExperimentConfig(Config):
         cls = TrainConfig.from_dict({"task": "classify", **self.classifier}, where="classifier")
         if cls.task != "classify":
             raise ConfigError(f"The 'classifier.task' parameter must be 'classify'; got {cls.task!r}")
-        provides = {"mc"}
+        self._check_selfsup(cls.pretrained)
+        provides = {"mc", "embeddings"}
         if self.segmenter is not None:
             seg = TrainConfig.from_dict({"task": "segment", "model": "unet", **self.segmenter}, where="segmenter")
             if seg.task != "segment":
@@ -170,6 +176,25 @@ class ExperimentConfig(Config):
             if not 0 < getattr(self, name) < 0.5:
                 raise ConfigError(f"The '{name}' parameter must be in (0, 0.5); got {getattr(self, name)}")
 
+    def _check_selfsup(self, pretrained: str | None) -> None:
+        from medloop.training.selfsup import SelfSupConfig
+
+        if self.selfsup and pretrained != "selfsup":
+            raise ConfigError("The 'selfsup' parameter is set but classifier.pretrained is "
+                              f"{pretrained!r}; set classifier.pretrained: selfsup or remove 'selfsup'")
+        for key in ("seed", "device"):
+            if key in self.selfsup:
+                raise ConfigError(f"The 'selfsup.{key}' parameter is not allowed: the experiment's {key}s apply; "
+                                  "remove it")
+        SelfSupConfig.from_dict(self.selfsup, where="selfsup")
+
+    @property
+    def selfsup_config(self):
+        """``SelfSupConfig`` of ``pretrained: selfsup`` (seed and device are set per seed by the loop)."""
+        from medloop.training.selfsup import SelfSupConfig
+
+        return SelfSupConfig.from_dict(self.selfsup)
+
     @property
     def data_config(self) -> DataConfig:
         return DataConfig.from_dict(self.data)
@@ -187,7 +212,7 @@ class ExperimentConfig(Config):
     @property
     def strategy_specs(self) -> list[dict]:
         """The strategies as ``{name, params, label}``."""
-        return strategy_specs(self.strategies, frozenset({"mc", "synthetic"}), "mahapatra2018")
+        return strategy_specs(self.strategies, frozenset({"mc", "synthetic", "embeddings"}), "mahapatra2018")
 
 
 @dataclasses.dataclass(frozen=True)

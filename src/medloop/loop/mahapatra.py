@@ -44,6 +44,7 @@ from medloop.query import QueryStrategy, build_strategy
 from medloop.seeding import seed_for, stream, torch_init
 from medloop.storage import save_npz, write_json
 from medloop.training import evaluate, fit, predict
+from medloop.training.selfsup import dataset_features as features
 from medloop.training.trainer import trainable_subset
 from medloop.uncertainty import score_pool
 
@@ -64,7 +65,9 @@ class Context:
     splits: dict[int, Any]
     progress: bool = True
     oracle_factory: Callable[[MedDataset], Oracle] | None = None
+    workdir: Path | None = None
     _pixels: dict[int, float] = dataclasses.field(default_factory=dict)
+    _selfsup: dict[int, str] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -100,8 +103,20 @@ class Context:
             model = build_model(cfg.model, in_channels=self.in_channels, num_classes=self.num_classes,
                                 **cfg.model_params)
         if cfg.pretrained:
-            load_pretrained(model, cfg.pretrained)
+            load_pretrained(model, self.pretrained_path(seed))
         return model
+
+    def pretrained_path(self, seed: int) -> str:
+        """``classifier.pretrained``, or with ``selfsup`` the seed's self-supervised checkpoint (pretrained on
+        the seed's pool the first time it is needed, then cached)."""
+        cfg = self.config.classifier_config
+        if cfg.pretrained != "selfsup":
+            return cfg.pretrained
+        if seed not in self._selfsup:
+            from medloop.loop.pretraining import selfsup_checkpoint
+
+            self._selfsup[seed] = str(selfsup_checkpoint(self.config, self.pool(seed), seed, self.workdir, self.progress))
+        return self._selfsup[seed]
 
     def new_segmenter(self, seed: int, *names: int | str) -> torch.nn.Module:
         cfg = self.config.segmenter_config
@@ -155,7 +170,8 @@ def prepare(config: ExperimentConfig, progress: bool = True, oracle_factory=None
                               f"initial set ({initial}) and the training pool ({pool_size}); got {config.budget}")
         splits[seed] = split
     ctx = Context(config, ds, splits, progress, oracle_factory)
-    ctx.new_classifier(config.seeds[0])  # a missing or mismatched pretrained checkpoint fails here, named
+    if config.classifier_config.pretrained != "selfsup":
+        ctx.new_classifier(config.seeds[0])  # a missing or mismatched pretrained checkpoint fails here, named
     return ctx
 
 
@@ -213,7 +229,7 @@ class Models:
 class Mahapatra(Method):
     """Classifier (+ segmenter) of one seed; candidates from the pool or synthetic variants."""
 
-    provides = frozenset({"mc", "synthetic"})
+    provides = frozenset({"mc", "synthetic", "embeddings"})
 
     def __init__(self, ctx: Context, seed: int, strategy: QueryStrategy, sampler_for=None):
         self.ctx, self.seed, self.cfg = ctx, seed, ctx.config
@@ -304,12 +320,17 @@ class Mahapatra(Method):
         per_class = self.cfg.query_per_class
         return QuerySize(per_class * self.ctx.num_classes, self.budget - len(state.labeled), per_class)
 
+    @staticmethod
+    def _answered(state: RunState) -> dict[str, int]:
+        return {s: int(state.answers[s].label) if state.answers[s].label is not None else -1 for s in state.labeled}
+
     def candidates(self, strategy: QueryStrategy, state: RunState, model: Models, round_idx: int,
                    rng: np.random.Generator) -> Candidates:
         labeled = set(state.labeled)
         unlabeled = np.array([i for i, s in enumerate(self.pool.sample_ids) if s not in labeled], dtype=np.int64)
         if "synthetic" not in strategy.needs:
-            return Candidates(self.pool.subset(unlabeled), [self.pool.sample_ids[i] for i in unlabeled])
+            return Candidates(self.pool.subset(unlabeled), [self.pool.sample_ids[i] for i in unlabeled],
+                              labeled=self._answered(state))
         # variants of (a sample of) the unlabeled images, masks from the current segmenter
         sampler = self.sampler_for(self.seed)
         n_src = len(unlabeled) if strategy.candidates == 0 else min(strategy.candidates, len(unlabeled))
@@ -327,7 +348,7 @@ class Mahapatra(Method):
                                            meta={"source_sample": s.sample_id, "ops": v.ops}))
                 bar.update(task, advance=strategy.per_image)
         return Candidates(MedDataset.from_samples(variants, _info(self.ctx, "candidates")),
-                          [v.meta["source_sample"] for v in variants], join=True)
+                          [v.meta["source_sample"] for v in variants], join=True, labeled=self._answered(state))
 
     def inputs(self, needs: frozenset[str], model: Models, candidates: Candidates, round_idx: int) -> dict[str, np.ndarray]:
         columns: dict[str, np.ndarray] = {}
@@ -335,6 +356,11 @@ class Mahapatra(Method):
             columns.update(score_pool(model.classifier, candidates.dataset, n_mc_samples=self.cfg.n_mc_samples,
                                       seed=seed_for(self.seed, "round", round_idx, "mc"), device=self.device,
                                       progress=self.ctx.progress).columns)
+        if "embeddings" in needs:
+            labeled = [self.pos[s] for s in candidates.labeled]
+            columns["embeddings"] = features(model.classifier, candidates.dataset)
+            columns["labeled_embeddings"] = features(model.classifier, self.pool.subset(labeled))
+            columns["labeled_labels"] = np.array(list(candidates.labeled.values()), dtype=np.int64)
         columns["index"] = np.arange(len(candidates))
         return columns
 
@@ -487,6 +513,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, resume: bool = Fal
     out = Path(out)
     check_resume(out, config, resume)
     ctx = prepare(config, progress=progress, oracle_factory=oracle_factory)
+    ctx.workdir = out
     out.mkdir(parents=True, exist_ok=True)
     config.to_yaml(out / "config.yaml")
     write_run_record(out, config.seeds[0], {"experiment": config.to_dict()}, "medloop run")

@@ -54,6 +54,7 @@ class Candidates:
     dataset: MedDataset
     sources: list[str]
     join: bool = False
+    labeled: dict[str, int] = dataclasses.field(default_factory=dict)  # pool id -> answered label, labeled so far
 
     def __len__(self) -> int:
         return len(self.sources)

@@ -1,4 +1,5 @@
-"""Load torchvision-format ImageNet checkpoints (resnet18, vgg16 / vgg16_bn) from a local file.
+"""Load pretrained trunks from a local file: torchvision ImageNet checkpoints (resnet18, vgg16 / vgg16_bn), or
+medloop's self-supervised checkpoints (``medloop pretrain``, ``medloop.training.selfsup``).
 
 Nothing is downloaded: the user gives the path to a ``.pth`` state dict as torchvision saves it. The
 first convolution is adapted to the model's input channels (summed over RGB for one channel, which keeps
@@ -16,6 +17,8 @@ from torch import nn
 
 from medloop.errors import ConfigError, DataError
 from medloop.models.classifiers import ResNet18Classifier, VGG16Classifier
+
+SELFSUP_FORMAT = "medloop-selfsup-1"  # medloop.training.selfsup.CHECKPOINT_FORMAT
 
 __all__ = ["load_pretrained", "PretrainedReport", "adapt_first_conv"]
 
@@ -39,13 +42,17 @@ def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> tuple[torch.Tens
         f"averaged over {have} channels and replicated to {in_channels}")
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
+def _load(path: Path):
     if not path.is_file():
-        raise DataError("pretrained checkpoint not found; give the path of a local torchvision .pth file", path, "missing")
+        raise DataError("pretrained checkpoint not found; give the path of a local torchvision .pth file or of a "
+                        "'medloop pretrain' checkpoint", path, "missing")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DataError(f"cannot read as a PyTorch checkpoint ({type(exc).__name__}: {exc})", path, "corrupt") from None
+
+
+def _read_state(path: Path, state) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -69,7 +76,10 @@ def _copy(target: nn.Module, mapped: dict[str, torch.Tensor], path: Path, hint: 
 def load_pretrained(model: nn.Module, path: str | Path) -> PretrainedReport:
     """Load ImageNet weights into ``model``'s trunk (in place). Raises with the key at fault on mismatch."""
     path = Path(path)
-    state = _read_state(path)
+    raw = _load(path)
+    if isinstance(raw, dict) and raw.get("format") == SELFSUP_FORMAT:
+        return _load_selfsup(model, raw, path)
+    state = _read_state(path, raw)
     if isinstance(model, ResNet18Classifier):
         trunk = model.backbone
         mapped = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -94,3 +104,25 @@ def load_pretrained(model: nn.Module, path: str | Path) -> PretrainedReport:
         raise ConfigError(f"{path}: no first convolution found; is this a torchvision checkpoint of the right network?")
     loaded = _copy(trunk, mapped, path, hint)
     return PretrainedReport(str(path), loaded, skipped, how)
+
+
+def _load_selfsup(model: nn.Module, raw: dict, path: Path) -> PretrainedReport:
+    """A ``medloop pretrain`` checkpoint: the whole trunk of the same network (head excluded)."""
+    trunk = raw.get("trunk")
+    if not isinstance(trunk, dict):
+        raise DataError("a medloop self-supervised checkpoint without trunk weights; rerun 'medloop pretrain'", path, "format")
+    meta = raw.get("meta") or {}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    hint = (f"it was pretrained for {meta.get('model', '?')} with {meta.get('model_params', {})} and "
+            f"{meta.get('in_channels', '?')} input channel(s); use the same classifier.model and model_params")
+    missing = sorted(set(own) - set(trunk))
+    if missing:
+        raise ConfigError(f"{path}: checkpoint lacks {len(missing)} weights the model needs (first: {missing[0]}); {hint}")
+    for key, value in trunk.items():
+        if key not in own:
+            raise ConfigError(f"{path}: checkpoint has '{key}', which the model lacks; {hint}")
+        if own[key].shape != value.shape:
+            raise ConfigError(f"{path}: '{key}' has shape {tuple(value.shape)} but the model expects "
+                              f"{tuple(own[key].shape)}; {hint}")
+    model.load_state_dict(trunk, strict=False)
+    return PretrainedReport(str(path), len(trunk), [], "self-supervised (same network)")

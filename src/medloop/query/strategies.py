@@ -5,6 +5,8 @@ A strategy declares the inputs it needs in ``needs`` and the loop computes only 
 - ``mc``: MC-dropout uncertainty of the current model per candidate (``entropy``, ``margin``, ``bald``,
   ``combined``, ...; for a classifier also ``pred``, the predicted class) (``medloop.uncertainty``);
 - ``discriminator``: the pix2pix discriminator's implausibility per slice (Ravanbakhsh et al.);
+- ``embeddings``: trunk features of the candidates and of the labeled set, with the labeled answers
+  (``medloop.query.diversity``: typicality, coverage, k-center and BADGE strategies);
 - ``synthetic``: the candidates are synthetic variants of unlabeled images rendered by the mask-conditioned
   cGAN (Mahapatra et al. 2018), ``per_image`` variants of each of ``candidates`` images.
 
@@ -28,7 +30,7 @@ __all__ = ["STRATEGIES", "INPUTS", "QueryStrategy", "build_strategy", "select_to
 
 STRATEGIES: Registry[type["QueryStrategy"]] = Registry("strategy")
 
-INPUTS = ("mc", "discriminator", "synthetic")
+INPUTS = ("mc", "discriminator", "synthetic", "embeddings")
 
 
 def select_top(scores: np.ndarray, k: int, groups: np.ndarray | None = None, per_group: int | None = None) -> np.ndarray:
