@@ -5,13 +5,25 @@ default the class-balanced Kendall-Gal uncertainty of real images; ``generative`
 candidates) and ``random``, on ``--seeds`` seeds, and the fully supervised baseline (FSL) per seed on the same
 test split. Final line JSON:
 
-    {"fsl_auc", "al_auc_at": {"0.10": ..}, "random_auc_at": {..}, "fraction_to_98pct_fsl_al",
-     "fraction_to_98pct_fsl_random", "curve_area_al", "curve_area_random", "minutes", ...}
+    {"fsl_auc", "fsl_auc_ci", "al_auc_at": {"0.10": ..}, "random_auc_at": {..}, "fraction_to_98pct_fsl_al",
+     "fraction_to_98pct_fsl_random", "reached_98pct_fsl_al", "curve_area_al", "curve_area_random",
+     "curve_area_diff", "curve_area_diff_ci", "verdict", "verdict_reason", "minutes", ...}
 
 ``*_auc_at`` are mean test AUCs over seeds at the first round reaching each labeled fraction;
-``fraction_to_98pct_fsl_*`` the mean (over seeds) labeled fraction at which the test AUC first reaches 98% of
-that seed's FSL AUC (null if a seed never does; ``reached`` counts them); ``curve_area_*`` the area under the
+``fraction_to_98pct_fsl_*`` the mean (over the seeds that reach it) labeled fraction at which the test AUC first
+reaches 98% of that seed's FSL AUC (null if no seed does), ``reached_98pct_fsl_*`` how many seeds do ("2/3"),
+``fraction_to_98pct_fsl_per_seed_*`` each seed's (null where never); ``curve_area_*`` the area under the
 mean AUC-vs-fraction curve over the common fraction range, divided by its width (a mean AUC).
+
+With uncertainty (medloop.metrics.bootstrap; 1000 replicates, seeds and test images resampled, 95% percentile
+intervals; null for runs without per-image test probabilities):
+``fsl_auc_ci`` the interval of ``fsl_auc`` (the mean FSL AUC over seeds; pooled: seeds and test images
+resampled), ``fsl_auc_ci_per_seed`` each seed's (test images resampled); ``curve_area_diff`` the mean over seeds
+of (AL curve area - random curve area), each seed's areas over the fraction range every track of every seed
+covers (equal to ``curve_area_al - curve_area_random`` when all seeds label the same fractions), and
+``curve_area_diff_ci`` its paired interval (one test-image resample for both tracks of a seed).
+``verdict``: "saving" only when ``fsl_auc_ci`` lies above 0.5 and ``curve_area_diff_ci`` above 0, else
+"no saving shown"; ``verdict_reason`` says why in words.
 
     python benchmarks/label_efficiency.py --data ../shared/data/cxr-tb-256 --out runs/label-efficiency-tb
 """
@@ -28,14 +40,12 @@ import yaml
 
 from medloop.config import apply_overrides, parse_overrides
 from medloop.loop import ExperimentConfig, run_experiment
-from medloop.report.experiment import curve
+from medloop.metrics.bootstrap import area_weights
+from medloop.report.experiment import curve, savings_summary
 
 
-def first_reaching(rounds: list[dict], target: float) -> float | None:
-    for r in rounds:
-        if r["test"].get("auc") is not None and r["test"]["auc"] >= target:
-            return r["fraction"]
-    return None
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 4)
 
 
 def main() -> None:
@@ -67,8 +77,13 @@ def main() -> None:
     results = run_experiment(cfg, args.out, resume=args.resume)
     fsl = {s: v["test"]["auc"] for s, v in results["baselines"]["fsl"].items()}
     fsl_auc = float(np.mean(list(fsl.values())))
+    summary = savings_summary(results)
     out: dict = {"data": args.data, "strategy": args.strategy, "seeds": args.seeds, "fsl_auc": round(fsl_auc, 4),
                  "fsl_auc_per_seed": {k: round(v, 4) for k, v in fsl.items()}}
+    ci = summary["fsl"]["ci"]
+    out["fsl_auc_ci"] = None if ci is None else [_round(v) for v in ci]
+    out["fsl_auc_ci_per_seed"] = {k: None if v["ci"] is None else [_round(c) for c in v["ci"]]
+                                  for k, v in summary["fsl"]["per_seed"].items()}
     grid = [float(f) for f in args.at.split(",")]
     areas = {}
     for label, key in (("al", "al"), ("random", "random")):
@@ -82,18 +97,21 @@ def main() -> None:
                     vals.append(hit[0]["test"]["auc"])
             at[f"{f:.2f}"] = round(float(np.mean(vals)), 4) if vals else None
         out[f"{key}_auc_at"] = at
-        reach = [first_reaching(rounds, 0.98 * fsl[s]) for s, rounds in by_seed.items()]
-        got = [r for r in reach if r is not None]
-        out[f"fraction_to_98pct_fsl_{key}"] = round(float(np.mean(got)), 4) if got else None
-        out[f"reached_98pct_fsl_{key}"] = f"{len(got)}/{len(reach)}"
+        reach = summary["to_fsl"][label]
+        out[f"fraction_to_98pct_fsl_{key}"] = _round(reach["mean"])
+        out[f"reached_98pct_fsl_{key}"] = reach["reached"]
+        out[f"fraction_to_98pct_fsl_per_seed_{key}"] = {s: _round(f) for s, f in reach["per_seed"].items()}
         x, m, _ = curve(by_seed)
         areas[key] = (x, m)
     lo = max(a[0].min() for a in areas.values())
     hi = min(a[0].max() for a in areas.values())
     for key, (x, m) in areas.items():
-        xs = np.linspace(lo, hi, 200)
-        out[f"curve_area_{key}"] = round(float(np.trapezoid(np.interp(xs, x, m), xs) / max(hi - lo, 1e-9)), 4)
+        out[f"curve_area_{key}"] = round(float(area_weights(x, lo, hi) @ m), 4)
     out["fraction_range"] = [round(float(lo), 4), round(float(hi), 4)]
+    diff = summary["strategies"]["al"]
+    out["curve_area_diff"] = _round(diff["diff"])
+    out["curve_area_diff_ci"] = None if diff["ci"] is None else [_round(v) for v in diff["ci"]]
+    out["verdict"], out["verdict_reason"] = diff["verdict"], diff["reason"]
     out["minutes"] = round((time.time() - started) / 60, 2)
     print(json.dumps(out))
 

@@ -59,6 +59,8 @@ def test_two_rounds_with_the_ground_truth_oracle(tmp_path):
     assert 0 < rounds[0]["cost"]["pixel_fraction"] < rounds[2]["cost"]["pixel_fraction"] <= 1
     assert rounds[0]["seg"] is not None and rounds[0]["stages"] == [0.1]  # 4 of 15 labeled: the 10% stage
     assert all(r["test"]["auc"] is None or 0 <= r["test"]["auc"] <= 1 for r in rounds)
+    n_test = int((ctx.test(0).labels >= 0).sum())
+    assert all(len(r["test_probs"]) == n_test for r in rounds)  # one per test image, for bootstrap intervals
     # the test split is never queried (class balance of selections is tested in tests/unit/query)
     test_ids = set(ctx.test(0).sample_ids)
     assert not test_ids & set(queried)
@@ -90,6 +92,7 @@ def test_resume_after_a_kill_reaches_the_same_results_and_never_asks_twice(tmp_p
     a, b = ref["tracks"]["class_balanced"]["0"], resumed["tracks"]["class_balanced"]["0"]
     assert strip(a) == strip(b)
     assert ref["baselines"] == resumed["baselines"]
+    assert len(ref["data"]["test_labels"]["0"]) == len(ref["baselines"]["fsl"]["0"]["test_probs"]) == len(a[0]["test_probs"])
 
 
 def test_a_different_config_in_the_same_folder_is_refused(tmp_path):

@@ -69,7 +69,8 @@ def summary_table(summary: DatasetSummary) -> Table:
 
 def experiment_summary(results: dict) -> Table:
     """Terminal summary of an experiment: per strategy, test AUC (mean over seeds) at the first round reaching
-    each recorded stage (with the fraction actually labeled) and at the last round; for collaborative
+    each recorded stage (with the fraction actually labeled) and at the last round, FSL's with its 95% interval,
+    and the savings verdict against random (the report's, with its curve-area interval); for collaborative
     segmentation, the mean Dice per budget."""
     if results.get("method") == "ravanbakhsh2018":
         from medloop.report.collaborative import dice_table
@@ -87,6 +88,9 @@ def experiment_summary(results: dict) -> Table:
 
     import numpy as np
 
+    from medloop.report.experiment import savings_summary
+
+    summary = savings_summary(results)
     stages = results["config"]["record_at"]
     table = Table(title=f"{escape(results['experiment'])}: test AUC (mean over seeds) @ labeled fraction")
     table.add_column("strategy")
@@ -103,14 +107,30 @@ def experiment_summary(results: dict) -> Table:
         table.add_column(f">= {f * 100:.0f}%", justify="right")
     table.add_column("last round", justify="right")
     table.add_column("FSL", justify="right")
+    ref = summary["reference"]
+    if ref is not None:
+        table.add_column(f"curve area - {ref} [95% CI]", justify="right")
     fsl = [v["test"].get("auc") for v in results["baselines"]["fsl"].values()]
     fsl = [v for v in fsl if v is not None]
+    ci = summary["fsl"]["ci"]
+    ci = ci if ci is not None and np.isfinite(ci).all() else None
     for label, by_seed in results["tracks"].items():
         cells = [f"{reached[(label, f)][0]:.3f} @{reached[(label, f)][1] * 100:.0f}%" if (label, f) in reached else "n/a"
                  for f in shown]
         last = [rounds[-1] for rounds in by_seed.values() if rounds and rounds[-1]["test"].get("auc") is not None]
         cells.append(f"{np.mean([r['test']['auc'] for r in last]):.3f} @{np.mean([r['fraction'] for r in last]) * 100:.0f}%"
                      if last else "n/a")
-        cells.append(f"{np.mean(fsl):.3f}" if fsl else "n/a")
+        cells.append((f"{np.mean(fsl):.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")) if fsl else "n/a")
+        st = summary["strategies"].get(label)
+        if label == ref:
+            cells.append("reference")
+        elif st is not None:
+            area = "n/a" if st["diff"] is None else f"{st['diff']:+.3f}"
+            have = st["ci"] is not None and np.isfinite(st["ci"]).all()
+            cells.append(area + (f" [{st['ci'][0]:+.3f}, {st['ci'][1]:+.3f}]" if have else " (no interval)"))
         table.add_row(escape(label), *cells)
+    notes = [f"{label}: {st['verdict']}: {st['reason']}" for label, st in summary["strategies"].items()]
+    if notes:
+        table.caption = escape("\n".join(notes))
+        table.caption_justify = "left"
     return table

@@ -1,5 +1,9 @@
 """Experiment report from ``results.json``: the paper's Table 1 layout, learning curves, savings, galleries.
 
+Savings are claimed only with their uncertainty (issue 17): per strategy, the paired bootstrap interval of its
+curve area minus random's (:func:`medloop.metrics.bootstrap.curve_area_diff_ci`), and the FSL AUC interval; a
+saving needs both above their null (0.5, 0). See :func:`savings_summary`.
+
 ``build_report(run_dir)`` writes ``report.md``, ``report.html``, ``curves.png``, ``gallery.png`` (most and
 least informative synthetic samples) and ``overlays.png`` (segmentations at several stages, the paper's
 Fig. 3). It reads only ``results.json`` and the arrays the tracks saved, so ``medloop report`` can rebuild it.
@@ -13,9 +17,18 @@ from typing import Any
 
 import numpy as np
 
+from medloop.metrics.bootstrap import (
+    UNAVAILABLE,
+    auc_ci,
+    curve_area,
+    curve_area_diff_ci,
+    fraction_range,
+    mean_auc_ci,
+    saving_verdict,
+)
 from medloop.storage import save_figure
 
-__all__ = ["build_report", "stage_table", "curve"]
+__all__ = ["build_report", "curve", "fraction_reaching", "savings_summary", "stage_table"]
 
 COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 
@@ -94,7 +107,80 @@ def curve(rounds_by_seed: dict[str, list[dict]], metric: str = "auc") -> tuple[n
     return np.array(xs), np.array(ms), np.array(ss)
 
 
-def _plot_curves(results: dict, path: Path) -> None:
+def fraction_reaching(rounds: list[dict], target: float) -> float | None:
+    """The labeled fraction of the first round whose test AUC reaches ``target`` (None if none does)."""
+    for r in rounds:
+        if r["test"].get("auc") is not None and r["test"]["auc"] >= target:
+            return r["fraction"]
+    return None
+
+
+def _reference(results: dict) -> str | None:
+    """The label of the random-sampling track, the reference every other strategy is compared with."""
+    for spec in results["config"]["strategies"]:
+        spec = {"name": spec} if isinstance(spec, str) else spec
+        if spec["name"] == "random" and spec.get("label", "random") in results["tracks"]:
+            return spec.get("label", "random")
+    return None
+
+
+def _area_diff(tracks: dict[str, list[dict]], reference: dict[str, list[dict]]) -> dict:
+    """The curve-area difference from the recorded AUCs alone (runs without ``test_probs``): no interval."""
+    pairs = [([r for r in tracks[s] if r["test"].get("auc") is not None],
+              [r for r in reference[s] if r["test"].get("auc") is not None]) for s in tracks if s in reference]
+    pairs = [p for p in pairs if p[0] and p[1]]
+    if not pairs:
+        return {"diff": None, "ci": None, "range": None, "n_seeds": 0}
+    lo, hi = fraction_range([t for p in pairs for t in p])
+    diff = float(np.mean([curve_area(a, lo, hi) - curve_area(b, lo, hi) for a, b in pairs]))
+    return {"diff": diff, "ci": None, "range": [float(lo), float(hi)], "n_seeds": len(pairs)}
+
+
+def savings_summary(results: dict, share: float = 0.98, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Annotation savings with their uncertainty, from ``results.json``.
+
+    Returns:
+        ``fsl``: mean test AUC of the fully supervised baselines over seeds, ``ci`` its two-level bootstrap
+        95% interval (seeds and test images resampled), ``per_seed`` each seed's AUC and interval (test
+        images resampled); intervals are None for runs without per-image test probabilities.
+        ``to_fsl``: per track, the labeled fraction at which the test AUC first reaches ``share`` x that seed's
+        FSL AUC (``per_seed``, None where never), ``mean`` over the seeds that reached it, ``reached`` "k/n".
+        ``reference``: the random track's label (None without one). ``strategies``: per other track, ``diff``
+        (mean over seeds of its curve area minus random's; curve area = mean test AUC over the labeled fractions
+        every track covers), ``ci`` (paired two-level bootstrap 95% interval), ``range``, ``n_seeds``, and
+        ``verdict`` ("saving" or "no saving shown") with its ``reason``.
+    """
+    base = results["baselines"]["fsl"]
+    labels = results["data"].get("test_labels")
+    fsl_auc = {s: v["test"].get("auc") for s, v in base.items()}
+    have_probs = labels is not None and all(v.get("test_probs") is not None and s in labels for s, v in base.items())
+    fsl: dict[str, Any] = {"auc": _mean(list(fsl_auc.values())), "ci": None,
+                           "per_seed": {s: {"auc": a, "ci": None} for s, a in fsl_auc.items()}}
+    if have_probs:
+        pooled = mean_auc_ci({s: v["test_probs"] for s, v in base.items()}, labels, n_boot, seed)
+        fsl["ci"] = pooled["ci"]
+        for s, v in base.items():
+            fsl["per_seed"][s]["ci"] = list(auc_ci(v["test_probs"], labels[s], n_boot, seed))
+    to_fsl = {}
+    for label, by_seed in results["tracks"].items():
+        per_seed = {s: fraction_reaching(rounds, share * fsl_auc[s]) if fsl_auc.get(s) is not None else None
+                    for s, rounds in by_seed.items()}
+        got = [f for f in per_seed.values() if f is not None]
+        to_fsl[label] = {"per_seed": per_seed, "mean": float(np.mean(got)) if got else None,
+                         "reached": f"{len(got)}/{len(per_seed)}"}
+    reference = _reference(results)
+    strategies = {}
+    for label, by_seed in results["tracks"].items():
+        if reference is None or label == reference:
+            continue
+        diff = curve_area_diff_ci(by_seed, results["tracks"][reference], labels, n_boot, seed) if labels else None
+        verdict, reason = saving_verdict(fsl["ci"], diff["ci"] if diff else None)
+        strategies[label] = {**(diff or _area_diff(by_seed, results["tracks"][reference])), "verdict": verdict,
+                             "reason": reason}
+    return {"share": share, "fsl": fsl, "to_fsl": to_fsl, "reference": reference, "strategies": strategies}
+
+
+def _plot_curves(results: dict, path: Path, fsl_ci: list[float] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,14 +190,20 @@ def _plot_curves(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2 if has_seg else 1, figsize=(11 if has_seg else 6, 4), squeeze=False)
     ax = axes[0, 0]
     for k, (label, by_seed) in enumerate(results["tracks"].items()):
+        color = COLORS[k % len(COLORS)]
         x, m, s = curve(by_seed)
-        ax.plot(x * 100, m, "-o", ms=3, color=COLORS[k % len(COLORS)], label=f"{label} (n={len(by_seed)} seeds)")
-        ax.fill_between(x * 100, m - s, m + s, color=COLORS[k % len(COLORS)], alpha=0.15)
+        ax.plot(x * 100, m, "-o", ms=3, color=color, label=f"{label} (n={len(by_seed)} seeds)")
+        ax.fill_between(x * 100, m - s, m + s, color=color, alpha=0.15)
+        for rounds in by_seed.values():  # each seed, thin: the spread the mean hides
+            pts = [(r["fraction"] * 100, r["test"]["auc"]) for r in rounds if r["test"].get("auc") is not None]
+            if pts:
+                ax.plot(*zip(*pts), "-", lw=0.6, alpha=0.45, color=color)
     fsl = _mean([v["test"].get("auc") for v in results["baselines"]["fsl"].values()])
     if fsl is not None:
         ax.axhline(fsl, color="black", ls="--", lw=1, label="FSL (100% labeled)")
-        tol = results["config"]["savings_tolerance"]
-        ax.axhspan(fsl - tol, fsl, color="gray", alpha=0.1)
+        if fsl_ci is not None and all(np.isfinite(fsl_ci)):
+            ax.axhspan(fsl_ci[0], fsl_ci[1], color="gray", alpha=0.12, label="FSL 95% interval")
+    ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance")
     rs = results["baselines"].get("random_subset")
     if rs:
         vals = [v["test"].get("auc") for v in rs if v["test"].get("auc") is not None]
@@ -120,7 +212,7 @@ def _plot_curves(results: dict, path: Path) -> None:
                         label=f"FSL random {rs[0]['fraction'] * 100:.0f}% ({len(vals)} draws)")
     ax.set_xlabel("% of training pool labeled")
     ax.set_ylabel("test ROC AUC")
-    ax.set_title("classification: mean ± std over seeds", fontsize=10)
+    ax.set_title("classification: mean ± std over seeds (thin: each seed)", fontsize=10)
     ax.legend(fontsize=7)
     if has_seg:
         ax = axes[0, 1]
@@ -203,6 +295,57 @@ def _plot_overlays(run_dir: Path, track: str, path: Path) -> bool:
     return True
 
 
+def _ci(ci: list[float] | None, signed: bool = False) -> str:
+    if ci is None or not all(np.isfinite(ci)):
+        return "no interval"
+    fmt = "+.3f" if signed else ".3f"
+    return f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
+def _savings_lines(summary: dict) -> list[str]:
+    """The report's savings section: intervals first, a saving claimed only when they allow it."""
+    fsl, share, ref = summary["fsl"], summary["share"], summary["reference"]
+    pct = f"{share * 100:.0f}%"
+    lines = ["## Annotation savings", ""]
+    n = len(fsl["per_seed"])
+    if fsl["ci"] is None:
+        lines += [f"FSL test AUC {_fmt(fsl['auc'])} (mean over {n} seeds; {UNAVAILABLE}).", ""]
+    else:
+        per_seed = "; ".join(f"{s}: {_fmt(v['auc'])} {_ci(v['ci'])}" for s, v in fsl["per_seed"].items())
+        lines += [(f"FSL test AUC {_fmt(fsl['auc'])} (mean over {n} seeds), 95% interval {_ci(fsl['ci'])} with "
+                   f"seeds and test images resampled; per seed, test images resampled: {per_seed}."), ""]
+    lines += [("A strategy saves annotation only if the fully supervised classifier (FSL) is above chance (its AUC "
+               "interval lies above 0.5) and the strategy's learning curve lies above random sampling's beyond noise: "
+               "the curve area is the mean test AUC over the labeled fractions every track covers, and the 95% "
+               "interval of (strategy − random) comes from a paired bootstrap over seeds and test images (the same "
+               f"image resample for both tracks of a seed). The labeled fraction to reach {pct} of FSL's AUC is "
+               "shown with how many seeds reached it."), ""]
+    if fsl["ci"] is not None and np.isfinite(fsl["ci"]).all() and fsl["ci"][0] <= 0.5:
+        lines += [f"FSL is not above chance here: reaching {pct} of its AUC says nothing about labels saved.", ""]
+    lines += [(f"| strategy | curve area − {ref or 'random'} [95% interval] | % labeled to {pct} FSL: mean "
+               "(seeds reached) | per seed | verdict |"), "|---|---|---|---|---|"]
+    for label, reach in summary["to_fsl"].items():
+        seeds = ", ".join(f"{s}: {'—' if f is None else f'{f * 100:.0f}%'}" for s, f in reach["per_seed"].items())
+        mean = "not reached" if reach["mean"] is None else f"{reach['mean'] * 100:.1f}%"
+        st = summary["strategies"].get(label)
+        if st is None:
+            area, verdict = ("reference" if label == ref else "no random track to compare with"), ""
+        elif st["ci"] is None:
+            diff = "n/a" if st["diff"] is None else f"{st['diff']:+.3f}"
+            area, verdict = f"{diff} ({UNAVAILABLE})", st["verdict"]
+        else:
+            area, verdict = f"{st['diff']:+.3f} {_ci(st['ci'], signed=True)}", st["verdict"]
+        lines.append(f"| {label} | {area} | {mean} ({reach['reached']}) | {seeds} | {verdict} |")
+    lines.append("")
+    for label, st in summary["strategies"].items():
+        claim = "saving" if st["verdict"] == "saving" else "no saving claimed"
+        lines.append(f"- **{label}**: {claim}: {st['reason']}.")
+    if ref is None:
+        lines.append("- No saving claimed: the experiment has no random-sampling track to compare with.")
+    lines.append("")
+    return lines
+
+
 def build_report(run_dir: str | Path) -> Path:
     """Write report.md / report.html and figures next to ``results.json``; returns the report.md path."""
     run_dir = Path(run_dir)
@@ -225,20 +368,10 @@ def build_report(run_dir: str | Path) -> Path:
             digits = 1 if key.startswith("HD") else 3
             lines.append(f"| {key} | " + " | ".join(_fmt(v, digits) for v in vals) + " |")
         lines.append("")
-    _plot_curves(results, run_dir / "curves.png")
+    summary = savings_summary(results)
+    _plot_curves(results, run_dir / "curves.png", summary["fsl"]["ci"])
     lines += ["## Learning curves", "", "![curves](curves.png)", ""]
-    lines += ["## Annotation savings", "",
-              f"First round where the test AUC is within {results['config']['savings_tolerance']} of FSL's (per seed; "
-              "fractions of the training pool).", "", "| strategy | seed | round | % images | % annotated pixels | AUC |",
-              "|---|---|---|---|---|---|"]
-    for label, per_seed in results["savings"].items():
-        for seed, s in per_seed.items():
-            if s is None:
-                lines.append(f"| {label} | {seed} | not reached | | | |")
-            else:
-                lines.append(f"| {label} | {seed} | {s['round']} | {s['image_fraction'] * 100:.1f} | "
-                             f"{s['pixel_fraction'] * 100:.1f} | {s['auc']:.3f} |")
-    lines.append("")
+    lines += _savings_lines(summary)
     lines += ["## Rounds", "", "| strategy | seed | round | labeled | % | synthetic | test AUC | val AUC | stop |",
               "|---|---|---|---|---|---|---|---|---|"]
     for label, by_seed in results["tracks"].items():

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from medloop.errors import DataError
 from medloop.loop import savings
-from medloop.report.experiment import build_report, curve, stage_table
+from medloop.report.console import experiment_summary
+from medloop.report.experiment import build_report, curve, savings_summary, stage_table
 
 
 def rnd(i: int, frac: float, auc: float, stages=(), dice=None) -> dict:
@@ -61,10 +64,63 @@ def test_report_files_from_results_json(tmp_path):
     path = build_report(tmp_path)
     md = path.read_text()
     assert "| AUC | 0.650 | 0.825 | 0.900 |" in md
-    assert "not reached" in md and "| combined | 0 | 2 | 30.0 |" in md
+    # an old results.json (no per-image test probabilities): the point estimate, no interval, no claim
+    assert "| combined | +0.062 (interval unavailable: run predates per-image test probabilities) | 30.0% (2/2) |" in md
+    assert "- **combined**: no saving claimed: interval unavailable" in md
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     html = (tmp_path / "report.html").read_text()
     assert "<table>" in html and "curves.png" in html
+
+
+def with_probs(fsl_strength: float, al_step: float, random_step: float, n: int = 80) -> dict:
+    """``results()`` with per-image test probabilities: FSL separates the classes by ``fsl_strength`` (0: chance),
+    each AL / random round by ``step`` more than the last."""
+    labels = np.arange(n) % 2
+    res = results()
+
+    def scored(strength: float, seed: int) -> dict:
+        probs = np.round(strength * labels + np.random.default_rng(seed).random(n), 5)
+        return {"test_probs": probs.tolist(), "auc": float(roc_auc_score(labels, probs))}
+
+    for k, (label, step) in enumerate((("combined", al_step), ("random", random_step))):
+        for seed in ("0", "1", "2"):
+            res["tracks"][label][seed] = []
+            for i in range(4):
+                s = scored(0.2 + step * i, 100 * k + 10 * int(seed) + i)
+                res["tracks"][label][seed].append({**rnd(i, 0.1 * (i + 1), s["auc"]), "test_probs": s["test_probs"]})
+    fsl = {seed: scored(fsl_strength, 1000 + int(seed)) for seed in ("0", "1", "2")}
+    res["baselines"]["fsl"] = {seed: {"test": {"auc": v["auc"]}, "test_probs": v["test_probs"]} for seed, v in fsl.items()}
+    res["config"]["seeds"] = [0, 1, 2]
+    res["data"]["test_labels"] = {seed: labels.tolist() for seed in ("0", "1", "2")}
+    return res
+
+
+def test_report_claims_no_saving_when_fsl_is_at_chance(tmp_path):
+    res = with_probs(fsl_strength=0.0, al_step=0.5, random_step=0.0)  # AL far above random, FSL a coin flip
+    summary = savings_summary(res, n_boot=300)
+    assert summary["fsl"]["ci"][0] < 0.5 and summary["strategies"]["combined"]["ci"][0] > 0
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    md = build_report(tmp_path).read_text()
+    assert "no saving claimed: the fully supervised classifier is not above chance" in md
+    assert "- **combined**: saving" not in md
+
+
+def test_report_claims_a_saving_only_when_fsl_is_above_chance_and_the_difference_above_zero(tmp_path):
+    good = savings_summary(with_probs(fsl_strength=1.0, al_step=0.5, random_step=0.0), n_boot=300)
+    assert good["fsl"]["ci"][0] > 0.5 and good["strategies"]["combined"]["verdict"] == "saving"
+    assert good["to_fsl"]["combined"]["reached"] == "3/3" and good["to_fsl"]["random"]["reached"] == "0/3"
+    noise = savings_summary(with_probs(fsl_strength=1.0, al_step=0.01, random_step=0.0), n_boot=300)
+    combined = noise["strategies"]["combined"]
+    assert combined["verdict"] == "no saving shown" and "within noise" in combined["reason"]
+    assert combined["ci"][0] < 0 < combined["ci"][1]
+    (tmp_path / "results.json").write_text(json.dumps(with_probs(fsl_strength=1.0, al_step=0.5, random_step=0.0)))
+    md = build_report(tmp_path).read_text()
+    assert "- **combined**: saving: FSL is above chance" in md and "| random | reference |" in md
+
+
+def test_terminal_summary_gives_the_verdict_and_its_reason():
+    table = experiment_summary(with_probs(fsl_strength=0.0, al_step=0.5, random_step=0.0))
+    assert "combined: no saving shown: the fully supervised classifier is not above chance" in table.caption
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):

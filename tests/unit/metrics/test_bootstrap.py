@@ -1,0 +1,114 @@
+"""Bootstrap intervals on synthetic scores whose answer is obvious (clearly better curves, identical tracks)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from medloop.metrics.bootstrap import (
+    UNAVAILABLE,
+    area_weights,
+    auc_ci,
+    curve_area,
+    curve_area_diff_ci,
+    mean_auc_ci,
+    rank_auc,
+    saving_verdict,
+    stored_probs,
+)
+
+
+def scored(n: int, strength: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` balanced labels and scores that separate them more as ``strength`` grows (ties included)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    return np.round(strength * labels + rng.random(n), 2), labels
+
+
+def track(labels: np.ndarray, strengths: list[float], seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    rounds = []
+    for i, s in enumerate(strengths):
+        probs = np.round(s * labels + rng.random(len(labels)), 5)
+        rounds.append({"round": i, "fraction": 0.1 + 0.05 * i, "test_probs": probs.tolist(),
+                       "test": {"auc": float(roc_auc_score(labels, probs))}})
+    return rounds
+
+
+def test_rank_auc_equals_sklearn_with_ties_and_several_classes():
+    scores, labels = scored(60, 0.3, 0)
+    assert rank_auc(scores[None], labels[None])[0] == pytest.approx(roc_auc_score(labels, scores))
+    rng = np.random.default_rng(1)
+    y3, p3 = np.arange(30) % 3, rng.dirichlet([1, 1, 1], 30)
+    assert rank_auc(p3[None], y3[None])[0] == pytest.approx(roc_auc_score(y3, p3, multi_class="ovr"))
+    assert math.isnan(rank_auc(scores[None, :1], labels[None, :1])[0])  # one class: no AUC
+
+
+def test_stored_probs_keep_the_positive_class_or_every_class():
+    assert stored_probs(np.array([[0.25, 0.75], [0.9, 0.1]])) == [0.75, 0.1]
+    assert np.array(stored_probs(np.full((2, 3), 1 / 3))).shape == (2, 3)
+
+
+def test_auc_interval_contains_the_estimate_and_narrows_with_more_images():
+    widths = []
+    for n in (40, 400):
+        scores, labels = scored(n, 0.5, n)
+        low, high = auc_ci(scores, labels, n_boot=500, seed=0)
+        assert low < roc_auc_score(labels, scores) < high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2  # ~ 1/sqrt(n)
+    assert auc_ci(*scored(40, 0.5, 40), n_boot=500, seed=0) == auc_ci(*scored(40, 0.5, 40), n_boot=500, seed=0)
+
+
+def test_curve_area_is_the_mean_auc_over_the_range():
+    rounds = [{"fraction": 0.1, "test": {"auc": 0.6}}, {"fraction": 0.3, "test": {"auc": 0.8}},
+              {"fraction": 0.5, "test": {"auc": None}}]
+    assert curve_area(rounds, 0.1, 0.3) == pytest.approx(0.7)
+    assert curve_area(rounds, 0.2, 0.3) == pytest.approx(0.75)
+    assert area_weights([0.1, 0.3], 0.2, 0.2) @ [0.6, 0.8] == pytest.approx(0.7)  # zero width: the value
+
+
+def test_clearly_better_curve_has_an_interval_above_zero_and_identical_tracks_contain_zero():
+    labels = np.arange(160) % 2
+    al = {str(s): track(labels, [0.2 + 0.1 * i for i in range(10)], s) for s in range(3)}
+    rnd = {str(s): track(labels, [0.2 + 0.02 * i for i in range(10)], 10 + s) for s in range(3)}
+    test_labels = {s: labels.tolist() for s in al}
+    started = time.perf_counter()
+    better = curve_area_diff_ci(al, rnd, test_labels, n_boot=1000, seed=0)
+    assert time.perf_counter() - started < 10  # 1000 x 3 seeds x 2 tracks x 10 rounds x 160 images
+    assert better["ci"][0] > 0 and better["ci"][0] < better["diff"] < better["ci"][1]
+    assert better["n_seeds"] == 3 and better["range"] == pytest.approx([0.1, 0.55])
+    same = curve_area_diff_ci(al, al, test_labels, n_boot=200, seed=0)
+    assert same["diff"] == 0 and same["ci"][0] <= 0 <= same["ci"][1]
+    worse = curve_area_diff_ci(rnd, al, test_labels, n_boot=200, seed=0)
+    assert worse["ci"][1] < 0
+
+
+def test_runs_without_test_probs_have_no_interval():
+    labels = np.arange(20) % 2
+    old = {"0": [{k: v for k, v in r.items() if k != "test_probs"} for r in track(labels, [0.5, 0.6], 0)]}
+    assert curve_area_diff_ci(old, old, {"0": labels.tolist()}) is None
+
+
+def test_mean_auc_over_seeds_at_chance_includes_one_half():
+    labels = np.arange(80) % 2
+    chance = {str(s): np.random.default_rng(s).random(80).tolist() for s in range(3)}
+    out = mean_auc_ci(chance, {s: labels for s in chance}, n_boot=300, seed=0)
+    assert out["ci"][0] < 0.5 < out["ci"][1] and out["n_seeds"] == 3
+
+
+@pytest.mark.parametrize("fsl_ci, diff_ci, verdict, why", [
+    ([0.80, 0.90], [0.01, 0.05], "saving", "above chance"),
+    ([0.36, 0.55], [0.01, 0.05], "no saving shown", "not above chance"),
+    ([0.80, 0.90], [-0.02, 0.05], "no saving shown", "within noise"),
+    ([0.80, 0.90], [-0.05, -0.01], "no saving shown", "worse than random"),
+    ([math.nan, math.nan], [0.01, 0.05], "no saving shown", "FSL AUC has no interval"),
+    (None, None, "no saving shown", UNAVAILABLE),
+])
+def test_a_saving_needs_fsl_above_chance_and_the_difference_above_zero(fsl_ci, diff_ci, verdict, why):
+    got, reason = saving_verdict(fsl_ci, diff_ci)
+    assert got == verdict and why in reason
