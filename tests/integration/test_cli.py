@@ -200,3 +200,25 @@ def test_generate_with_wrong_size_checkpoint_is_a_clear_error(folder_tree, tmp_p
     assert result.returncode == 2, result.stderr
     assert "trained at 64 px" in result.stderr and "Traceback" not in result.stderr
 
+
+
+def test_pretrain_then_train_from_its_checkpoint(tmp_path):
+    out = tmp_path / "ss"
+    result = runner.invoke(app, ["pretrain", "--data", "builtin:chest-xray", "-o", "n_normal=10", "-o", "n_nodule=10",
+                                 "--size", "32", "--width", "4", "--epochs", "2", "--batch-size", "8", "--out", str(out)],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "linear probe (test ROC AUC): pretrained" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and metrics["linear_probe"]["random_init"]["n_test"] > 0
+    assert (out / "loss.png").is_file() and json.loads((out / "run.json").read_text())["seed"] == 0
+    trained = tmp_path / "cls"
+    args = ["train", "--data", "builtin:chest-xray", "-o", "n_normal=6", "-o", "n_nodule=6", "--size", "32",
+            "--epochs", "1", "--out", str(trained)]
+    result = runner.invoke(app, [*args, "--width", "4", "--pretrained", str(out / "selfsup.pt")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert f"Pretrained: {out / 'selfsup.pt'}" in (trained / "report.md").read_text()
+    result = runner.invoke(app, [*args, "--width", "8", "--pretrained", str(out / "selfsup.pt")], terminal_width=200)
+    assert result.exit_code != 0 and "width" in str(result.exception)  # another network: refused, naming the mismatch
+    result = runner.invoke(app, [*args, "--width", "4", "--pretrained", "selfsup"], terminal_width=200)
+    assert result.exit_code != 0 and "medloop pretrain" in str(result.exception)

@@ -248,3 +248,32 @@ def test_pretrained_classifier_is_loaded_in_the_loop_and_the_baselines(tmp_path)
     saved = torch.load(tmp_path / "t" / "models" / f"round_{rounds[-1]['round']:03d}.pt", weights_only=True)
     # only the head was fine-tuned: the round's trunk is the pretrained one, not a random initialisation
     assert torch.equal(saved["classifier"]["backbone.layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
+
+
+def test_selfsup_pretraining_runs_once_per_seed_and_initialises_every_classifier(tmp_path, monkeypatch):
+    """classifier.pretrained: selfsup pretrains on the seed's pool (cached), and diversity strategies run on the
+    embeddings input."""
+    import torch
+
+    monkeypatch.setenv("MEDLOOP_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = tiny(classifier={**TINY["classifier"], "pretrained": "selfsup", "fine_tune": "head"},
+               selfsup={"epochs": 1, "batch_size": 8}, segmenter=None, max_rounds=1, retrain="restart",
+               strategies=[{"name": "typiclust"}, {"name": "badge"}])
+    ctx = prepare(cfg, progress=False)
+    ctx.workdir = tmp_path / "run"
+    path = ctx.pretrained_path(0)
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["meta"]["pool_ids"] == list(ctx.pool(0).sample_ids)  # the seed's pool, nothing else
+    mtime = (tmp_path / "cache").rglob("*.pt").__next__().stat().st_mtime
+    rounds = run_mahapatra_track(ctx, 0, cfg.strategy_specs[0], tmp_path / "t")
+    assert len(rounds[0]["queried"]) == 4 and rounds[-1]["stop"] == "max_rounds"
+    saved = torch.load(tmp_path / "t" / "models" / f"round_{rounds[-1]['round']:03d}.pt", weights_only=True)
+    key = "backbone.layer4.1.conv2.weight"
+    assert torch.equal(saved["classifier"][key], ckpt["trunk"][key])  # head-only fine-tuning kept the trunk
+    ctx2 = prepare(cfg, progress=False)
+    assert ctx2.pretrained_path(0) == path and next((tmp_path / "cache").rglob("*.pt")).stat().st_mtime == mtime
+    assert run_mahapatra_track(ctx2, 0, cfg.strategy_specs[1], tmp_path / "b")[0]["queried"]
+    with pytest.raises(ConfigError, match="classifier.pretrained: selfsup"):
+        tiny(selfsup={"epochs": 1})
+    with pytest.raises(ConfigError, match="selfsup.seed"):
+        tiny(classifier={**TINY["classifier"], "pretrained": "selfsup"}, selfsup={"seed": 3})

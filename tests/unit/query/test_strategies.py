@@ -16,8 +16,17 @@ def columns(n: int = 10, hot: int = 7) -> dict[str, np.ndarray]:
         cols[m][hot] = 0.9
     cols["discriminator"] = cols["entropy"].copy()
     cols["pred"] = np.arange(n) % 2
+    cols["prob_1"] = np.linspace(0.2, 0.8, n)
+    cols["prob_0"] = 1 - cols["prob_1"]
     cols["index"] = np.arange(n)
+    rng = np.random.default_rng(n)
+    cols["embeddings"] = rng.normal(size=(n, 5))
+    cols["labeled_embeddings"] = rng.normal(size=(3, 5))
+    cols["labeled_labels"] = np.array([0, 1, 0])
     return cols
+
+
+EMBEDDING_KEYS = ("embeddings", "labeled_embeddings", "labeled_labels")
 
 
 @pytest.mark.parametrize("name", ["entropy", "margin", "bald", "combined", "class_balanced", "generative", "discriminator"])
@@ -91,9 +100,11 @@ def test_contract_declared_inputs_are_known_and_suffice(name):
     full = columns(30)
     given = {"index": full["index"]}
     if "mc" in strategy.needs:
-        given.update({k: v for k, v in full.items() if k not in ("discriminator", "index")})
+        given.update({k: v for k, v in full.items() if k not in ("discriminator", "index", *EMBEDDING_KEYS)})
     if "discriminator" in strategy.needs:
         given["discriminator"] = full["discriminator"]
+    if "embeddings" in strategy.needs:
+        given.update({k: full[k] for k in EMBEDDING_KEYS})
     chosen, _ = strategy.select(given, 6, np.random.default_rng(0), 3)
     assert len(set(chosen.tolist())) == 6
 

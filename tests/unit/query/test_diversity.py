@@ -1,0 +1,91 @@
+"""Strategies on embeddings (typiclust, probcover, coreset, badge): behaviour on data with an obvious answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medloop.errors import ConfigError
+from medloop.query import build_strategy
+
+DIVERSITY = ["typiclust", "probcover", "coreset", "badge"]
+
+
+def blobs(per_blob: int = 25, labeled_blob: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
+    """Three well separated clusters of candidates; the labeled images all lie in ``labeled_blob``."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(3) * 6.0
+    x = np.concatenate([c + rng.normal(size=(per_blob, 3)) for c in centres])
+    probs = rng.uniform(0.05, 0.95, len(x))
+    return {"index": np.arange(len(x)), "embeddings": x,
+            "labeled_embeddings": centres[labeled_blob] + rng.normal(size=(6, 3)),
+            "labeled_labels": np.zeros(6, dtype=np.int64), "prob_0": probs, "prob_1": 1 - probs}
+
+
+@pytest.mark.parametrize("name", ["typiclust", "probcover", "coreset"])
+def test_queries_go_to_the_clusters_the_labeled_set_does_not_cover(name):
+    cols = blobs()
+    chosen, scores = build_strategy(name).select(cols, 2, np.random.default_rng(0))
+    assert len(scores) == len(cols["index"])
+    blob = set((chosen // 25).tolist())
+    assert blob == {1, 2}, f"{name} chose from blobs {blob}"
+
+
+@pytest.mark.parametrize("name", DIVERSITY)
+def test_selection_is_distinct_seeded_and_spreads_over_clusters(name):
+    cols = blobs()
+    a, _ = build_strategy(name).select(cols, 6, np.random.default_rng(3))
+    b, _ = build_strategy(name).select(cols, 6, np.random.default_rng(3))
+    assert a.tolist() == b.tolist()
+    assert len(set(a.tolist())) == 6
+    assert len(set((a // 25).tolist())) >= 2  # not all queries from one cluster
+
+
+def test_typiclust_takes_the_most_typical_member_of_a_cluster():
+    rng = np.random.default_rng(1)
+    dense = rng.normal(scale=0.05, size=(20, 2))
+    outlier = np.array([[0.6, 0.6]])
+    x = np.concatenate([dense, outlier])
+    cols = {"index": np.arange(len(x)), "embeddings": np.concatenate([x, np.ones((len(x), 1))], 1),
+            "labeled_embeddings": np.zeros((0, 3)), "labeled_labels": np.zeros(0, np.int64)}
+    chosen, typicality = build_strategy("typiclust", {"neighbours": 5}).select(cols, 1, np.random.default_rng(0))
+    assert chosen[0] != 20 and typicality[20] < np.median(typicality[:20])
+
+
+def test_coreset_without_labeled_images_still_covers():
+    cols = blobs()
+    cols["labeled_embeddings"] = np.zeros((0, 3))
+    chosen, _ = build_strategy("coreset").select(cols, 3, np.random.default_rng(0))
+    assert set((chosen // 25).tolist()) == {0, 1, 2}
+
+
+def test_probcover_radius_grows_with_the_spread_of_a_cluster():
+    s = build_strategy("probcover")
+    tight = blobs()["embeddings"]
+    rng = np.random.default_rng(0)
+    from medloop.query.diversity import _normalise
+
+    r = s.auto_radius(_normalise(tight), 3, rng)
+    assert 0 < r < 1.0  # pure balls stay inside one of three orthogonal clusters (distance sqrt(2) apart)
+
+
+def test_badge_prefers_uncertain_candidates_first():
+    cols = blobs()
+    cols["prob_0"] = np.full(75, 0.99)
+    cols["prob_0"][40] = 0.5  # the one candidate the model is unsure about: the longest gradient embedding
+    cols["prob_1"] = 1 - cols["prob_0"]
+    chosen, norms = build_strategy("badge").select(cols, 3, np.random.default_rng(0))
+    assert chosen[0] == 40 and norms[40] == norms.max()
+
+
+def test_bad_parameters_and_missing_inputs_are_clear_errors():
+    with pytest.raises(ConfigError, match="radius > 0"):
+        build_strategy("probcover", {"radius": -1})
+    with pytest.raises(ConfigError, match="neighbours >= 1"):
+        build_strategy("typiclust", {"neighbours": 0})
+    with pytest.raises(ConfigError, match="embeddings"):
+        build_strategy("coreset").select({"index": np.arange(4)}, 2, np.random.default_rng(0))
+    cols = blobs()
+    del cols["prob_0"], cols["prob_1"]
+    with pytest.raises(ConfigError, match="class probabilities"):
+        build_strategy("badge").select(cols, 2, np.random.default_rng(0))
