@@ -52,7 +52,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="builtin:chest-xray")
     ap.add_argument("--config", default=str(Path(__file__).parents[1] / "experiments" / "mahapatra2018.yaml"))
-    ap.add_argument("--strategy", default="class_balanced")
+    ap.add_argument("--strategy", default="class_balanced",
+                    help="the AL strategy (keys *_al); a comma list runs more in the same run, against the same "
+                         "random tracks and FSL (their numbers under 'compared')")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default="runs/label-efficiency")
     ap.add_argument("--resume", action="store_true")
@@ -63,11 +65,15 @@ def main() -> None:
     args = ap.parse_args()
     started = time.time()
     base = yaml.safe_load(Path(args.config).read_text())
+    names = [n.strip() for n in args.strategy.split(",") if n.strip()]
+    if "random" in names:
+        ap.error("--strategy lists the AL strategies; random runs in every benchmark as the baseline")
     overrides = {"data.source": args.data, "seeds": list(range(args.seeds)),
-                 "strategies": [{"name": args.strategy, "label": "al"}, {"name": "random"}],
+                 "strategies": [{"name": names[0], "label": "al"}, *({"name": n} for n in names[1:]),
+                                {"name": "random"}],
                  "segmenter": None, "fsl_folds": 0, "random_subset_draws": 0, "round_patience": 0,
                  **parse_overrides(args.set)}
-    if args.strategy == "generative":
+    if names == ["generative"]:
         overrides["segmenter"] = base.get("segmenter") or {}
         overrides["strategies"] = [{"name": "generative", "label": "al",
                                     "params": {"per_image": args.per_image, "candidates": args.candidates}},
@@ -112,6 +118,16 @@ def main() -> None:
     out["curve_area_diff"] = _round(diff["diff"])
     out["curve_area_diff_ci"] = None if diff["ci"] is None else [_round(v) for v in diff["ci"]]
     out["verdict"], out["verdict_reason"] = diff["verdict"], diff["reason"]
+    out["compared"] = {}
+    for name in names[1:]:
+        other = summary["strategies"][name]
+        x, m, _ = curve(results["tracks"][name])
+        reach = summary["to_fsl"][name]
+        out["compared"][name] = {
+            "curve_area": round(float(area_weights(x, lo, hi) @ m), 4), "curve_area_diff": _round(other["diff"]),
+            "curve_area_diff_ci": None if other["ci"] is None else [_round(v) for v in other["ci"]],
+            "fraction_to_98pct_fsl": _round(reach["mean"]), "reached_98pct_fsl": reach["reached"],
+            "verdict": other["verdict"]}
     out["minutes"] = round((time.time() - started) / 60, 2)
     print(json.dumps(out))
 
