@@ -83,6 +83,45 @@ def test_bad_parameters_name_the_parameter():
         build_model("unet", channels=(4, 8, 16))(torch.zeros(1, 1, 18, 18))
 
 
+POOL_CASES = [  # (model, params, global_pool, features per image)
+    ("resnet18", {"width": 8}, "avg", 64),
+    ("resnet18", {"width": 8}, "max", 64),
+    ("resnet18", {"width": 8}, "avgmax", 128),
+    ("vgg16", {"width": 4}, "avg", 32),
+    ("vgg16", {"width": 4}, "max", 32),
+    ("vgg16", {"width": 4}, "avgmax", 64),
+]
+
+
+@pytest.mark.parametrize("name, params, global_pool, features", POOL_CASES)
+def test_global_pool_sets_the_feature_vector(name, params, global_pool, features):
+    model = build_model(name, global_pool=global_pool, **params).eval()
+    x = torch.randn(2, 1, 32, 32)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, features) and model.num_features == features
+    assert model(x)[0].shape == (2, 2)
+
+
+def test_max_pool_keeps_a_response_that_average_pooling_dilutes():
+    # one bright pixel: its trace in the last feature map is local, so max pooling keeps more of it
+    torch.manual_seed(0)
+    avg = build_model("vgg16", width=4, global_pool="avg").eval()
+    mx = build_model("vgg16", width=4, global_pool="max").eval()
+    mx.load_state_dict(avg.state_dict())
+    x = torch.zeros(1, 1, 64, 64)
+    spot = x.clone()
+    spot[0, 0, 40, 20] = 10.0
+    change = {name: (m.forward_features(spot) - m.forward_features(x)).abs().sum() for name, m in (("avg", avg), ("max", mx))}
+    assert change["max"] > change["avg"]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg16"])
+def test_bad_global_pool_is_refused_by_name(name):
+    with pytest.raises(ConfigError, match=r"The 'global_pool' parameter of \w+Classifier must be one of avg, max, "
+                                          r"avgmax; got 'mean' instead"):
+        build_model(name, width=4, global_pool="mean")
+
+
 def test_dropout_rate_is_configurable_and_zero_makes_mc_deterministic():
     model = build_model("resnet18", width=8, dropout=0.0)
     x = torch.randn(2, 1, 32, 32)

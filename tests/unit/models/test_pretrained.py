@@ -64,6 +64,15 @@ def test_resnet18_checkpoint_loads_with_first_conv_summed_to_one_channel(tmp_pat
     assert torch.allclose(model.backbone.conv1(x), ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("global_pool", ["max", "avgmax"])
+def test_resnet18_checkpoint_loads_whatever_the_global_pool(tmp_path, global_pool):
+    # the pooling sits inside MONAI's backbone (its ``avgpool``): it must add no weights the checkpoint lacks
+    torch.save(torchvision_resnet18_state(), tmp_path / "r.pth")
+    model = build_model("resnet18", global_pool=global_pool)
+    assert load_pretrained(model, tmp_path / "r.pth").loaded == len(torchvision_resnet18_state()) - 2
+    assert model.forward_features(torch.randn(2, 1, 32, 32)).shape == (2, model.num_features)
+
+
 def test_vgg16_checkpoint_loads_into_features(tmp_path):
     state = torchvision_vgg16_state()
     torch.save({"state_dict": state}, tmp_path / "vgg16.pth")  # wrapped checkpoints work too
