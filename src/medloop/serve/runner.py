@@ -70,6 +70,7 @@ def _mahapatra_plan(config: ExperimentConfig, out: Path, progress: bool) -> Plan
     from medloop.loop.mahapatra import Mahapatra, prepare, sampler_factory
 
     ctx = prepare(config, progress=progress)
+    ctx.workdir = out  # where a self-supervised checkpoint goes when medloop's cache is off
     seed, spec = config.seeds[0], config.strategy_specs[0]
     strategy = build_strategy(spec["name"], spec.get("params"))
     method = Mahapatra(ctx, seed, strategy, sampler_factory(ctx, out))
