@@ -27,7 +27,7 @@ from medloop.device import resolve_device
 from medloop.errors import ConfigError
 from medloop.models.pretrained import SELFSUP_FORMAT
 from medloop.progress import make_progress
-from medloop.seeding import seed_for, torch_stream
+from medloop.seeding import seed_for, torch_init, torch_stream
 from medloop.storage import save_torch
 
 __all__ = ["SelfSupConfig", "pretrain", "features", "dataset_features", "linear_probe", "trunk_state", "CHECKPOINT_FORMAT"]
@@ -130,8 +130,7 @@ def pretrain(model: nn.Module, images: torch.Tensor, config: SelfSupConfig, prog
         raise ConfigError(f"self-supervised pretraining needs at least 2 unlabeled images; got {len(images)}")
     device = resolve_device(config.device)
     batch = min(config.batch_size, len(images))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed_for(config.seed, "selfsup", "projector") % (2**63))
+    with torch_init(config.seed, "selfsup", "projector"):
         projector = _Projector(model.num_features, config.projection_dim)
     model.to(device).train()
     projector.to(device).train()
