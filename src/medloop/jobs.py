@@ -219,7 +219,7 @@ def pretrain_job(data: DataConfig, model: str, model_params: dict[str, Any], con
     Writes ``selfsup.pt`` (load it with ``classifier.pretrained`` / ``--pretrained``), ``metrics.json``,
     ``loss.png``, ``config.yaml`` and ``run.json``.
     """
-    from medloop.training.selfsup import dataset_features, linear_probe, pretrain
+    from medloop.training.selfsup import features, linear_probe, pretrain
 
     out = Path(out)
     check_model_task(TrainConfig(task="classify", model=model))
@@ -243,8 +243,8 @@ def pretrain_job(data: DataConfig, model: str, model_params: dict[str, Any], con
             return None
         tr = np.nonzero(pool.labels >= 0)[0]
         te = np.nonzero(test.labels >= 0)[0]
-        return linear_probe(dataset_features(net, pool.subset(tr)), pool.labels[tr],
-                            dataset_features(net, test.subset(te)), test.labels[te])
+        return linear_probe(features(net, pool.subset(tr)), pool.labels[tr], features(net, test.subset(te)),
+                            test.labels[te])
 
     before = probe()
     images = torch.stack([s.image for s in pool])
@@ -255,17 +255,6 @@ def pretrain_job(data: DataConfig, model: str, model_params: dict[str, Any], con
     metrics = {"n_images": int(len(images)), "seconds": result["seconds"], "history": result["history"],
                "linear_probe": {"pretrained": after, "random_init": before}}
     write_json(out / "metrics.json", metrics, indent=2)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([h["epoch"] + 1 for h in result["history"]], [h["loss"] for h in result["history"]], color="#0072B2")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("NT-Xent loss")
-    ax.set_title(f"SimCLR on {len(images)} unlabeled images", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, out / "loss.png", dpi=100)
-    plt.close(fig)
+    _plot_history([{"epoch": h["epoch"], "train_loss": h["loss"]} for h in result["history"]], "loss",
+                  out / "loss.png")
     return metrics

@@ -44,7 +44,7 @@ from medloop.query import QueryStrategy, build_strategy
 from medloop.seeding import seed_for, stream, torch_init
 from medloop.storage import save_npz, write_json
 from medloop.training import evaluate, fit, predict
-from medloop.training.selfsup import dataset_features as features
+from medloop.training.selfsup import features
 from medloop.training.trainer import trainable_subset
 from medloop.uncertainty import score_pool
 

@@ -18,7 +18,7 @@ from torch import nn
 from medloop.errors import ConfigError, DataError
 from medloop.models.classifiers import ResNet18Classifier, VGG16Classifier
 
-SELFSUP_FORMAT = "medloop-selfsup-1"  # medloop.training.selfsup.CHECKPOINT_FORMAT
+SELFSUP_FORMAT = "medloop-selfsup-1"  # the format tag of medloop.training.selfsup checkpoints
 
 __all__ = ["load_pretrained", "PretrainedReport", "adapt_first_conv"]
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from medloop.config import Config
+from medloop.data.dataset import MedDataset, collate_samples
 from medloop.device import resolve_device
 from medloop.errors import ConfigError
 from medloop.models.pretrained import SELFSUP_FORMAT
@@ -30,10 +31,7 @@ from medloop.progress import make_progress
 from medloop.seeding import seed_for, torch_init, torch_stream
 from medloop.storage import save_torch
 
-__all__ = ["SelfSupConfig", "pretrain", "features", "dataset_features", "linear_probe", "trunk_state", "CHECKPOINT_FORMAT"]
-
-CHECKPOINT_FORMAT = SELFSUP_FORMAT
-
+__all__ = ["SelfSupConfig", "pretrain", "features", "linear_probe", "trunk_state"]
 
 @dataclasses.dataclass(frozen=True)
 class SelfSupConfig(Config):
@@ -134,7 +132,7 @@ def pretrain(model: nn.Module, images: torch.Tensor, config: SelfSupConfig, prog
         projector = _Projector(model.num_features, config.projection_dim)
     model.to(device).train()
     projector.to(device).train()
-    params = [p for p in model.parameters()] + list(projector.parameters())
+    params = list(model.parameters()) + list(projector.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = len(images) // batch
     total = max(1, steps_per_epoch * config.epochs)
@@ -169,27 +167,22 @@ def pretrain(model: nn.Module, images: torch.Tensor, config: SelfSupConfig, prog
     model.cpu().eval()
     result = {"history": history, "seconds": round(time.time() - started, 1), "n_images": len(images)}
     if out is not None:
-        save_torch(Path(out), {"format": CHECKPOINT_FORMAT, "trunk": trunk_state(model), "meta": dict(meta or {}),
+        save_torch(Path(out), {"format": SELFSUP_FORMAT, "trunk": trunk_state(model), "meta": dict(meta or {}),
                                "config": config.to_dict(), **result})
     return result
 
 
 @torch.no_grad()
-def features(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """Trunk features ``[N, F]`` (eval mode, no dropout)."""
-    model.eval()
-    out = [model.forward_features(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, model.num_features), np.float32)
-
-
-def dataset_features(model: nn.Module, dataset, batch_size: int = 64) -> np.ndarray:
-    """Trunk features ``[N, F]`` of a ``MedDataset``'s images, read a batch at a time."""
+def features(model: nn.Module, images: torch.Tensor | MedDataset, batch_size: int = 64) -> np.ndarray:
+    """Trunk features ``[N, F]`` (eval mode, no dropout) of ``images [N, C, H, W]`` or of a ``MedDataset``'s
+    images, a batch at a time."""
     model.eval()
     out = []
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            x = torch.stack([dataset[i].image for i in range(start, min(start + batch_size, len(dataset)))])
-            out.append(model.forward_features(x.float()))
+    for start in range(0, len(images), batch_size):
+        stop = min(start + batch_size, len(images))
+        x = images[start:stop] if isinstance(images, torch.Tensor) else \
+            collate_samples([images[i] for i in range(start, stop)])["image"]
+        out.append(model.forward_features(x.float()))
     return torch.cat(out).numpy() if out else np.zeros((0, model.num_features), np.float32)
 
 

@@ -60,13 +60,15 @@ def test_coreset_without_labeled_images_still_covers():
 
 
 def test_probcover_radius_grows_with_the_spread_of_a_cluster():
-    s = build_strategy("probcover")
-    tight = blobs()["embeddings"]
-    rng = np.random.default_rng(0)
     from medloop.query.diversity import _normalise
 
-    r = s.auto_radius(_normalise(tight), 3, rng)
-    assert 0 < r < 1.0  # pure balls stay inside one of three orthogonal clusters (distance sqrt(2) apart)
+    def radius(spread: float) -> float:
+        rng = np.random.default_rng(0)
+        x = np.concatenate([c + rng.normal(scale=spread, size=(25, 3)) for c in np.eye(3) * 6.0])
+        return build_strategy("probcover").auto_radius(_normalise(x), 3, np.random.default_rng(0))
+
+    tight, wide = radius(0.5), radius(1.0)
+    assert 0 < tight < wide < np.sqrt(2)  # pure balls stay inside one of three orthogonal clusters
 
 
 def test_badge_prefers_uncertain_candidates_first():
