@@ -199,6 +199,9 @@ class TrainConfig(Config):
         fine_tune: ``all`` trains every layer; ``head`` only the last layer(s), as the paper fine-tunes.
         class_weights: ``balanced`` (inverse class frequency in the training set) or ``none``.
         patience: early stopping after this many epochs without validation improvement (0: never).
+        schedule: ``constant`` learning rate, or ``cosine``: decayed per step from ``lr`` to 0 over ``epochs``
+            (Loshchilov & Hutter 2017), so the last epochs take small steps and the chosen epoch depends less on
+            where a large step happened to land.
         loss_samples: logit samples of the attenuated classification loss.
         val_fraction, test_fraction: split by case for ``medloop train``.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -215,6 +218,7 @@ class TrainConfig(Config):
     fine_tune: typing.Literal["all", "head"] = "all"
     class_weights: typing.Literal["balanced", "none"] = "balanced"
     patience: int = 8
+    schedule: typing.Literal["constant", "cosine"] = "constant"
     loss_samples: int = 10
     augment: dict = dataclasses.field(default_factory=dict)
     val_fraction: float = 0.15

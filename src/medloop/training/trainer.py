@@ -101,6 +101,9 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
     loader = torch.utils.data.DataLoader(TrainingView(train_ds, transform), batch_size=config.batch_size,
                                          shuffle=True, generator=shuffle_gen, num_workers=0,
                                          drop_last=len(train_ds) % config.batch_size == 1 and len(train_ds) > 1)
+    scheduler = None
+    if config.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs * len(loader), 1))
     monitor = "auc" if task == "classify" else "dice_mean"
     best, best_epoch, best_state, stale, history = -math.inf, -1, None, 0, []
     stopped = False
@@ -119,9 +122,11 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                if scheduler is not None:
+                    scheduler.step()
                 total += float(loss.detach()) * len(x)
                 count += len(x)
-            record = {"epoch": epoch, "train_loss": total / max(count, 1)}
+            record = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": opt.param_groups[0]["lr"]}
             if val_ds is not None:
                 metrics = evaluate(model, val_ds, task, batch_size=config.batch_size, device=device)
                 value = metrics[monitor]

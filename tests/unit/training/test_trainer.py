@@ -90,3 +90,16 @@ def test_checkpoint_round_trip(tmp_path, chest):
     assert torch.equal(model.eval()(x)[0], loaded.eval()(x)[0]) and record["class_names"] == ["a", "b"]
     with pytest.raises(DataError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero_and_constant_keeps_it(chest):
+    histories = {}
+    for schedule in ("constant", "cosine"):
+        torch.manual_seed(0)
+        model = build_model("resnet18", width=4)
+        histories[schedule] = fit(model, chest, None, _cfg(epochs=4, lr=1e-3, schedule=schedule), progress=False).history
+    assert [h["lr"] for h in histories["constant"]] == [1e-3] * 4
+    lrs = [h["lr"] for h in histories["cosine"]]
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[0] < 1e-3 and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ConfigError, match="schedule"):
+        _cfg(schedule="step")
