@@ -2,7 +2,10 @@
 
 Reads every ``tracks/*/rounds.jsonl`` of each run folder given (``medloop run`` or ``benchmarks/label_efficiency.py``
 output) and prints, per run, the median absolute change of test AUC between consecutive rounds of a track and the
-largest drop; a strategy's effect smaller than this is not visible in one track. Final line JSON:
+largest drop (0 when no track ever drops); a strategy's effect smaller than this is not visible in one track. It
+reads the per-round logs, so a run still in progress can be measured too. Final line JSON, per run folder:
+
+    {"RUN": {"median_abs_change", "largest_drop", "round_pairs"}, ...}
 
     python benchmarks/round_noise.py runs/label-efficiency-tb runs/other-run
 """
@@ -30,7 +33,7 @@ def main() -> None:
             if len(auc) > 1:
                 d = np.diff(auc)
                 changes += np.abs(d).tolist()
-                drops.append(float(-d.min()))
+                drops.append(max(float(-d.min()), 0.0))
         if not changes:
             raise SystemExit(f"{run}: no track with two or more rounds (tracks/*/rounds.jsonl); check the folder")
         out[str(run)] = {"median_abs_change": round(float(np.median(changes)), 4),

@@ -108,6 +108,7 @@ def train(
     width: Annotated[Optional[int], typer.Option(help="Classifier width (64 = standard; smaller for CPU).")] = None,
     dropout: Annotated[Optional[float], typer.Option(help="MC dropout rate.")] = None,
     fine_tune: Annotated[Optional[str], typer.Option(help="all, or head (last layer only).")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="Learning rate: constant, or cosine (decayed to 0 over the epochs).")] = None,
     pretrained: Annotated[Optional[Path], typer.Option(help="Local torchvision ImageNet checkpoint (.pth).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for split, initialization, augmentation, dropout.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -122,7 +123,7 @@ def train(
     if model == "unet":
         params.pop("width", None)
     overrides = {"task": task, "model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                 "fine_tune": fine_tune, "pretrained": str(pretrained) if pretrained else None, "seed": seed,
+                 "fine_tune": fine_tune, "schedule": schedule, "pretrained": str(pretrained) if pretrained else None, "seed": seed,
                  "device": device, "model_params": params}
     cfg = TrainConfig.from_dict({**base, **{k: v for k, v in overrides.items() if v is not None}})
     data_cfg = DataConfig.from_dict({"source": data, "layout": layout, "size": size, "seed": seed,

@@ -200,8 +200,8 @@ class TrainConfig(Config):
         class_weights: ``balanced`` (inverse class frequency in the training set) or ``none``.
         patience: early stopping after this many epochs without validation improvement (0: never).
         schedule: ``constant`` learning rate, or ``cosine``: decayed per step from ``lr`` to 0 over ``epochs``
-            (Loshchilov & Hutter 2017), so the last epochs take small steps and the chosen epoch depends less on
-            where a large step happened to land.
+            (Loshchilov & Hutter 2017), so the last epochs take small steps (unless early stopping ends training
+            first). The history records each epoch's rate at its first step.
         loss_samples: logit samples of the attenuated classification loss.
         val_fraction, test_fraction: split by case for ``medloop train``.
         device: ``auto``, ``cpu`` or ``cuda``.

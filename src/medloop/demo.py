@@ -21,12 +21,13 @@ from medloop.report.console import summary_table
 from medloop.runinfo import write_run_record
 from medloop.storage import write_json
 
-__all__ = ["run_demo", "demo_experiment", "demo_collaborative", "DEMO_CHEST_OPTIONS"]
+__all__ = ["run_demo", "demo_experiment", "demo_collaborative", "demo_phantoms", "DEMO_CHEST_OPTIONS"]
 
 # The demo works at 64 px, where the default phantom's nodules (contrast 0.09-0.18) sit at the level of the ribs,
 # vessels and look-alikes: no classifier tried learned them from the demo's ~170 training images (test AUC
-# 0.44-0.63; benchmarks/RESULTS.md 4.1). The demo draws conspicuous nodules instead, so its 3-minute run has
-# something to learn and the strategies something to compare; the default phantom stays the harder benchmark.
+# 0.44-0.60; benchmarks/RESULTS.md 4.1-4.2). The demo draws conspicuous nodules instead (about three times the
+# default contrast), so its few-minute run has something to learn and the strategies something to compare; the
+# default phantom stays the harder benchmark.
 DEMO_CHEST_OPTIONS = {"nodule_contrast": [0.3, 0.5]}
 
 
@@ -84,6 +85,15 @@ def demo_experiment(size: int = 64, seed: int = 0, quick: bool = False) -> dict:
     }
 
 
+def demo_phantoms(size: int = 64, seed: int = 0, quick: bool = False) -> dict[str, DataConfig]:
+    """The phantoms the demo inspects and previews: the chest phantom as the experiment draws it."""
+    return {
+        "chest-xray": DataConfig(source="builtin:chest-xray", size=size, seed=seed,
+                                 options=dict(DEMO_CHEST_OPTIONS) if not quick else {}),
+        "cardiac-mr": DataConfig(source="builtin:cardiac-mr", size=size, seed=seed),
+    }
+
+
 def _split_table(name: str, ds, split) -> Table:
     table = Table(title=f"{name}: split by case (seed-stratified)")
     for col in ("side", "samples", "cases", "classes"):
@@ -103,11 +113,7 @@ def run_demo(out: Path, seed: int = 0, size: int = 64, console: Console | None =
     """Run the demo; returns {phantom: {summary, preview, splits, metrics}} and writes everything under ``out``."""
     console = console or Console()
     out = Path(out)
-    configs = {
-        "chest-xray": DataConfig(source="builtin:chest-xray", size=size, seed=seed,
-                                 options=dict(DEMO_CHEST_OPTIONS) if not quick else {}),
-        "cardiac-mr": DataConfig(source="builtin:cardiac-mr", size=size, seed=seed),
-    }
+    configs = demo_phantoms(size, seed, quick)
     results = {}
     for name, config in configs.items():
         folder = out / name

@@ -132,7 +132,7 @@ def train_job(data: DataConfig, config: TrainConfig, out: str | Path, progress: 
         if key != "n":
             lines.append(f"| {key} | {_fmt(metrics['val'][key])} | {_fmt(metrics['test'][key])} |")
     lines += ["", f"Pretrained: {pretrained['path'] if pretrained else 'none (trained from scratch)'}; fine-tune: "
-              f"{config.fine_tune}.", "", "![history](history.png)", ""]
+              f"{config.fine_tune}; learning rate: {config.lr:g}, {config.schedule}.", "", "![history](history.png)", ""]
     write_text(out / "report.md", "\n".join(lines))
     write_run_record(out, config.seed, {"data": data.to_dict(), "train": config.to_dict()}, "medloop train")
     return metrics

@@ -92,11 +92,13 @@ def test_demo_writes_previews_summaries_splits_experiment_and_run_record(tmp_pat
 def test_train_classifier_then_score_pool(tmp_path):
     out = tmp_path / "cls"
     result = runner.invoke(app, ["train", "--task", "classify", "--data", "builtin:chest-xray", "-o", "n_normal=6", "-o", "n_nodule=6",
-                                 "--model", "resnet18", "--width", "4", "--size", "32", "--epochs", "2", "--out", str(out)],
+                                 "--model", "resnet18", "--width", "4", "--size", "32", "--epochs", "2", "--schedule", "cosine",
+                                 "--out", str(out)],
                            terminal_width=200)
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"auc", "sensitivity", "specificity", "ece"} <= set(metrics["test"]) and len(metrics["history"]) == 2
+    assert metrics["history"][0]["lr"] > metrics["history"][1]["lr"] > 0  # --schedule cosine reached the trainer
     assert "| auc |" in (out / "report.md").read_text() and (out / "history.png").is_file()
     scored = tmp_path / "scored"
     result = runner.invoke(app, ["score", "--checkpoint", str(out / "checkpoint.pt"), "--data", "builtin:chest-xray",

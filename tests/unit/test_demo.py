@@ -4,7 +4,7 @@ the preview and the experiment."""
 from __future__ import annotations
 
 from medloop.data import load_dataset
-from medloop.demo import DEMO_CHEST_OPTIONS, demo_collaborative, demo_experiment
+from medloop.demo import DEMO_CHEST_OPTIONS, demo_collaborative, demo_experiment, demo_phantoms
 from medloop.loop import CollaborativeConfig, ExperimentConfig
 
 
@@ -14,6 +14,8 @@ def test_full_demo_configs_are_valid_and_compare_two_seeds():
     assert experiment.classifier_config.schedule == "cosine"
     assert [s["name"] if isinstance(s, dict) else s for s in experiment.strategies][-1] == "random"
     CollaborativeConfig.from_dict(demo_collaborative(5))
+    preview = demo_phantoms(64, seed=5)["chest-xray"]  # what the demo inspects is what it learns
+    assert preview.options == experiment.data["options"] and preview.size == experiment.data["size"]
 
 
 def test_demo_phantom_draws_the_same_cases_with_brighter_nodules():

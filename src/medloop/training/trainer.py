@@ -111,7 +111,7 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
         task_id = bar.add_task(f"training {type(model).__name__}", total=config.epochs, visible=progress)
         for epoch in range(config.epochs):
             _set_mode(model, config.fine_tune)
-            total, count = 0.0, 0
+            total, count, epoch_lr = 0.0, 0, opt.param_groups[0]["lr"]
             for batch in loader:
                 x = batch["image"].to(device)
                 logits, log_var = model(x)
@@ -126,7 +126,7 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
                     scheduler.step()
                 total += float(loss.detach()) * len(x)
                 count += len(x)
-            record = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": opt.param_groups[0]["lr"]}
+            record = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": epoch_lr}
             if val_ds is not None:
                 metrics = evaluate(model, val_ds, task, batch_size=config.batch_size, device=device)
                 value = metrics[monitor]
