@@ -220,6 +220,8 @@ def test_renamed_and_unsupported_settings_are_refused_before_any_training(tmp_pa
         ExperimentConfig.from_dict({**TINY, "fine_tune": "restart"})
     with pytest.raises(ConfigError, match="'patience' is now 'round_patience'"):
         ExperimentConfig.from_dict({**{k: v for k, v in TINY.items() if k != "round_patience"}, "patience": 2})
+    with pytest.raises(ConfigError, match="'savings_tolerance' was removed: a saving is now judged by bootstrap"):
+        ExperimentConfig.from_dict({**TINY, "savings_tolerance": 0.02})
     with pytest.raises(ConfigError, match="segmentation network"):
         tiny(segmenter={**TINY["segmenter"], "model": "resnet18"})
     with pytest.raises(ConfigError, match="did you mean 'unet'"):

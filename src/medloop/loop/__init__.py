@@ -2,7 +2,7 @@
 and its folder, oracles, and the two methods' protocols (generative AL, collaborative segmentation)."""
 
 from medloop.loop.config import CollaborativeConfig, ExperimentConfig
-from medloop.loop.mahapatra import Context, Mahapatra, fsl_baselines, prepare, run_experiment, run_mahapatra_track, savings
+from medloop.loop.mahapatra import Context, Mahapatra, fsl_baselines, prepare, run_experiment, run_mahapatra_track
 from medloop.loop.oracle import Answer, AnswerLog, GroundTruthOracle, Oracle, OracleTimeout, PersistentOracle, collect
 from medloop.loop.ravanbakhsh import Ravanbakhsh, algorithm1, run_collaborative
 from medloop.loop.round import Candidates, Interrupt, Method, Proposal, QuerySize, run_track
@@ -36,7 +36,6 @@ __all__ = [
     "run_experiment",
     "run_mahapatra_track",
     "run_track",
-    "savings",
 ]
 
 

@@ -14,6 +14,9 @@ __all__ = ["ExperimentConfig", "CollaborativeConfig", "strategy_specs", "RENAMED
 
 # Keys renamed because each had two meanings: the old name is refused with the new one in the message.
 RENAMED = {"fine_tune": "retrain", "patience": "round_patience"}
+# Keys removed, with the reason given when an old file still sets them.
+REMOVED = {"savings_tolerance": "a saving is now judged by bootstrap intervals against random and against FSL "
+                                "(the report's 'Annotation savings'), not by a fixed tolerance"}
 
 
 def _refuse_renamed(cls: type, data: dict | None, where: str) -> None:
@@ -22,6 +25,10 @@ def _refuse_renamed(cls: type, data: dict | None, where: str) -> None:
             prefix = f"{where}: " if where else ""
             raise ConfigError(f"{prefix}the experiment key '{old}' is now '{new}' (the classifier's own '{old}' keeps "
                               f"its name); rename it")
+    for old, why in REMOVED.items():
+        if data and old in data and old not in {f.name for f in dataclasses.fields(cls)}:
+            prefix = f"{where}: " if where else ""
+            raise ConfigError(f"{prefix}the experiment key '{old}' was removed: {why}; delete it")
 
 
 def strategy_specs(entries: tuple, provides: frozenset[str], method: str) -> list[dict]:
@@ -89,7 +96,6 @@ class ExperimentConfig(Config):
             layers train.
         fsl_folds: folds of the fully supervised cross-validation baseline (0: skip).
         random_subset_fraction, random_subset_draws: fully supervised training on random subsets.
-        savings_tolerance: AL "reaches FSL" when its test AUC is within this of FSL's.
         oracle_timeout: seconds to wait for a (human) oracle per round (``null``: forever).
         device: ``auto``, ``cpu`` or ``cuda``.
     """
@@ -117,7 +123,6 @@ class ExperimentConfig(Config):
     fsl_folds: int = 5
     random_subset_fraction: float = 0.35
     random_subset_draws: int = 10
-    savings_tolerance: float = 0.02
     oracle_timeout: float | None = None
     device: str = "auto"
 

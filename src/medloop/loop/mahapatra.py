@@ -48,7 +48,7 @@ from medloop.training.selfsup import features
 from medloop.training.trainer import trainable_subset
 from medloop.uncertainty import score_pool
 
-__all__ = ["Context", "prepare", "Mahapatra", "initial_set", "run_experiment", "fsl_baselines", "savings"]
+__all__ = ["Context", "prepare", "Mahapatra", "initial_set", "run_experiment", "fsl_baselines"]
 
 
 def budget_count(budget: float, pool_size: int) -> int:
@@ -454,16 +454,6 @@ def fsl_baselines(ctx: Context, folder: Path) -> dict:
     return result
 
 
-def savings(rounds: list[dict], fsl_auc: float, tolerance: float) -> dict | None:
-    """The first round whose test AUC is within ``tolerance`` of ``fsl_auc``: its labeled and pixel fractions."""
-    for r in rounds:
-        auc = r["test"].get("auc")
-        if auc is not None and auc >= fsl_auc - tolerance:
-            return {"round": r["round"], "image_fraction": r["fraction"],
-                    "pixel_fraction": r["cost"]["pixel_fraction"], "auc": auc}
-    return None
-
-
 def sampler_factory(ctx: Context, out: Path):
     """``seed -> MaskConditionedSampler``: the cGAN trained on the seed's initial labeled images, cached on disk."""
     cache: dict[int, Any] = {}
@@ -527,12 +517,6 @@ def run_experiment(config: ExperimentConfig, out: str | Path, resume: bool = Fal
             tracks.setdefault(spec["label"], {})[str(seed)] = run_mahapatra_track(
                 ctx, seed, spec, out / "tracks" / f"{spec['label']}-seed{seed}", sampler_for, interrupt)
     baselines = fsl_baselines(ctx, out / "baselines")
-    save: dict[str, Any] = {}
-    for label, by_seed in tracks.items():
-        save[label] = {}
-        for seed, rounds in by_seed.items():
-            fsl_auc = baselines["fsl"][seed]["test"]["auc"]
-            save[label][seed] = savings(rounds, fsl_auc, config.savings_tolerance) if fsl_auc is not None else None
     results = {
         "experiment": config.name, "method": config.method, "medloop_version": __version__, "config": config.to_dict(),
         "data": {"root": ctx.dataset.info.root, "n_samples": len(ctx.dataset),
@@ -542,7 +526,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, resume: bool = Fal
                  "test_size": {str(s): len(ctx.splits[s].test) for s in config.seeds},
                  # the labels of the images each record's ``test_probs`` scores, in the same order
                  "test_labels": {str(s): [int(y) for y in ctx.test(s).labels if y >= 0] for s in config.seeds}},
-        "tracks": tracks, "baselines": baselines, "savings": save,
+        "tracks": tracks, "baselines": baselines,
         "stopping": "validation split (the paper stops on its test set; medloop never looks at test to stop)",
         "minutes": round((time.time() - started) / 60, 2),
     }

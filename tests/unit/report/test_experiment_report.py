@@ -9,7 +9,6 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medloop.errors import DataError
-from medloop.loop import savings
 from medloop.report.console import experiment_summary
 from medloop.report.experiment import build_report, curve, savings_summary, stage_table
 
@@ -30,13 +29,11 @@ def results() -> dict:
     fsl = {"test": {"auc": 0.9, "sensitivity": 0.8, "specificity": 0.9},
            "seg": {"dice_mean": 0.9, "hd95": {"lung": 2.0}, "hd_max": {"lung": 4.0}}}
     return {"experiment": "toy", "medloop_version": "0", "minutes": 1.0, "stopping": "validation split",
-            "config": {"record_at": [0.1, 0.2], "seeds": [0, 1], "savings_tolerance": 0.02,
+            "config": {"record_at": [0.1, 0.2], "seeds": [0, 1],
                        "strategies": [{"name": "combined"}, {"name": "random"}]},
             "data": {"root": "builtin:x", "n_samples": 10, "pool_size": {}, "val_size": {}, "test_size": {}},
             "tracks": {"combined": al, "random": rand},
-            "baselines": {"fsl": {"0": fsl, "1": fsl}, "random_subset": [{"fraction": 0.35, **fsl}], "fsl_cv": None},
-            "savings": {"combined": {"0": savings(al["0"], 0.9, 0.02), "1": savings(al["1"], 0.9, 0.02)},
-                        "random": {"0": None, "1": None}}}
+            "baselines": {"fsl": {"0": fsl, "1": fsl}, "random_subset": [{"fraction": 0.35, **fsl}], "fsl_cv": None}}
 
 
 def test_stage_table_has_the_papers_rows_and_columns():
@@ -51,12 +48,6 @@ def test_curve_is_mean_and_std_over_seeds():
     x, m, s = curve(results()["tracks"]["combined"])
     assert x.tolist() == pytest.approx([0.1, 0.2, 0.3])
     assert m.tolist() == pytest.approx([0.65, 0.825, 0.91]) and s[0] == pytest.approx(0.05)
-
-
-def test_savings_is_the_first_round_within_tolerance():
-    s = savings(results()["tracks"]["combined"]["0"], 0.9, 0.02)
-    assert s["round"] == 2 and s["image_fraction"] == 0.3
-    assert savings(results()["tracks"]["random"]["0"], 0.9, 0.02) is None
 
 
 def test_report_files_from_results_json(tmp_path):
