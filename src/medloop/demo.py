@@ -71,7 +71,7 @@ def demo_experiment(size: int = 64, seed: int = 0, quick: bool = False) -> dict:
         "name": "mahapatra2018-demo",
         "data": {"source": "builtin:chest-xray", "size": size, "seed": seed, "options": dict(DEMO_CHEST_OPTIONS)},
         "seeds": [seed, seed + 1],
-        "classifier": {"model": "resnet18", "model_params": {"width": 16}, "epochs": 15, "batch_size": 16,
+        "classifier": {"model": "resnet18", "model_params": {"width": 16}, "epochs": 25, "batch_size": 16,
                        "lr": 0.002, "patience": 0, "schedule": "cosine"},
         "segmenter": {"epochs": 5, "batch_size": 8, "lr": 0.003, "patience": 3,
                       "model_params": {"channels": [8, 16, 32, 64]}},
