@@ -12,7 +12,7 @@ def test_full_demo_configs_are_valid_and_compare_two_seeds():
     experiment = ExperimentConfig.from_dict(demo_experiment(64, seed=5))
     assert experiment.seeds == (5, 6) and experiment.data["options"] == DEMO_CHEST_OPTIONS
     assert experiment.classifier_config.schedule == "cosine"
-    assert [s["name"] if isinstance(s, dict) else s for s in experiment.strategies][-1] == "random"
+    assert experiment.strategy_specs[-1]["name"] == "random"
     CollaborativeConfig.from_dict(demo_collaborative(5))
     preview = demo_phantoms(64, seed=5)["chest-xray"]  # what the demo inspects is what it learns
     assert preview.options == experiment.data["options"] and preview.size == experiment.data["size"]

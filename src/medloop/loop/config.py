@@ -19,16 +19,15 @@ REMOVED = {"savings_tolerance": "a saving is now judged by bootstrap intervals a
                                 "(the report's 'Annotation savings'), not by a fixed tolerance"}
 
 
-def _refuse_renamed(cls: type, data: dict | None, where: str) -> None:
-    for old, new in RENAMED.items():
-        if data and old in data and old not in {f.name for f in dataclasses.fields(cls)}:
-            prefix = f"{where}: " if where else ""
-            raise ConfigError(f"{prefix}the experiment key '{old}' is now '{new}' (the classifier's own '{old}' keeps "
-                              f"its name); rename it")
-    for old, why in REMOVED.items():
-        if data and old in data and old not in {f.name for f in dataclasses.fields(cls)}:
-            prefix = f"{where}: " if where else ""
-            raise ConfigError(f"{prefix}the experiment key '{old}' was removed: {why}; delete it")
+def _refuse_old_keys(cls: type, data: dict | None, where: str) -> None:
+    """Refuse a renamed or removed experiment key (one the config class no longer has) with what to do instead."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for old in sorted(set(data or {}) & (set(RENAMED) | set(REMOVED)) - fields):
+        prefix = f"{where}: " if where else ""
+        if old in RENAMED:
+            raise ConfigError(f"{prefix}the experiment key '{old}' is now '{RENAMED[old]}' (the classifier's own "
+                              f"'{old}' keeps its name); rename it")
+        raise ConfigError(f"{prefix}the experiment key '{old}' was removed: {REMOVED[old]}; delete it")
 
 
 def strategy_specs(entries: tuple, provides: frozenset[str], method: str) -> list[dict]:
@@ -128,7 +127,7 @@ class ExperimentConfig(Config):
 
     @classmethod
     def from_dict(cls, data: dict | None, where: str = "") -> "ExperimentConfig":
-        _refuse_renamed(cls, data, where)
+        _refuse_old_keys(cls, data, where)
         return super().from_dict(data, where)
 
     def validate(self) -> None:

@@ -95,7 +95,7 @@ def test_checkpoint_round_trip(tmp_path, chest):
 
 
 @pytest.mark.parametrize("fine_tune", ["all", "head"])
-def test_cosine_schedule_decays_per_step_to_zero_and_constant_keeps_the_rate(fine_tune):
+def test_cosine_schedule_starts_each_epoch_on_the_curve_of_the_steps_taken_and_constant_keeps_the_rate(fine_tune):
     # 17 samples at batch 8: the last batch of one is dropped, so 2 steps per epoch; epoch k starts at
     # lr * (1 + cos(pi * k / E)) / 2 only if the schedule's length counts the steps actually taken
     data = load_dataset("builtin:chest-xray", size=32, options={"n_normal": 8, "n_nodule": 9}, progress=False)
