@@ -25,6 +25,7 @@ import copy
 import hashlib
 import io
 import json
+import logging
 import re
 import threading
 import time
@@ -38,7 +39,9 @@ from medloop.data import Sample
 from medloop.errors import DataError, MedloopError
 from medloop.storage import append_jsonl, read_jsonl, write_bytes, write_json
 
-__all__ = ["TAGS", "Datastore", "RequestError", "label_digest", "png_bytes", "read_png"]
+__all__ = ["TAGS", "Datastore", "RequestError", "label_digest", "png_bytes", "read_png", "remove_partial_writes"]
+
+log = logging.getLogger(__name__)
 
 TAGS = ("final", "original")  # the expert's labels, the model's proposals (MONAI Label's DefaultLabelTag)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -73,6 +76,27 @@ def label_digest(mask: np.ndarray, label: int | None) -> str:
     h = hashlib.sha256(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
     h.update(f"{mask.shape}:{label}".encode())
     return h.hexdigest()
+
+
+# ``storage.atomic_write``'s temporary files: ``.<name>.<8 random characters>.tmp``
+_PARTIAL = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files that a kill left behind mid-write below ``folder`` (none of them was ever
+    acknowledged: a file is renamed into place before anything refers to it); returns what was deleted.
+
+    Call it only while no other process writes below ``folder`` (at start, before serving).
+    """
+    removed = []
+    for path in Path(folder).rglob(".*.tmp"):
+        if path.is_file() and not path.is_symlink() and _PARTIAL.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log.warning("removed %d partial file(s) that a stop left mid-write in %s, e.g. %s", len(removed), folder,
+                    removed[0].name)
+    return removed
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -123,6 +147,7 @@ class Datastore:
         ds = cls(folder, name, description)
         for sub in ("images", "labels/final", "labels/original", "uncertainty"):
             (ds.folder / sub).mkdir(parents=True, exist_ok=True)
+        remove_partial_writes(ds.folder)
         if ds.index_path.exists():
             try:
                 saved = json.loads(ds.index_path.read_text())
@@ -161,7 +186,8 @@ class Datastore:
 
     @property
     def ids(self) -> list[str]:
-        return list(self._objects)
+        with self._lock:
+            return list(self._objects)
 
     def __contains__(self, sample_id: object) -> bool:
         return isinstance(sample_id, str) and sample_id in self._objects
@@ -188,7 +214,9 @@ class Datastore:
         if tag is None:
             rel = f"images/{stem}.png"
         elif tag in TAGS:
-            if tag not in self._objects[sample_id]["labels"]:
+            with self._lock:  # the loop's thread may be indexing proposals
+                has = tag in self._objects[sample_id]["labels"]
+            if not has:
                 raise RequestError(f"image '{sample_id}' has no '{tag}' label yet", 404)
             rel = f"labels/{tag}/{stem}.png"
         elif tag == "uncertainty":
@@ -220,11 +248,13 @@ class Datastore:
 
     def answer(self, sample_id: str) -> dict | None:
         """The acknowledged expert answer of an image (its ``answers.jsonl`` record), or ``None``."""
-        return self._answers.get(sample_id)
+        with self._lock:
+            return self._answers.get(sample_id)
 
     @property
     def answers(self) -> dict[str, dict]:
-        return dict(self._answers)
+        with self._lock:  # a request thread may be adding one
+            return dict(self._answers)
 
     def json(self) -> dict:
         """The index as MONAI Label's ``GET /datastore/?output=all`` answers it."""
@@ -243,8 +273,10 @@ class Datastore:
 
     def datalist(self) -> list[dict[str, str]]:
         """Image and final label paths of every labeled image (MONAI Label's ``output=train``)."""
+        with self._lock:  # a request thread may be adding an answer
+            labeled = list(self._answers)
         return [{"image": str(self.folder / "images" / f"{self._stems[s]}.png"),
-                 "label": str(self.folder / "labels" / "final" / f"{self._stems[s]}.png")} for s in self._answers]
+                 "label": str(self.folder / "labels" / "final" / f"{self._stems[s]}.png")} for s in labeled]
 
     # ------------------------------------------------------------------------------------------------ writing
 

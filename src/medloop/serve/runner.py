@@ -35,7 +35,7 @@ from medloop.loop import CollaborativeConfig, ExperimentConfig, Method, Proposal
 from medloop.loop.round import Candidates, QuerySize
 from medloop.loop.rundir import check_resume
 from medloop.query import QueryStrategy, build_strategy
-from medloop.serve.datastore import Datastore
+from medloop.serve.datastore import Datastore, remove_partial_writes
 from medloop.serve.human import Batch, HumanOracle
 from medloop.storage import write_json
 
@@ -59,7 +59,13 @@ class Plan:
     mask_labels: dict[int, str]  # label value -> name, background included
     track: dict  # what is served, for serve.json and /info/
     headline: Callable[[dict], dict]  # round record -> the metrics shown after each retraining
+    hints: dict[str, str]  # the method's words for the annotator (see ``HINT_KEYS``)
     timeout: float | None = None
+
+
+# what an annotator is told, in the method's words: the task, with the model's proposal loaded, what the
+# uncertainty map means, and why there is none for an image the model has seen
+HINT_KEYS = ("task", "proposal", "uncertainty", "no_uncertainty")
 
 
 def _finite(value: Any) -> float | None:
@@ -82,10 +88,18 @@ def _mahapatra_plan(config: ExperimentConfig, out: Path, progress: bool) -> Plan
         return {"val AUC/acc": _finite(rec["val"].get("auc_or_acc")), "test AUC": _finite(rec["test"].get("auc")),
                 "test acc": _finite(rec["test"].get("accuracy")), "seg Dice": _finite(seg.get("dice_mean"))}
 
+    structures = ", ".join(n for v, n in sorted(mask_labels.items()) if v != 0)
+    hints = {"task": f"Choose the image class (Shift+1…9) and paint the {structures} mask, then submit (Enter).",
+             "proposal": "The model's class probabilities stand beside the classes and its mask is loaded: correct "
+                         "the mask, choose the class, then submit (Enter).",
+             "uncertainty": "the segmenter's predictive entropy per pixel (MC dropout): 0 sure, 1 most unsure",
+             "no_uncertainty": "this model proposes the image class only: its segmenter trains at the record_at "
+                               "stages, and the uncertainty map comes with it"}
     return Plan(method, strategy, spec, seed, out / "tracks" / f"{spec['label']}-seed{seed}", method.pool,
                 method.budget, [info.class_names[c] if c < len(info.class_names) else str(c)
                                 for c in range(ctx.num_classes)], mask_labels,
-                {"method": config.method, "strategy": spec["label"], "seed": seed}, headline, config.oracle_timeout)
+                {"method": config.method, "strategy": spec["label"], "seed": seed}, headline, hints,
+                config.oracle_timeout)
 
 
 def _ravanbakhsh_plan(config: CollaborativeConfig, out: Path, progress: bool) -> Plan:
@@ -106,11 +120,16 @@ def _ravanbakhsh_plan(config: CollaborativeConfig, out: Path, progress: bool) ->
         dice = rec["test"].get("dice", {})
         return {"Dice": _finite(rec["test"].get("dice_mean")), **{k: _finite(v) for k, v in dice.items()}}
 
+    structures = ", ".join(data.names.values())
+    hints = {"task": f"Paint the {structures} in this slice, then submit (Enter). There is no image class.",
+             "proposal": "The generator's segmentation is loaded: correct it where it is wrong, then submit (Enter).",
+             "uncertainty": "the discriminator's implausibility per pixel: 0 plausible, 1 least plausible",
+             "no_uncertainty": "the discriminator's map comes with the model's proposal for the images it asks about"}
     return Plan(method, strategy, spec, config.seed, out / "tracks" / "fold0" / f"{label}-b{int(round(b * 100)):03d}",
                 data.dataset.subset(method.base + method.pool), len(method.base) + sum(method.per_cycle), [],
                 {0: "background", **data.names},
                 {"method": config.method, "strategy": spec["label"], "fold": 0, "base_case": base_case, "budget": b,
-                 "cycles": n}, headline)
+                 "cycles": n}, headline, hints)
 
 
 def plan_track(config: ExperimentConfig | CollaborativeConfig, out: Path, progress: bool = False) -> Plan:
@@ -222,11 +241,13 @@ class Runner:
             write_run_record(self.out, self.plan.seed, {"experiment": config.to_dict()}, "medloop serve")
             write_json(marker, {"run_id": self.run_id, "name": config.name, **self.plan.track,
                                 "track_folder": str(self.plan.folder.relative_to(self.out))})
+        remove_partial_writes(self.out)  # nothing writes here yet: the loop starts later, the server after
         self.datastore = Datastore.open(self.out / "datastore", self.plan.images, name=config.name,
                                         description=f"medloop serve: {self.plan.track}")
         self.oracle = HumanOracle(self.datastore, lease_seconds, prepare=self._prepare)
         self.phase, self.round_idx, self.error = "starting", 0, None
-        self.metrics: dict[int, dict] = {}
+        self.metrics: dict[int, dict] = {}  # written by the loop's thread, read by request threads: under _lock
+        self._lock = threading.Lock()
         self.model_round: int | None = None
         self._snapshot: tuple[int, Any] | None = None
         self._candidates: Candidates | None = None
@@ -267,8 +288,9 @@ class Runner:
         self.phase, self.round_idx = phase, round_idx
 
     def _restored(self, state: RunState, model: Any) -> None:
-        for rec in state.records:
-            self.metrics[rec["round"]] = self.plan.headline(rec)
+        with self._lock:
+            for rec in state.records:
+                self.metrics[rec["round"]] = self.plan.headline(rec)
         if model is not None:
             self._trained(model, state.records[-1]["round"])
         self._phase("waiting for labels", state.next_round)
@@ -278,7 +300,9 @@ class Runner:
         self.model_round = round_idx
 
     def _evaluated(self, round_idx: int, record: dict) -> None:
-        self.metrics[round_idx] = self.plan.headline(record)
+        headline = self.plan.headline(record)
+        with self._lock:
+            self.metrics[round_idx] = headline
 
     def _prepare(self, ids: list[str]) -> Batch:
         """Before a batch is queued (loop thread): the selection's score of each id, the model's proposals."""
@@ -324,7 +348,9 @@ class Runner:
     def status(self, client: str | None = None) -> dict:
         """Progress for the UI: phase, round, labeled / budget, the model's metrics per round, the queue."""
         done = self.datastore.status()["completed"]
+        with self._lock:
+            metrics = [{"round": r, **m} for r, m in sorted(self.metrics.items())]
         return {"run_id": self.run_id, "name": self.config.name, **self.plan.track, "phase": self.phase,
                 "round": self.round_idx, "model_round": self.model_round, "labeled": done, "budget": self.plan.budget,
-                "error": self.error, "metrics": [{"round": r, **m} for r, m in sorted(self.metrics.items())],
+                "error": self.error, "metrics": metrics,
                 "queue": self.oracle.queue(client)}

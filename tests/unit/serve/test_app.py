@@ -54,7 +54,8 @@ ENDPOINTS = [("get", "/info/"), ("post", "/activelearning/uncertainty"), ("get",
              ("get", "/datastore/image?image=cxr-0001"), ("get", "/datastore/label?label=cxr-0001&tag=final"),
              ("put", "/datastore/label?image=cxr-0001"), ("post", "/infer/mahapatra2018?image=cxr-0001"),
              ("get", "/api/status"), ("get", "/api/item?image=cxr-0001"), ("post", "/api/lease?image=cxr-0001"),
-             ("post", "/api/release?image=cxr-0001"), ("get", "/"), ("get", "/static/app.js")]
+             ("post", "/api/release?image=cxr-0001"), ("get", "/"), ("get", "/static/main.js"),
+             ("get", "/auth/token/valid")]
 
 
 @pytest.mark.parametrize("method,path", ENDPOINTS)
@@ -79,7 +80,7 @@ def test_header_query_and_browser_cookie_are_accepted(client, runner):
     page = client.get("/")  # the test client keeps the cookie
     assert page.status_code == 200 and "<canvas" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/static/main.js").headers["content-type"].startswith("text/javascript")
 
 
 def test_one_runs_token_and_cookie_do_not_open_another_runs_server(tmp_path, client):
@@ -99,7 +100,7 @@ def test_one_runs_token_and_cookie_do_not_open_another_runs_server(tmp_path, cli
     "/datastore/image?image=/etc/passwd", "/datastore/image?image=images/cxr-0001.png",
     "/datastore/label?label=../../serve.json&tag=final", "/datastore/label?label=cxr-0001&tag=../../../serve",
     "/datastore/image/info?image=..", "/api/item?image=%00", "/static/..%2Fapp.py", "/static/../app.py",
-    "/static/index.html/..", "/datastore/image?image=" + "x" * 5000])
+    "/static/index.html/..", "/static/app.py", "/datastore/image?image=" + "x" * 5000])
 def test_ids_cannot_reach_outside_the_datastore(shared, path):
     r = shared.get(path, headers=AUTH)
     assert 400 <= r.status_code < 500, r.text
@@ -111,6 +112,7 @@ def test_monai_label_subset(client, runner):
     assert {"name", "version", "labels", "models", "strategies", "datastore"} <= set(info)
     assert info["labels"] == {"lung": 1} and list(info["strategies"]) == ["uncertainty"]
     assert info["medloop"]["class_names"] == ["normal", "nodule"] and info["medloop"]["needs_class"]
+    assert info["models"]["mahapatra2018"]["labels"] == {"lung": 1} and "config" not in info  # Slicer refuses "config"
     nxt = client.post("/activelearning/uncertainty", headers=AUTH, json={"client_id": "a"}).json()
     initial = runner.plan.method.initial_ids()
     assert nxt["id"] == initial[0] and nxt["name"].endswith(".png") and nxt["path"].endswith(nxt["name"])
@@ -150,8 +152,32 @@ def test_the_same_label_twice_is_acknowledged_once_a_different_one_refused(clien
 NOISE = png(np.random.default_rng(0).integers(0, 2, (32, 32)))
 
 
-def rgb(shape):
-    return png(np.zeros((*shape, 3)))
+def bomb_png(width: int, height: int) -> bytes:
+    """A one-bit PNG of ``width`` x ``height`` zeros: a few KB that decode to width * height pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    deflate = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)
+    body = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def coloured(shape):
+    pixels = np.zeros((*shape, 3))
+    pixels[0, 0] = (1, 0, 0)
+    return png(pixels)
+
+
+def transparent(shape):
+    pixels = np.full((*shape, 4), 255)
+    pixels[..., 0:3] = 0
+    pixels[0, 0, 3] = 0
+    return png(pixels)
 
 
 BAD_UPLOADS = [
@@ -159,11 +185,14 @@ BAD_UPLOADS = [
     (b"GIF89a not a png", None, 415, "not a PNG"),
     (png(np.zeros((32, 32))), "not json", 400, "JSON object"),
     (png(np.zeros((32, 32))), "[1, 2]", 400, "JSON object"),
-    (png(np.zeros((16, 32))), None, 422, "32x16 but image"),
-    (rgb((32, 32)), None, 422, "mode RGB"),
-    (png(np.zeros((32, 32)), "RGBA"), None, 422, "mode RGBA"),
-    (png(square((32, 32), value=7)), None, 422, "label values [7]"),
-    (png(np.full((32, 32), 255)), None, 422, "label values [255]"),
+    (png(np.zeros((16, 32))), None, 422, "is 32 x 16 (width x height) but the image is 32 x 32"),
+    (bomb_png(20000, 20000), None, 422, "is 20000 x 20000 (width x height)"),
+    (coloured((32, 32)), None, 422, "in colour"),
+    (transparent((32, 32)), None, 422, "transparent"),
+    (png(square((32, 32), value=7)), None, 422, "label values 7 of 'label.png'"),
+    (png(np.full((32, 32), 255)), None, 422, "label values 255"),
+    (b"NRRD0004\ntype: uchar\n", None, 422, "no end of header"),
+    (b"\x1f\x8b" + bytes(40), None, 422, "cannot be decompressed"),
     (NOISE[: len(NOISE) // 2], None, 422, "cannot be decoded"),
     (png(np.zeros((32, 32))), {"client_id": "a"}, 422, "params.class"),
     (png(np.zeros((32, 32))), {"class": 2}, 422, "params.class"),

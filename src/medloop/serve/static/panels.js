@@ -1,0 +1,132 @@
+// The page around the editor: header (phase, progress), queue, side panel (image, classes, actions, metrics),
+// label buttons, the status line. Pure rendering from what it is given; no state of its own.
+
+import { labelColor } from "./editor.js";
+
+export const $ = (id) => document.getElementById(id);
+
+export function say(text, isError = false) {
+  const el = $("message");
+  el.textContent = text;
+  el.className = isError ? "error" : "";
+}
+
+// A control that cannot be used says why: in its tooltip and in the note beside it (id `${id}-why`).
+export function explain(id, reason) {
+  const el = $(id);
+  el.disabled = Boolean(reason);
+  if (!el.dataset.title) el.dataset.title = el.title || "";
+  el.title = reason ? `${el.dataset.title ? el.dataset.title + ": " : ""}unavailable: ${reason}` : el.dataset.title;
+  const note = $(`${id}-why`);
+  if (note) note.textContent = reason || "";
+}
+
+export function waitingText(status) {
+  if (!status) return "Connecting…";
+  if (status.phase === "finished") return "The run is finished: the budget is labeled.";
+  if (status.phase === "error") return "The loop stopped: " + status.error;
+  if (status.queue.length) return "Every open image is with another annotator; waiting…";
+  return `The model is ${status.phase} (round ${status.round}); the next queue appears when it is ranked…`;
+}
+
+export function renderLabelButtons(labels, onPick) {
+  const box = $("label-buttons");
+  box.textContent = "";
+  for (const [name, value] of Object.entries(labels)) {
+    const b = document.createElement("button");
+    b.dataset.value = value;
+    b.title = `Paint ${name} (${value})`;
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    sw.style.background = `rgb(${labelColor(value).join(",")})`;
+    b.append(sw, `${value} ${name}`);
+    b.addEventListener("click", () => onPick(value));
+    box.appendChild(b);
+  }
+}
+
+export function markActive(selector, isActive) {
+  for (const el of document.querySelectorAll(selector)) el.classList.toggle("active", isActive(el));
+}
+
+export function renderSide({ item, classNames, chosen, onClass }) {
+  $("item-title").textContent = item ? item.id : "No image";
+  const known = (v) => v !== null && v !== undefined;
+  $("item-meta").textContent = item
+    ? [known(item.model_round) ? `model of round ${item.model_round}` : "no model yet",
+       known(item.score) ? `score ${Number(item.score).toPrecision(3)}` : ""].filter(Boolean).join(" · ")
+    : "";
+  $("class-box").hidden = !classNames.length;
+  const box = $("classes");
+  box.textContent = "";
+  classNames.forEach((name, i) => {
+    const label = document.createElement("label");
+    const input = document.createElement("input");
+    input.type = "radio"; input.name = "cls"; input.value = i; input.checked = chosen === i;
+    input.disabled = !item;
+    input.addEventListener("change", () => onClass(i));
+    const text = document.createElement("span");
+    text.textContent = `${i + 1}. ${name}`;
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    const p = item && item.probs ? item.probs[name] : null;
+    fill.style.width = known(p) ? `${Math.round(p * 100)}%` : "0";
+    bar.title = known(p) ? `model: ${(p * 100).toFixed(1)}%` : "no model yet";
+    bar.appendChild(fill);
+    label.append(input, text, bar);
+    box.appendChild(label);
+  });
+}
+
+export function renderQueue(status, current, onOpen) {
+  const list = $("queue");
+  list.textContent = "";
+  if (!status) return;
+  for (const q of status.queue) {
+    const li = document.createElement("li");
+    const name = document.createElement("span");
+    name.textContent = `${q.rank !== null ? q.rank + 1 + "." : ""} ${q.id}`;
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = q.leased_by && !q.yours ? q.leased_by : q.score !== null ? Number(q.score).toPrecision(3) : "";
+    li.append(name, score);
+    if (current && q.id === current) li.classList.add("current");
+    if (q.leased_by && !q.yours) {
+      li.classList.add("taken");
+      li.title = `being labeled by ${q.leased_by}`;
+    } else {
+      li.addEventListener("click", () => onOpen(q.id));
+    }
+    list.appendChild(li);
+  }
+  $("queue-empty").textContent = status.queue.length ? "" : waitingText(status);
+}
+
+export function renderStatus(status) {
+  $("run-name").textContent = `${status.name} · ${status.method} · ${status.strategy}`;
+  const phase = $("phase");
+  phase.textContent = status.phase;
+  phase.className = "badge " + status.phase.split(" ")[0];
+  $("progress-bar").style.width = `${Math.min(100, (100 * status.labeled) / Math.max(1, status.budget))}%`;
+  $("progress-text").textContent = `${status.labeled} / ${status.budget} labeled`;
+  $("round-text").textContent = `round ${status.round}`;
+  const rows = status.metrics;
+  const head = $("metrics").querySelector("thead"), body = $("metrics").querySelector("tbody");
+  head.textContent = ""; body.textContent = "";
+  if (!rows.length) return;
+  const keys = Object.keys(rows[0]);
+  const tr = document.createElement("tr");
+  for (const k of keys) { const th = document.createElement("th"); th.textContent = k; tr.appendChild(th); }
+  head.appendChild(tr);
+  for (const row of rows) {
+    const r = document.createElement("tr");
+    for (const k of keys) {
+      const td = document.createElement("td");
+      const v = row[k];
+      td.textContent = v === null || v === undefined ? "–" : k === "round" ? v : Number(v).toFixed(3);
+      r.appendChild(td);
+    }
+    body.appendChild(r);
+  }
+}
