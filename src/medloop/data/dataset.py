@@ -218,6 +218,8 @@ class MedDataset(torch.utils.data.Dataset):
         config: the resolved DataConfig.
         skipped: DataErrors of entries skipped under ``on_error: skip``.
         notes: counts of documented fixes applied (e.g. thresholded masks).
+        ignored: files under the source that the layout did not recognise as its data (a stray text file
+            beside DICOMs, a mask without an image), named so that nothing is passed over unseen.
     """
 
     def __init__(
@@ -230,6 +232,7 @@ class MedDataset(torch.utils.data.Dataset):
         skipped: list[DataError],
         notes: dict[str, int],
         entries: list[Entry],
+        ignored: Sequence[str] = (),
     ):
         self.info = info
         self.config = config
@@ -239,6 +242,7 @@ class MedDataset(torch.utils.data.Dataset):
         self.skipped = skipped
         self.notes = notes
         self.entries = entries
+        self.ignored = list(ignored)
         self._last: tuple[int, list[Sample]] | None = None
 
     @classmethod
@@ -308,7 +312,8 @@ class MedDataset(torch.utils.data.Dataset):
     def subset(self, indices: Iterable[int]) -> "MedDataset":
         """A view on some samples (shares the cache)."""
         refs = [self._refs[int(i)] for i in indices]
-        view = MedDataset(self.info, self.config, refs, self._loader, self._cache, self.skipped, self.notes, self.entries)
+        view = MedDataset(self.info, self.config, refs, self._loader, self._cache, self.skipped, self.notes, self.entries,
+                          self.ignored)
         return view
 
     def __repr__(self) -> str:
@@ -420,4 +425,5 @@ def load_dataset(config: DataConfig | str | None = None, *, progress: bool = Tru
     def loader(pos: int) -> list[Sample]:
         return read(kept[pos])
 
-    return MedDataset(info, config, refs, loader, cache, skipped, dict(notes), kept)
+    ignored = [str(p) for p in getattr(layout, "ignored", [])]
+    return MedDataset(info, config, refs, loader, cache, skipped, dict(notes), kept, ignored)

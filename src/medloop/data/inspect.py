@@ -41,6 +41,7 @@ class DatasetSummary:
     skipped: dict[str, int]
     skipped_messages: list[str]
     notes: dict[str, int]
+    ignored_files: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -116,6 +117,7 @@ def summarize(ds: MedDataset) -> DatasetSummary:
         skipped=dict(skipped),
         skipped_messages=[str(e) for e in ds.skipped[:20]],
         notes=dict(ds.notes),
+        ignored_files=ds.ignored[:20],
     )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from medloop.data.io import binarize_mask, read_image, read_jsrt_raw, strip_suffix
 from medloop.data.layouts.base import LAYOUTS, Layout, Option
-from medloop.data.layouts.folder import visible_files
+from medloop.data.layouts.folder import existing_file, list_files
 from medloop.data.record import DatasetInfo, Entry, RawItem
 from medloop.errors import DataError
 
@@ -30,8 +30,9 @@ def _label_from_suffix(stem: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return [p for p in visible_files(folder) if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff")]
+def _image_files(folder: Path) -> tuple[list[Path], list[DataError]]:
+    files, problems = list_files(folder)
+    return [p for p in files if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff")], problems
 
 
 def _read_binary(path: Path) -> tuple[np.ndarray, bool]:
@@ -59,15 +60,22 @@ MontgomerySet/
 
     def scan(self) -> Iterator[Entry | DataError]:
         left_dir, right_dir = self.root / "ManualMask" / "leftMask", self.root / "ManualMask" / "rightMask"
-        for image in _image_files(self.root / "CXR_png"):
+        images, problems = _image_files(self.root / "CXR_png")
+        yield from problems
+        for image in images:
             stem = strip_suffix(image)
             left, right = left_dir / image.name, right_dir / image.name
-            if left.is_file() != right.is_file():
-                have, miss = (left, right) if left.is_file() else (right, left)
+            try:
+                has_left, has_right = existing_file(left), existing_file(right)
+            except DataError as err:
+                yield err
+                continue
+            if has_left != has_right:
+                have, miss = (left, right) if has_left else (right, left)
                 yield DataError(f"lung mask {have.relative_to(self.root)} exists but {miss.relative_to(self.root)} is "
                                 "missing; add the other lung's mask or remove this one", image, "missing")
                 continue
-            masks = (right, left) if left.is_file() else ()
+            masks = (right, left) if has_left else ()
             yield Entry(stem, stem, image, masks, _label_from_suffix(stem))
 
     def load(self, entry: Entry, size: int | None) -> RawItem:
@@ -103,9 +111,15 @@ ChinaSet_AllFiles/
 
     def scan(self) -> Iterator[Entry | DataError]:
         masks_dir = self.root / "masks"
-        for image in _image_files(self.root / "CXR_png"):
+        images, problems = _image_files(self.root / "CXR_png")
+        yield from problems
+        for image in images:
             stem = strip_suffix(image)
-            mask = next((m for m in (masks_dir / f"{stem}_mask.png", masks_dir / f"{stem}.png") if m.is_file()), None)
+            try:
+                mask = next((m for m in (masks_dir / f"{stem}_mask.png", masks_dir / f"{stem}.png") if existing_file(m)), None)
+            except DataError as err:
+                yield err
+                continue
             yield Entry(stem, stem, image, (mask,) if mask else (), _label_from_suffix(stem))
 
     def load(self, entry: Entry, size: int | None) -> RawItem:
@@ -165,7 +179,9 @@ JSRT/
     def scan(self) -> Iterator[Entry | DataError]:
         images: dict[str, Path] = {}
         organ_masks: dict[str, dict[str, Path]] = {}
-        for path in visible_files(self.root):
+        files, problems = list_files(self.root)
+        yield from problems
+        for path in files:
             stem = strip_suffix(path).upper()
             if not _JSRT_NAME.match(stem):
                 continue

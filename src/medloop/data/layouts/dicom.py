@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from medloop.data.io import is_dicom_file, read_dicom
+from medloop.data.io import is_dicom_file, read_dicom, read_dicom_header
 from medloop.data.layouts.base import LAYOUTS, Layout
-from medloop.data.layouts.folder import visible_files
+from medloop.data.layouts.folder import list_files, visible_files
 from medloop.data.record import DatasetInfo, Entry, RawItem
 from medloop.errors import DataError
 
@@ -22,11 +22,13 @@ class DicomLayout(Layout):
     tree = """\
 pool/
   study1/IM0001.dcm  IM0002.dcm ...   (case id = PatientID when present)
-  study2/1.2.840....                  (files without suffix are recognised by their DICM marker)"""
+  study2/1.2.840....                  (files without suffix are recognised by their content: the DICM
+                                       marker, or a dataset saved without the preamble)"""
 
     def __init__(self, root, seed: int = 0, **options):
         super().__init__(root, seed, **options)
         self.notes: dict[str, int] = {}
+        self.ignored: list[Path] = []
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -41,25 +43,24 @@ pool/
         return DatasetInfo(self.name, str(self.root), (), {}, False)
 
     def scan(self) -> Iterator[Entry | DataError]:
-        import pydicom
-
-        ignored = 0
-        for path in visible_files(self.root):
+        files, problems = list_files(self.root)
+        yield from problems
+        for path in files:
             if path.name.upper() == "DICOMDIR" or not is_dicom_file(path):
-                ignored += 1
+                self.ignored.append(path)
                 continue
             rel = path.relative_to(self.root)
             entry_id = rel.with_suffix("").as_posix() if rel.suffix.lower() in (".dcm", ".dicom") else rel.as_posix()
             try:
-                header = pydicom.dcmread(str(path), stop_before_pixels=True)
-            except Exception as exc:
-                yield DataError(f"cannot read DICOM header ({type(exc).__name__}: {exc}); the file is corrupt", path, "corrupt")
+                header = read_dicom_header(path)
+            except DataError as err:
+                yield err
                 continue
-            meta = {k: str(getattr(header, k)) for k in ("Modality", "StudyInstanceUID", "SeriesInstanceUID") if hasattr(header, k)}
-            case_id = str(getattr(header, "PatientID", "") or entry_id)
+            meta = {k: str(header.get(k)) for k in ("Modality", "StudyInstanceUID", "SeriesInstanceUID") if k in header}
+            case_id = str(header.get("PatientID") or entry_id)
             yield Entry(entry_id, case_id, path, (), None, meta=meta)
-        if ignored:
-            self.notes["non-DICOM files ignored"] = ignored
+        if self.ignored:
+            self.notes["non-DICOM files ignored"] = len(self.ignored)
 
     def load(self, entry: Entry, size: int | None) -> RawItem:
         frames = read_dicom(entry.image)  # [F, H, W, C]

@@ -11,6 +11,7 @@ import numpy as np
 
 from medloop.data.io import read_nifti, strip_suffix
 from medloop.data.layouts.base import LAYOUTS, Layout, Option
+from medloop.data.layouts.folder import list_dir
 from medloop.data.record import DatasetInfo, Entry, RawItem
 from medloop.errors import ConfigError, DataError
 
@@ -27,10 +28,16 @@ ACDC_LABEL_MAPS: dict[str, tuple[dict[int, int], dict[int, str]]] = {
 }
 
 
-def _nifti_files(folder: Path) -> list[Path]:
+def _nifti_listing(folder: Path) -> tuple[list[Path], list[DataError]]:
+    """The NIfTI files directly in ``folder`` (sorted) and a DataError for each entry that cannot be listed."""
     if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz")) and not p.name.startswith("."))
+        return [], []
+    files, _, problems = list_dir(folder, recursive=False)
+    return [p for p in files if p.name.lower().endswith((".nii", ".nii.gz"))], problems
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return _nifti_listing(folder)[0]
 
 
 def _as_slices(volume: np.ndarray, path: Path) -> np.ndarray:
@@ -100,8 +107,12 @@ acdc/
         return phases
 
     def scan(self) -> Iterator[Entry | DataError]:
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and _PATIENT.match(p.name)):
-            files = {strip_suffix(p): p for p in _nifti_files(folder)}
+        _, folders, problems = list_dir(self.root, recursive=False)
+        yield from problems
+        for folder in (p for p in folders if _PATIENT.match(p.name)):
+            listed, problems = _nifti_listing(folder)
+            yield from problems
+            files = {strip_suffix(p): p for p in listed}
             phases = self._phases(folder)
             for stem, path in files.items():
                 match = _FRAME.match(stem)
@@ -187,14 +198,17 @@ Task02_Heart/
         return cases
 
     def scan(self) -> Iterator[Entry | DataError]:
-        labels = {strip_suffix(p): p for p in _nifti_files(self.root / "labelsTr")}
-        train = self._group(_nifti_files(self.root / "imagesTr"))
+        listings = {sub: _nifti_listing(self.root / sub) for sub in ("imagesTr", "labelsTr", "imagesTs")}
+        for _, problems in listings.values():
+            yield from problems
+        labels = {strip_suffix(p): p for p in listings["labelsTr"][0]}
+        train = self._group(listings["imagesTr"][0])
         for case, paths in train.items():
             label = labels.get(case)
             yield Entry(case, case, paths[0], (label,) if label else (), None, meta={"modalities": [str(p) for p in paths], "split": "Tr"})
         for case in sorted(set(labels) - set(train)):
             yield DataError("label volume without an image in imagesTr/; add the image or remove the label", labels[case], "missing")
-        for case, paths in self._group(_nifti_files(self.root / "imagesTs")).items():
+        for case, paths in self._group(listings["imagesTs"][0]).items():
             yield Entry(f"Ts/{case}", case, paths[0], (), None, meta={"modalities": [str(p) for p in paths], "split": "Ts"})
 
     def load(self, entry: Entry, size: int | None) -> RawItem:
