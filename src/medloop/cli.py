@@ -85,6 +85,12 @@ def data_inspect(
     ds = load_dataset(config)
     summary = summarize(ds)
     console.print(summary_table(summary))
+    if summary.ignored_files:
+        from rich.markup import escape
+
+        more = len(ds.ignored) - len(summary.ignored_files)
+        console.print(escape(f"not recognised as data, ignored: {', '.join(summary.ignored_files)}"
+                             + (f" and {more} more" if more > 0 else "")))
     if json_out is not None:
         write_json(json_out, summary.to_dict(), indent=2)
         console.print(f"summary written to {json_out}")
