@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from medloop.serve.datastore import RequestError
+from medloop.serve.routers.auth import PATH_TOKEN_PREFIX, PATH_TOKEN_SCOPE
 from medloop.serve.runner import Runner
 from medloop.serve.served_run import MAX_UPLOAD_BYTES, ServedRun
 
@@ -60,6 +61,28 @@ class _Guard:
         return await self.app(scope, limited, send_with_headers)
 
 
+class _PathToken:
+    """ASGI middleware: ``/t/TOKEN/rest`` is served as ``/rest`` with ``Authorization: Bearer TOKEN``.
+
+    For clients that take one server URL and send no header on some requests: 3D Slicer downloads images with a
+    plain GET of ``<server URL>/datastore/image?image=ID``, outside MONAI Label's client, so a server URL that
+    carries the token (``http://host:port/t/TOKEN``) is the one way those downloads can be authorized. The
+    token is checked by ``routers.auth.require_token`` as any other (a wrong one is a 401).
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith(PATH_TOKEN_PREFIX):
+            given, _, rest = path[len(PATH_TOKEN_PREFIX):].partition("/")
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"authorization"]
+            scope = {**scope, "path": "/" + rest, "raw_path": ("/" + rest).encode(), PATH_TOKEN_SCOPE: True,
+                     "headers": headers + [(b"authorization", b"Bearer " + given.encode("latin-1", "replace"))]}
+        return await self.app(scope, receive, send)
+
+
 def create_app(runner: Runner, token: str, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
     """The app serving ``runner``'s datastore and loop to holders of ``token``."""
     from medloop import __version__
@@ -69,6 +92,7 @@ def create_app(runner: Runner, token: str, max_upload_bytes: int = MAX_UPLOAD_BY
                   openapi_url=None)
     app.state.run = ServedRun(runner, token, max_upload_bytes)
     app.add_middleware(_Guard, limit=max_upload_bytes)
+    app.add_middleware(_PathToken)
 
     @app.exception_handler(RequestError)
     async def _refused(request: Request, exc: RequestError):
@@ -146,6 +170,7 @@ def serve(config, out, host: str = "127.0.0.1", port: int = 8000, token: str | N
     if host not in ("127.0.0.1", "localhost", "::1"):
         echo(f"warning: listening on {host}: anyone who can reach this machine and has the token can label")
     echo(f"open in a browser:\n    http://{shown}:{bound}/?token={token}")
+    echo(f"MONAI Label client / 3D Slicer server URL:\n    http://{shown}:{bound}{PATH_TOKEN_PREFIX}{token}")
     runner.start()
     server = uvicorn.Server(uvicorn.Config(create_app(runner, token), log_level="warning", access_log=False,
                                            lifespan="off", timeout_graceful_shutdown=2))

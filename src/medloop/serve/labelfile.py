@@ -267,14 +267,15 @@ def _nrrd(data: bytes, name: str, shape: tuple[int, int]) -> LabelFile:
         raise _refuse(f"the .seg.nrrd label '{name}' ({plane[0]} x {plane[1]} at offset {offset}) does not fit in the "
                       f"image ({width} x {height}); export the segmentation on this image's geometry")
     dtype = np.dtype(kind)
-    if dtype.itemsize > 1:
-        endian = fields.get("endian", "").lower()
-        if endian not in ("little", "big"):
-            raise _refuse(f"the NRRD label '{name}' has no valid 'endian' field (little or big); send a complete header")
-        dtype = dtype.newbyteorder("<" if endian == "little" else ">")
     count = plane[0] * plane[1]
     encoding = field("encoding").lower()
     if encoding in ("raw", "gzip", "gz", "bzip2", "bz2"):
+        if dtype.itemsize > 1:  # binary data of several bytes a voxel: the byte order must be said
+            endian = fields.get("endian", "").lower()
+            if endian not in ("little", "big"):
+                raise _refuse(f"the NRRD label '{name}' has no valid 'endian' field (little or big); send a complete "
+                              "header")
+            dtype = dtype.newbyteorder("<" if endian == "little" else ">")
         if encoding in ("gzip", "gz"):
             body = _inflate(body, count * dtype.itemsize, name, wbits=32 + zlib.MAX_WBITS)
         elif encoding in ("bzip2", "bz2"):

@@ -271,3 +271,149 @@ def test_item_for_the_ui_holds_raw_arrays(client, runner):
     assert np.array_equal(final, square((32, 32))) and item["class"] == 1
     status = client.get("/api/status", headers=AUTH).json()
     assert status["labeled"] == 1 and status["phase"] == "waiting for labels" and status["run_id"] == runner.run_id
+
+
+# ------------------------------------------------------------------------------ MONAI Label's client, 3D Slicer
+
+
+def test_monai_label_auth_routes_exchange_and_check_the_run_token(shared):
+    client = shared
+    assert client.get("/auth/").json() == {"enabled": True, "client_id": "medloop", "realm": None}
+    form = {"username": "slicer-user", "password": TOKEN, "grant_type": "password"}
+    assert client.post("/auth/token", data=form).json() == {"access_token": TOKEN, "token_type": "Bearer"}
+    wrong = client.post("/auth/token", data={**form, "password": "guess"})
+    assert wrong.status_code == 401 and "token" in wrong.json()["detail"] and TOKEN not in wrong.text
+    assert client.post("/auth/token", data={**form, "grant_type": "client_credentials"}).status_code == 400
+    assert client.get("/auth/token/valid").status_code == 401
+    assert client.get("/auth/token/valid", headers=AUTH).json()["username"] == "annotator"
+
+
+def test_a_server_url_that_carries_the_token(shared):
+    """3D Slicer downloads images with a plain GET of <server URL>/datastore/image: /t/TOKEN authorizes it."""
+    client = shared
+    image = client.get("/datastore/?output=all", headers=AUTH).json()["objects"]
+    sid = next(iter(image))
+    r = client.get(f"/t/{TOKEN}/datastore/image", params={"image": sid})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert client.get(f"/t/{TOKEN}/auth/").json()["enabled"] is False  # no login dialog: the URL is the login
+    assert client.get(f"/t/{TOKEN}/info/").status_code == 200
+    for bad in ("/t/wrong/info/", "/t//info/", f"/t/{TOKEN}x/info/", "/t/wrong/datastore/image?image=" + sid):
+        assert client.get(bad).status_code == 401, bad
+    assert client.get("/t/wrong/auth/").json()["enabled"] is True
+    assert client.get("/t/wrong/info/", headers=AUTH).status_code == 401  # the URL's token is the one checked
+
+
+def slicer_params(segments: list[tuple[str, int]]) -> dict:
+    """``params`` as 3D Slicer's save_label sends them: its segments' names and values, the model."""
+    return {"label_info": [{"name": n, "idx": i} for n, i in segments], "model": "mahapatra2018",
+            "client_id": "user-xyz"}
+
+
+def slicer_nifti(mask: np.ndarray) -> bytes:
+    """The labelmap Slicer exports for a 2D image: x by y by 1, NIfTI, gzip."""
+    import gzip
+
+    import nibabel as nib
+
+    return gzip.compress(nib.Nifti1Image(mask.T[:, :, None], np.diag([-1.0, -1.0, 1.0, 1.0])).to_bytes())
+
+
+def put_file(client, image: str, data: bytes, name: str, params: dict, who: str = "user-xyz"):
+    return client.put("/datastore/label", params={"image": image}, headers=AUTH,
+                      files={"label": (name, data, "application/octet-stream")}, data={"params": json.dumps(params)})
+
+
+def test_slicer_save_label_sets_the_class_by_a_segment_named_after_it(client, runner):
+    sid = first(client, "user-xyz")
+    lung = square((32, 32))
+    missing = put_file(client, sid, slicer_nifti(lung), "label.nii.gz", slicer_params([("lung", 1)]))
+    assert missing.status_code == 422 and "add an empty segment named after the class" in missing.json()["detail"]
+    both = put_file(client, sid, slicer_nifti(lung), "label.nii.gz",
+                    slicer_params([("lung", 1), ("normal", 2), ("class: nodule", 3)]))
+    assert both.status_code == 422 and "more than one image class" in both.json()["detail"]
+    # segments in another order than the run's values, the class segment painted by mistake: mapped by name
+    painted = square((32, 32), value=2) + square((32, 32), value=1, at=20, size=3)
+    r = put_file(client, sid, slicer_nifti(painted), "label.nii.gz", slicer_params([("Nodule", 1), ("lung", 2)]))
+    assert r.status_code == 200, r.text
+    assert r.json()["class"] == 1 and np.array_equal(runner.datastore.label(sid, "final"), lung)
+
+
+def test_segments_that_are_not_labels_of_the_run_are_refused_by_name(client):
+    sid = first(client, "user-xyz")
+    r = put_file(client, sid, slicer_nifti(square((32, 32), value=1)), "label.nii.gz",
+                 slicer_params([("liver", 1), ("normal", 2)]))
+    assert r.status_code == 422 and "label values 1 (liver) of 'label.nii.gz'" in r.json()["detail"]
+    bad = put_file(client, sid, png(square((32, 32))), "label.png", {"label_info": {"lung": 1}})
+    assert bad.status_code == 400 and "params.label_info" in bad.json()["detail"]
+
+
+def fake_model(runner, mask: np.ndarray | None, with_probs: bool = True):
+    """The runner's latest model, as /infer sees it, without training one."""
+    from medloop.loop import Proposal
+
+    probs = np.array([0.25, 0.75]) if with_probs else None
+    uncertainty = None if mask is None else np.full(mask.shape, 0.5)
+    runner.infer = lambda sid: (3, Proposal(mask, probs, uncertainty))
+
+
+def parse_multipart(response) -> dict[str, tuple[str | None, bytes]]:
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode() + response.content)
+    return {part.get_param("name", header="content-disposition"): (part.get_filename(), part.get_payload(decode=True))
+            for part in message.iter_parts()}
+
+
+@pytest.mark.parametrize("ext", [".nrrd", ".nii.gz", ".png", None])
+def test_infer_answers_monai_labels_multipart_in_the_asked_format(client, runner, ext):
+    from medloop.serve.labelfile import decode_label
+
+    sid = first(client)
+    fake_model(runner, square((32, 32)))
+    params = {"result_extension": ext, "result_dtype": "uint8", "client_id": "user-xyz"} if ext else {}
+    r = client.post("/infer/mahapatra2018", params={"image": sid}, headers=AUTH, data={"params": json.dumps(params)})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("multipart/form-data")
+    parts = parse_multipart(r)
+    answer = json.loads(parts["params"][1])
+    assert answer["label_names"] == {"lung": 1} and answer["model_round"] == 3
+    assert answer["class_probabilities"] == {"normal": 0.25, "nodule": 0.75} and answer["uncertainty_mean"] == 0.5
+    filename, data = parts["image"]
+    assert filename == f"{sid}{ext or '.png'}"
+    assert np.array_equal(decode_label(data, filename, (32, 32)).mask, square((32, 32)))
+
+
+def test_infer_without_a_mask_still_answers_the_clients_format(client, runner):
+    sid = first(client)
+    fake_model(runner, None)  # method 1 before its segmenter trains: class probabilities only
+    r = client.post("/infer/mahapatra2018", params={"image": sid}, headers=AUTH, data={"params": "{}"})
+    parts = parse_multipart(r)
+    assert set(parts) == {"params"} and "segmenter" in json.loads(parts["params"][1])["note"]
+    assert client.post(f"/infer/mahapatra2018?image={sid}&output=json", headers=AUTH).json()["model_round"] == 3
+    image = client.post(f"/infer/mahapatra2018?image={sid}&output=image", headers=AUTH)
+    assert image.status_code == 409 and "output=json" in image.json()["detail"]
+
+
+def test_infer_refuses_what_it_cannot_do_with_a_4xx(client, runner):
+    sid = first(client)
+    fake_model(runner, square((32, 32)))
+    for query, body, message in [
+            ({"image": sid}, {"params": '{"result_extension": ".dcm"}'}, "result_extension"),
+            ({"image": sid}, {"params": "[]"}, "JSON object"),
+            ({}, {"params": "{}"}, "'image' query parameter"),
+            ({"image": sid, "session_id": "s1"}, {"params": "{}"}, "no sessions")]:
+        r = client.post("/infer/mahapatra2018", params=query, headers=AUTH, data=body)
+        assert 400 <= r.status_code < 500 and message in r.json()["detail"], (query, r.text)
+    r = client.post("/infer/mahapatra2018", params={"image": sid}, headers=AUTH,
+                    files={"file": ("x.nii.gz", b"x")}, data={"params": "{}"})
+    assert r.status_code == 422 and "uploaded images" in r.json()["detail"]
+
+
+def test_the_ui_is_told_why_an_image_has_no_uncertainty_map(client, runner):
+    sid = first(client)
+    item = client.get(f"/api/item?image={sid}", headers=AUTH).json()
+    assert item["uncertainty"] is None and "no model has seen this image" in item["no_uncertainty"]
+    info = client.get("/info/", headers=AUTH).json()["medloop"]
+    assert set(info["hints"]) == {"task", "proposal", "uncertainty", "no_uncertainty"}
+    assert "image class" in info["hints"]["task"] and info["labels"] == {"lung": 1}

@@ -128,3 +128,41 @@ def test_to_uint8_keeps_normalized_images_and_stretches_others():
     assert to_uint8(np.full((1, 2, 2), 0.5, np.float32)).tolist() == [[128, 128], [128, 128]]
     assert to_uint8(np.array([[[-1.0, 3.0]]])).tolist() == [[0, 255]]
     assert to_uint8(np.zeros((3, 2, 2))).shape == (2, 2, 3)
+
+
+def test_partial_writes_left_by_a_kill_are_removed_on_open(store):
+    import os
+    import tempfile
+
+    final = store.folder / "labels" / "final"
+    # what a kill in the middle of storage.atomic_write leaves: its temporary file, named as it names them
+    fd, _ = tempfile.mkstemp(dir=final, prefix=".A.png.", suffix=".tmp")
+    os.write(fd, b"half a png")
+    os.close(fd)
+    fd, _ = tempfile.mkstemp(dir=store.folder, prefix=".datastore.json.", suffix=".tmp")
+    os.close(fd)
+    kept = [store.folder / ".notes.tmp", store.folder / "images" / "mine.tmp"]  # not atomic_write's: kept
+    for path in kept:
+        path.write_text("the user's")
+    again = Datastore.open(store.folder, [sample(s) for s in IDS])
+    assert not list(final.iterdir()) and not list(store.folder.glob(".datastore.json.*"))
+    assert all(p.exists() for p in kept) and again.status()["completed"] == 0
+
+
+def test_readers_wait_for_the_lock_a_writer_holds(store):
+    import threading
+
+    store.record_final("A", np.ones((8, 10), np.uint8), 1, {})
+    results: dict[str, object] = {}
+    readers = {"datalist": store.datalist, "answers": lambda: store.answers, "status": store.status,
+               "answer": lambda: store.answer("A")}
+    with store._lock:  # a request thread in the middle of adding an answer
+        threads = [threading.Thread(target=lambda k=k, f=f: results.__setitem__(k, f())) for k, f in readers.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(0.2)
+        assert not results  # every reader waits: none iterates the answers while they change
+    for t in threads:
+        t.join(5)
+    assert set(results) == set(readers) and len(results["datalist"]) == 1

@@ -1,7 +1,8 @@
 """MONAI Label's ``/auth`` routes over medloop's one run token, and the check every other route depends on.
 
-The token is accepted as an ``Authorization: Bearer T`` header, a ``?token=T`` query parameter, or the cookie
-that ``GET /?token=T`` sets for the browser. MONAI Label's client asks ``GET /auth/`` whether auth is on (it is,
+The token is accepted as an ``Authorization: Bearer T`` header, a ``?token=T`` query parameter, a server URL
+``http://host:port/t/T`` (for 3D Slicer, whose image downloads carry no header), or the cookie that
+``GET /?token=T`` sets for the browser. MONAI Label's client asks ``GET /auth/`` whether auth is on (it is,
 always), exchanges a user name and password for a token at ``POST /auth/token`` (the password is the run's
 token; the user name is only shown back) and checks it at ``GET /auth/token/valid``: so 3D Slicer's login dialog
 works with the token as the password. ``/auth/`` and ``/auth/token`` answer without the token: they tell nothing
@@ -14,7 +15,10 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 
 from medloop.serve.served_run import ServedRun, served
 
-__all__ = ["require_token", "router"]
+__all__ = ["PATH_TOKEN_PREFIX", "PATH_TOKEN_SCOPE", "require_token", "router"]
+
+PATH_TOKEN_PREFIX = "/t/"  # a server URL that carries the token: http://host:port/t/TOKEN (see app._PathToken)
+PATH_TOKEN_SCOPE = "medloop.path_token"  # set in the ASGI scope of a request that came through it
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -38,9 +42,11 @@ def require_token(request: Request, run: ServedRun = Depends(served)) -> None:
 
 
 @router.get("/")
-def auth_enabled() -> dict:
-    """MONAI Label's probe: auth is on; no identity provider (``realm``) to go to."""
-    return {"enabled": True, "client_id": "medloop", "realm": None}
+def auth_enabled(request: Request, run: ServedRun = Depends(served)) -> dict:
+    """MONAI Label's probe: auth is on (no identity provider, ``realm``, to go to), unless the server URL itself
+    carries a valid token (``/t/TOKEN``, see ``app``): then the client needs no login."""
+    in_url = bool(request.scope.get(PATH_TOKEN_SCOPE)) and run.token_matches(given_token(request, run))
+    return {"enabled": not in_url, "client_id": "medloop", "realm": None}
 
 
 @router.post("/token")
