@@ -192,7 +192,10 @@ def test_kill_9_at_any_point_loses_and_duplicates_nothing(tmp_path):
                            capture_output=True, text=True, timeout=120, check=False)
     assert again.returncode == 2 and "--resume" in again.stderr
 
+    partial = out / "datastore" / "labels" / "final" / f".{initial[2]}.png.k9x2ab_q.tmp"
+    partial.write_bytes(b"\x89PNG half of an upload")  # what a kill in the middle of writing a label leaves
     served = Served(config, out, "--resume")
+    assert not partial.exists()  # removed on start: never acknowledged, never referred to
     assert [q["id"] for q in served.status()["queue"]] == initial[2:]  # open at once, in order
     repeat = served.put(initial[0], acked[initial[0]], 0)  # a client retrying an answer acknowledged before the kill
     assert repeat.status_code == 200 and repeat.json()["duplicate"] is True
