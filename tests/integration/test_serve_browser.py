@@ -1,5 +1,6 @@
-"""The annotation UI in a real browser (headless Chromium through selenium): open it with the token, set the
-class, paint a stroke (and undo another), submit, and find the mask on disk."""
+"""The annotation UI in a real browser (headless Chromium through selenium): open it with the token, see the
+uncertainty on its fixed scale and why a control is off, set the class, paint a stroke (and undo another), submit
+(the browser's own PNG encoding), and find the mask on disk."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medloop.loop import ExperimentConfig
+from medloop.loop import ExperimentConfig, Proposal
 from medloop.serve import Runner, create_app
 from tests.serve_support import CHEST, TOKEN, LiveServer, wait_for
 
@@ -40,6 +41,12 @@ def chromium(width: int = 1280, height: int = 800):
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
 
 
+def centre_pixel(driver) -> list[int]:
+    return driver.execute_script(
+        "const c = document.getElementById('canvas');"
+        "return Array.from(c.getContext('2d').getImageData(c.width >> 1, c.height >> 1, 1, 1).data).slice(0, 3);")
+
+
 @pytest.fixture
 def served(tmp_path):
     runner = Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "run").start()
@@ -55,15 +62,34 @@ def test_paint_a_stroke_submit_and_find_the_mask_on_disk(served):
 
     runner, server = served
     initial = runner.plan.method.initial_ids()
+    wait_for(lambda: runner.oracle.queue(), what="the initial queue")
+    flat = np.full(runner.datastore.shape(initial[0]), 0.5)  # the same uncertainty everywhere: no pixel stands out
+    runner.datastore.record_proposals({initial[0]: Proposal(None, np.array([0.5, 0.5]), flat)},
+                                      {initial[0]: {"model_round": 0}})
     driver = chromium()
     try:
         driver.get(f"{server.url}/?token={TOKEN}")
         wait_for(lambda: driver.find_element(By.ID, "item-title").text in initial, timeout=30, what="the first image")
         assert "token" not in driver.current_url  # traded for the cookie
         sid = driver.find_element(By.ID, "item-title").text
+        assert sid == initial[0]
         assert driver.find_element(By.ID, "queue").text.count("cxr-") == len(initial)
+        assert "image class" in driver.find_element(By.ID, "message").text  # the method's own hint
+        assert "class" in driver.find_element(By.ID, "submit-why").text  # a disabled control says why
+        assert not driver.find_element(By.ID, "submit").is_enabled()
+        assert "nothing to undo" in driver.find_element(By.ID, "undo").get_attribute("title")
         canvas = driver.find_element(By.ID, "canvas")
         actions = ActionChains(driver)
+        # the uncertainty overlay on its fixed 0-1 scale: a flat 0.5 map shows 0.5's colour, not the top of the scale
+        assert driver.find_element(By.ID, "legend").is_displayed()
+        actions.send_keys("m").perform()  # the mask off: the overlay alone over the image
+        before = centre_pixel(driver)
+        actions.send_keys("u").perform()
+        after = centre_pixel(driver)
+        alpha = 0.45 * round(0.5 ** 1.5 * 0.95 * 255) / 255  # opacity x the overlay's alpha at 0.5
+        expected = [b * (1 - alpha) + c * alpha for b, c in zip(before, (242.25, 63.75, 100.0))]
+        assert np.allclose(after, expected, atol=3), (before, after, expected)
+        actions.send_keys("u").send_keys("m").perform()
         actions.send_keys("1").send_keys("]]]").perform()  # label 1 (lung), brush radius 3 -> 6
         # a stroke near the top, undone with Z
         actions.move_to_element_with_offset(canvas, -60, -150).click_and_hold().move_by_offset(120, 0).release().perform()
@@ -78,6 +104,11 @@ def test_paint_a_stroke_submit_and_find_the_mask_on_disk(served):
         wait_for(lambda: runner.datastore.answer(sid), timeout=20, what="the submitted label")
         wait_for(lambda: driver.find_element(By.ID, "item-title").text not in ("No image", sid), timeout=20,
                  what="the next image")
+        # no map for this one: the toggle is off and says why
+        wait_for(lambda: "no model has seen this image" in driver.find_element(By.ID, "show-unc-why").text,
+                 timeout=10, what="the reason there is no uncertainty map")
+        assert not driver.find_element(By.ID, "show-unc").is_enabled()
+        assert not driver.find_element(By.ID, "legend").is_displayed()
         assert "1 / " in driver.find_element(By.ID, "progress-text").text or runner.datastore.status()["completed"] >= 1
         logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
