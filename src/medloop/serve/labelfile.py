@@ -124,12 +124,13 @@ def _png(data: bytes, name: str, shape: tuple[int, int]) -> np.ndarray:
     return pixels.astype(np.int64)
 
 
-def _inflate(data: bytes, limit: int, name: str, wbits: int) -> bytes:
-    """Decompress at most ``limit`` bytes (a gzip or zlib stream); more is a refusal, not a memory spike."""
-    inflater = zlib.decompressobj(wbits)
+def _inflate(data: bytes, limit: int, name: str, wbits: int | None = None) -> bytes:
+    """Decompress at most ``limit`` bytes of a gzip or zlib stream (``wbits``) or, without ``wbits``, a bzip2
+    one; more is a refusal, not a memory spike."""
+    inflater = bz2.BZ2Decompressor() if wbits is None else zlib.decompressobj(wbits)
     try:
         out = inflater.decompress(data, limit + 1)
-    except zlib.error as exc:
+    except (zlib.error, OSError, ValueError) as exc:
         raise _refuse(f"the compressed label '{name}' cannot be decompressed ({exc}); send an intact file") from None
     if len(out) > limit:
         raise _refuse(f"the label '{name}' decompresses to more than {limit} bytes, more than a label of the image's "
@@ -186,16 +187,15 @@ def _to_rows(xy: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(xy.T).astype(np.int64)
 
 
-_NRRD_TYPES = {}
-for _names, _code in ((("signed char", "int8", "int8_t"), "i1"), (("uchar", "unsigned char", "uint8", "uint8_t"), "u1"),
-                      (("short", "short int", "signed short", "signed short int", "int16", "int16_t"), "i2"),
-                      (("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), "u2"),
-                      (("int", "signed int", "int32", "int32_t"), "i4"), (("uint", "unsigned int", "uint32", "uint32_t"), "u4"),
-                      (("longlong", "long long", "long long int", "signed long long", "signed long long int", "int64",
-                        "int64_t"), "i8"),
-                      (("ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t"), "u8"),
-                      (("float",), "f4"), (("double",), "f8")):
-    _NRRD_TYPES.update(dict.fromkeys(_names, _code))
+_NRRD_TYPE_NAMES = {  # NRRD's names of each voxel type -> numpy's
+    "i1": ("signed char", "int8", "int8_t"), "u1": ("uchar", "unsigned char", "uint8", "uint8_t"),
+    "i2": ("short", "short int", "signed short", "signed short int", "int16", "int16_t"),
+    "u2": ("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"),
+    "i4": ("int", "signed int", "int32", "int32_t"), "u4": ("uint", "unsigned int", "uint32", "uint32_t"),
+    "i8": ("longlong", "long long", "long long int", "signed long long", "signed long long int", "int64", "int64_t"),
+    "u8": ("ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t"),
+    "f4": ("float",), "f8": ("double",)}
+_NRRD_TYPES = {name: code for code, names in _NRRD_TYPE_NAMES.items() for name in names}
 
 
 def _nrrd(data: bytes, name: str, shape: tuple[int, int]) -> LabelFile:
@@ -279,7 +279,7 @@ def _nrrd(data: bytes, name: str, shape: tuple[int, int]) -> LabelFile:
         if encoding in ("gzip", "gz"):
             body = _inflate(body, count * dtype.itemsize, name, wbits=32 + zlib.MAX_WBITS)
         elif encoding in ("bzip2", "bz2"):
-            body = _bunzip(body, count * dtype.itemsize, name)
+            body = _inflate(body, count * dtype.itemsize, name)
         if len(body) < count * dtype.itemsize:
             raise _refuse(f"the NRRD label '{name}' holds {len(body)} bytes of data where {plane[0]} x {plane[1]} "
                           f"voxels of {dtype.itemsize} bytes need {count * dtype.itemsize}; send the whole file")
@@ -301,18 +301,6 @@ def _nrrd(data: bytes, name: str, shape: tuple[int, int]) -> LabelFile:
         full[offset[0]:offset[0] + plane[0], offset[1]:offset[1] + plane[1]] = xy
         xy = full
     return LabelFile(_to_rows(xy, name), _segment_names(keys))
-
-
-def _bunzip(data: bytes, limit: int, name: str) -> bytes:
-    inflater = bz2.BZ2Decompressor()
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except (OSError, ValueError) as exc:
-        raise _refuse(f"the compressed label '{name}' cannot be decompressed ({exc}); send an intact file") from None
-    if len(out) > limit:
-        raise _refuse(f"the label '{name}' decompresses to more than {limit} bytes, more than a label of the image's "
-                      "size needs; send the label map of this image", 413)
-    return out
 
 
 def _segment_names(keys: dict[str, str]) -> dict[int, str] | None:

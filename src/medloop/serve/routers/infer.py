@@ -30,7 +30,7 @@ def multipart(params: dict, label: bytes | None, filename: str | None) -> Respon
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\nContent-Type: application/json\r\n\r\n'
              .encode() + json.dumps(params).encode() + b"\r\n"]
     if label is not None:
-        kind = "image/png" if filename.endswith(".png") else mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        kind = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
                      f"Content-Type: {kind}\r\n\r\n".encode() + label + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
