@@ -100,7 +100,8 @@ def test_one_runs_token_and_cookie_do_not_open_another_runs_server(tmp_path, cli
     "/datastore/image?image=/etc/passwd", "/datastore/image?image=images/cxr-0001.png",
     "/datastore/label?label=../../serve.json&tag=final", "/datastore/label?label=cxr-0001&tag=../../../serve",
     "/datastore/image/info?image=..", "/api/item?image=%00", "/static/..%2Fapp.py", "/static/../app.py",
-    "/static/index.html/..", "/static/app.py", "/datastore/image?image=" + "x" * 5000])
+    "/static/index.html/..", "/static/app.py", f"/t/{TOKEN}/datastore/image?image=../config.yaml",
+    f"/t/{TOKEN}/static/..%2Fapp.py", f"/t/{TOKEN}/datastore/label?label=cxr-0001&tag=..%2F..%2Fserve", "/datastore/image?image=" + "x" * 5000])
 def test_ids_cannot_reach_outside_the_datastore(shared, path):
     r = shared.get(path, headers=AUTH)
     assert 400 <= r.status_code < 500, r.text
