@@ -62,6 +62,12 @@ class Plan:
     hints: dict[str, str]  # the method's words for the annotator (see ``HINT_KEYS``)
     timeout: float | None = None
 
+    def __post_init__(self):
+        missing = [k for k in HINT_KEYS if not self.hints.get(k)]
+        if missing:
+            raise ValueError(f"the serve plan of method {self.track.get('method')} lacks the hints {missing}; the UI "
+                             f"shows each of {list(HINT_KEYS)}")
+
 
 # what an annotator is told, in the method's words: the task, with the model's proposal loaded, what the
 # uncertainty map means, and why there is none for an image the model has seen
