@@ -63,6 +63,33 @@ def test_user_errors_exit_2_with_one_clear_line_and_no_traceback(folder_tree):
     assert proc.returncode == 2 and "did you mean 'chest-xray'" in proc.stderr
 
 
+def test_inspect_names_damaged_dicoms_and_skips_them_without_reader_noise(tmp_path):
+    import shutil
+
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(get_testdata_file(name), pool / name)
+    raw = bytearray((pool / "CT_small.dcm").read_bytes())
+    at = raw.find(b"\x20\x00\x0d\x00UI")
+    raw[at + 4:at + 6] = b"WI"  # a value representation bit flip: a NotImplementedError traceback before
+    (pool / "vr_flip.dcm").write_bytes(bytes(raw))
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Rows = ds.Rows - 1  # read as a 127 x 128 image before
+    ds.save_as(pool / "rows.dcm")
+    (pool / "notes.txt").write_text("exported by the scanner")
+    proc = _cli("data", "inspect", str(pool), "--on-error", "skip")
+    assert proc.returncode == 0, proc.stderr
+    assert "vr_flip.dcm: cannot read DICOM header" in proc.stderr and "rows.dcm: pixel data holds" in proc.stderr
+    assert "Traceback" not in proc.stderr and "pydicom" not in proc.stderr
+    assert "corrupt: 2" in proc.stdout and "ignored: " in proc.stdout and "notes.txt" in proc.stdout
+    proc = _cli("data", "inspect", str(pool))
+    assert proc.returncode == 2 and "error:" in proc.stderr and "vr_flip.dcm" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("medloop ")

@@ -38,7 +38,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 JSRT_SHAPE = (2048, 2048)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Third-party loggers whose warnings belong to the file being read (reported with its name, not printed bare).
-_READER_LOGGERS = ("pydicom", "nibabel", "PIL", "tifffile")
+# nibabel.global has a stream handler of its own, so it is listed beside its parent.
+_READER_LOGGERS = ("pydicom", "nibabel", "nibabel.global", "PIL", "tifffile")
 # Anti-aliased 0/255 masks are thresholded at this value (>= is foreground); documented in README.
 MASK_THRESHOLD = 128
 
@@ -66,9 +67,11 @@ class ReaderNoise(logging.Handler):
     def lines(self) -> list[str]:
         return self.logged + [str(w.message) for w in self.warned]
 
-    def note(self) -> str:
-        """`` (the reader also said: ...)`` for a message, or an empty string; each line once, shortened."""
+    def note(self, message: str = "") -> str:
+        """`` (the reader also said: ...)`` to append to ``message``, or an empty string; each line once, shortened,
+        and none that ``message`` already quotes."""
         lines = list(dict.fromkeys(line.strip().splitlines()[0][:200] for line in self.lines() if line.strip()))
+        lines = [line for line in lines if line not in message]
         if not lines:
             return ""
         return f" (the reader also said: {'; '.join(lines[:3])}{' ...' if len(lines) > 3 else ''})"
@@ -85,9 +88,9 @@ def reader_noise(path: Path | str) -> Iterator[ReaderNoise]:
     """
     noise = ReaderNoise()
     loggers = [logging.getLogger(name) for name in _READER_LOGGERS]
-    saved = [lg.propagate for lg in loggers]
+    saved = [(lg.handlers, lg.propagate) for lg in loggers]
     for lg in loggers:
-        lg.addHandler(noise)
+        lg.handlers = [noise]
         lg.propagate = False
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -95,8 +98,8 @@ def reader_noise(path: Path | str) -> Iterator[ReaderNoise]:
             noise.warned = caught
             yield noise
     finally:
-        for lg, propagate in zip(loggers, saved):
-            lg.removeHandler(noise)
+        for lg, (handlers, propagate) in zip(loggers, saved):
+            lg.handlers = handlers
             lg.propagate = propagate
     if noise.lines():
         log.info("%s: read, with reader warnings%s", path, noise.note())
@@ -168,7 +171,7 @@ def read_image(path: Path) -> np.ndarray:
         try:
             array = _decode_image(data, suffix, path)
         except DataError as err:
-            raise DataError(err.detail + noise.note(), path, err.reason) from None
+            raise DataError(err.detail + noise.note(err.detail), path, err.reason) from None
     return _to_hwc(array, path)
 
 
@@ -270,10 +273,10 @@ def read_nifti(path: Path) -> np.ndarray:
             check_nifti_header(head, img, size, path)
             return np.asarray(img.dataobj)
         except DataError as err:
-            raise DataError(err.detail + noise.note(), path, err.reason) from None
+            raise DataError(err.detail + noise.note(err.detail), path, err.reason) from None
         except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib errors...
             raise DataError(f"cannot read NIfTI ({type(exc).__name__}: {exc}); the file is corrupt or truncated"
-                            + noise.note(), path, "corrupt") from None
+                            + noise.note(str(exc)), path, "corrupt") from None
 
 
 # nibabel's header diagnosis also judges the spatial transform (pixdim, qfac, qform/sform codes): those do not
@@ -348,11 +351,16 @@ _PIXEL_SIZE_WARNINGS = ("excess padding", "non-conformant padding", "larger than
 
 
 def _dicom_element_at(head: bytes, offset: int) -> bool:
-    """Whether a plausible first data element (group 0002 or 0008, little endian) starts at ``offset``."""
+    """Whether a plausible first data element (group 0002 or 0008) starts at ``offset``: explicit VR in either
+    byte order, or implicit VR little endian with a short length."""
     elem = head[offset:offset + 8]
-    if len(elem) < 8 or elem[:2] not in (b"\x02\x00", b"\x08\x00"):
+    if len(elem) < 8:
         return False
-    return elem[4:6] in _DICOM_VRS or int.from_bytes(elem[4:8], "little") < 0x10000  # explicit VR, or an implicit length
+    if elem[:2] in (b"\x00\x02", b"\x00\x08"):  # big endian is always explicit VR
+        return elem[4:6] in _DICOM_VRS
+    if elem[:2] in (b"\x02\x00", b"\x08\x00"):
+        return elem[4:6] in _DICOM_VRS or int.from_bytes(elem[4:8], "little") < 0x10000
+    return False
 
 
 def _dicom_kind(path: Path) -> str | None:
@@ -417,23 +425,23 @@ def read_dicom_header(path: Path):
         try:
             return _open_dicom(path, stop_before_pixels=True)
         except DataError as err:
-            raise DataError(err.detail + noise.note(), path, err.reason) from None
+            raise DataError(err.detail + noise.note(err.detail), path, err.reason) from None
         except Exception as exc:
             raise DataError(f"cannot read DICOM header ({type(exc).__name__}: {exc}); the file is corrupt"
-                            + noise.note(), path, "corrupt") from None
+                            + noise.note(str(exc)), path, "corrupt") from None
 
 
 def _check_pixel_module(ds, path: Path) -> tuple[int, int, int, int]:
     """Check the Image Pixel module's values against each other and the standard; returns
     ``(frames, rows, columns, samples)``."""
     fix = "the header is damaged; re-export or re-download the file, or remove it"
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DataError("no pixel data element (7FE0,0010); this DICOM holds no image (a report, a plan, a structured "
+                        "document?): move it out of the folder", path, "format")
     missing = [k for k in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation")
                if ds.get(k) in (None, "")]
     if missing:
         raise DataError(f"the image pixel module lacks {', '.join(missing)}; {fix}", path, "corrupt")
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise DataError("no pixel data element (7FE0,0010); this DICOM holds no image (a report or a structured "
-                        "document?): move it out of the folder", path, "format")
     rows, columns, bits, samples = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated), int(ds.SamplesPerPixel)
     stored = int(ds.get("BitsStored") or bits)
     high = ds.get("HighBit")
@@ -524,10 +532,10 @@ def read_dicom(path: Path) -> np.ndarray:
                                 "the file, or remove it", path, "corrupt")
             array = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
         except DataError as err:
-            raise DataError(err.detail + noise.note(), path, err.reason) from None
+            raise DataError(err.detail + noise.note(err.detail), path, err.reason) from None
         except Exception as exc:
             raise DataError(f"cannot read DICOM pixels ({type(exc).__name__}: {exc}); the file is corrupt, truncated "
-                            "or uses a compression without a decoder installed" + noise.note(), path, "corrupt") from None
+                            "or uses a compression without a decoder installed" + noise.note(str(exc)), path, "corrupt") from None
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
         array = array.max() - array
     if frames == 1:

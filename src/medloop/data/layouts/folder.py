@@ -54,7 +54,7 @@ def list_dir(folder: Path, recursive: bool = True) -> tuple[list[Path], list[Pat
     problems: list[DataError] = []
 
     def unlistable(what: str, path: Path) -> None:
-        problems.append(DataError(f"{what}; it cannot be read, so it is left out: fix or remove it", path, "unlistable"))
+        problems.append(DataError(f"{what}: the entry cannot be listed; fix or remove it", path, "unlistable"))
 
     def walk(directory: Path, ancestors: frozenset[str], top: bool) -> None:
         try:
@@ -298,7 +298,8 @@ dataset/
         """What makes CSV line ``n`` unusable (a short or long row, no image), or None."""
         if len(cells) != len(header):
             return DataError(
-                f"line {n}: {len(cells)} cells where the header has {len(header)} columns ({', '.join(header)}); "
+                f"line {n}: {len(cells)} cell{'s' if len(cells) != 1 else ''} where the header has {len(header)} columns "
+                f"({', '.join(header)}); "
                 "a cell was lost or a comma added: fill the row (empty cells for none) or remove it",
                 csv_path,
                 "format",
