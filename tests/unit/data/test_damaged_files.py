@@ -430,3 +430,15 @@ def test_unreadable_folder_is_named(tmp_path, caplog, monkeypatch):
     ds = _skip(root, caplog)
     assert ds.sample_ids == ["a/000"]
     assert "images/b: folder cannot be listed (Permission denied)" in caplog.text
+
+
+def test_a_linked_folder_is_followed_once(tmp_path, caplog):
+    root = tmp_path / "ds"
+    write_png(root / "images" / "a" / "000.png", gray(16, 16, 0))
+    write_png(root / "images" / "b" / "000.png", gray(16, 16, 1))
+    os.symlink(tmp_path / "more", root / "images" / "linked")  # data kept elsewhere, linked in
+    write_png(tmp_path / "more" / "000.png", gray(16, 16, 2))
+    os.symlink("a", root / "images" / "c")  # the same files again: they would sit on both sides of a split
+    ds = _skip(root, caplog)
+    assert ds.sample_ids == ["a/000", "b/000", "linked/000"]
+    assert "images/c: the same folder as" in caplog.text and summarize(ds).skipped == {"unlistable": 1}

@@ -17,6 +17,8 @@ from medloop.data.record import DatasetInfo, Entry, RawItem
 from medloop.errors import ConfigError, DataError
 from medloop.registry import did_you_mean
 
+__all__ = ["FolderLayout", "visible_files", "list_files", "list_dir", "existing_file"]
+
 _CSV_COLUMNS = ("image", "mask", "label", "case_id")
 _INTEGER = re.compile(r"[+-]?\d+$")
 
@@ -30,15 +32,12 @@ def _is_number(value: str) -> bool:
 
 
 def _as_integer(value: str) -> str:
-    """``"; write 1"`` for ``"1.0"``, else an empty string."""
+    """The fix for a label cell that is not an integer: ``"; write 1"`` for ``"1.0"``."""
     try:
         number = float(value)
     except ValueError:
         return "; fix the row"
     return f"; write {int(number)}" if number.is_integer() else "; fix the row"
-
-
-__all__ = ["FolderLayout", "visible_files", "list_files", "list_dir", "existing_file"]
 
 
 def list_dir(folder: Path, recursive: bool = True) -> tuple[list[Path], list[Path], list[DataError]]:
@@ -47,16 +46,18 @@ def list_dir(folder: Path, recursive: bool = True) -> tuple[list[Path], list[Pat
     ``files`` are visible regular files (recursively when ``recursive``, following symlinked folders);
     ``folders`` the visible sub-folders of ``folder`` itself. Every entry that cannot be listed is a DataError
     (reason ``unlistable``) in ``problems`` rather than dropped: a folder that cannot be read, a link that
-    loops or points nowhere, a symlinked folder that leads back into itself, a pipe or device.
+    loops or points nowhere, a pipe or device, and a symlinked folder that leads back into itself or to a
+    folder already listed (its files would enter the pool twice, on both sides of a split).
     """
     files: list[Path] = []
     folders: list[Path] = []
     problems: list[DataError] = []
+    listed: dict[str, Path] = {os.path.realpath(folder): folder}  # real path -> where it was listed
 
     def unlistable(what: str, path: Path) -> None:
         problems.append(DataError(f"{what}: the entry cannot be listed; fix or remove it", path, "unlistable"))
 
-    def walk(directory: Path, ancestors: frozenset[str], top: bool) -> None:
+    def walk(directory: Path, top: bool) -> None:
         try:
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -70,13 +71,17 @@ def list_dir(folder: Path, recursive: bool = True) -> tuple[list[Path], list[Pat
             try:
                 if entry.is_dir():
                     real = os.path.realpath(path)
-                    if real in ancestors:
-                        unlistable(f"symlink loop: the link leads back to {real}, a folder that contains it", path)
+                    if real in listed:
+                        first = listed[real]
+                        what = ("symlink loop: the link leads back to a folder that contains it" if path.is_relative_to(first)
+                                else f"the same folder as {first}, through a link: its files would be read twice")
+                        unlistable(what, path)
                         continue
+                    listed[real] = path
                     if top:
                         folders.append(path)
                     if recursive:
-                        walk(path, ancestors | {real}, False)
+                        walk(path, False)
                 elif entry.is_file():
                     files.append(path)
                 elif entry.is_symlink():
@@ -87,7 +92,7 @@ def list_dir(folder: Path, recursive: bool = True) -> tuple[list[Path], list[Pat
                 what = "symlink loop" if exc.errno == errno.ELOOP else f"cannot be listed ({exc.strerror})"
                 unlistable(what, path)
 
-    walk(folder, frozenset({os.path.realpath(folder)}), True)
+    walk(folder, True)
     return sorted(files), folders, problems
 
 
