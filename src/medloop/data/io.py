@@ -339,7 +339,9 @@ def gunzip_checked(data: bytes, path: Path | str) -> bytes:
         raise DataError(f"damaged compressed data (zlib: {exc}); {fix}", path, "corrupt") from None
 
 
-_DICOM_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split())
+_DICOM_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
 # Photometric interpretation -> samples per pixel (PS3.3 C.7.6.3.1.2).
 _PHOTOMETRIC_SAMPLES = {
     "MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "HSV": 3, "YBR_FULL": 3, "YBR_FULL_422": 3,
