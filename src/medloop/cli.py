@@ -275,6 +275,9 @@ def serve(
     token: Annotated[Optional[str], typer.Option(help="Access token (a random one is printed when omitted).")] = None,
     lease: Annotated[float, typer.Option(help="Seconds an image stays with the annotator who opened it.")] = 300.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the served run in --out after a stop or kill.")] = False,
+    reads_per_image: Annotated[Optional[int], typer.Option(
+        help="Different annotators who label each image (>= 1); the model trains on their consensus. "
+             "Default 1, or what the resumed run was started with.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override key=value (dotted keys for sections).")] = None,
 ) -> None:
     """Label with the loop: an annotation server and browser UI; the model retrains after each batch."""
@@ -291,7 +294,8 @@ def serve(
         console.print(line, highlight=False, soft_wrap=True, markup=False)
         sys.stdout.flush()
 
-    serve_run(cfg, out, host=host, port=port, token=token, resume=resume, lease_seconds=lease, echo=echo)
+    serve_run(cfg, out, host=host, port=port, token=token, resume=resume, lease_seconds=lease, echo=echo,
+              reads_per_image=reads_per_image)
 
 
 @app.command()

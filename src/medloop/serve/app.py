@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from medloop.serve.datastore import RequestError
+from medloop.serve.human import check_reads_per_image
 from medloop.serve.routers.auth import PATH_TOKEN_PREFIX, PATH_TOKEN_SCOPE
 from medloop.serve.runner import Runner
 from medloop.serve.served_run import MAX_UPLOAD_BYTES, ServedRun
@@ -140,9 +141,10 @@ def _bind(host: str, port: int):
 
 
 def serve(config, out, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, resume: bool = False,
-          lease_seconds: float = 300.0, echo=print) -> None:
+          lease_seconds: float = 300.0, echo=print, reads_per_image: int | None = None) -> None:
     """Run the loop of ``config``'s served track (see ``serve.runner``) behind the annotation server until
     interrupted; ``echo`` gets the URL with the access token (generated unless ``token`` is given).
+    ``reads_per_image``: how many different annotators label each image (``None``: as the resumed run, else 1).
 
     The background training uses one CPU thread (``torch.set_num_threads(1)``, process-wide), so the request
     handlers keep a core and a resumed round computes exactly what the killed one did.
@@ -159,14 +161,19 @@ def serve(config, out, host: str = "127.0.0.1", port: int = 8000, token: str | N
                           "leave it out to get a random one")
     if lease_seconds <= 0:
         raise ConfigError(f"The '--lease' option must be > 0 seconds; got {lease_seconds}")
+    if reads_per_image is not None:
+        check_reads_per_image(reads_per_image)
     torch.set_num_threads(1)
-    runner = Runner(config, out, resume=resume, lease_seconds=lease_seconds)
+    runner = Runner(config, out, resume=resume, lease_seconds=lease_seconds, reads_per_image=reads_per_image)
     token = token or secrets.token_hex(24)
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     echo(f"medloop serve: {runner.config.name} ({', '.join(f'{k} {v}' for k, v in runner.plan.track.items())})")
     echo(f"run folder: {runner.out} (datastore: {runner.datastore.folder})")
+    if runner.reads_per_image > 1:
+        echo(f"each image is labeled by {runner.reads_per_image} different annotators; the model trains on their "
+             f"consensus; agreement: {runner.out / 'agreement.md'}")
     if host not in ("127.0.0.1", "localhost", "::1"):
         echo(f"warning: listening on {host}: anyone who can reach this machine and has the token can label")
     echo(f"open in a browser:\n    http://{shown}:{bound}/?token={token}")
@@ -178,3 +185,4 @@ def serve(config, out, host: str = "127.0.0.1", port: int = 8000, token: str | N
         server.run(sockets=[sock])
     finally:
         runner.datastore.flush()  # the index catches up with answers.jsonl before the process ends
+        runner.write_agreement()

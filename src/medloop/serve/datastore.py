@@ -5,18 +5,21 @@
       labels/final/<name>.png       the expert's label maps (pixel value = mask label index)
       labels/original/<name>.png    the model's proposals (same values)
       uncertainty/<name>.png        the model's uncertainty maps (0..255 for 0..1; higher = less sure)
+      labels/reads/<reader>/<name>.png  with several readers per image: each annotator's own label maps
       datastore.json                the index: MONAI Label's ``{name, description, images_dir, labels_dir,
                                     objects: {id: {image: {ext, info}, labels: {tag: {ext, info}}}}}``
       answers.jsonl                 every expert label, appended and fsynced before it is acknowledged
+      reads.jsonl                   with several readers per image: every read, appended and fsynced before it
+                                    is acknowledged (``answers.jsonl`` then holds the consensus of the reads)
 
-An expert label is durable before it is acknowledged: its PNG is written atomically, then its line is appended
-to ``answers.jsonl`` and fsynced. ``answers.jsonl`` is the record of the expert's work; the index follows it
+An expert label (or a read) is durable before it is acknowledged: its PNG is written atomically, then its line
+is appended to ``answers.jsonl`` (``reads.jsonl``) and fsynced. ``answers.jsonl`` is the record of the expert's work; the index follows it
 within half a second (rewritten atomically at most twice a second, off the acknowledgement's path) and is
 rebuilt from it on every open, so a kill before the index catches up loses nothing.
 
 Ids are never joined into paths: every file name comes from the index (an id with characters outside
-``[A-Za-z0-9._-]`` gets them replaced and a hash of the id appended), and every path is checked to stay inside
-the datastore folder.
+``[A-Za-z0-9._-]`` gets them replaced and a hash of the id appended; a reader's folder is named the same way
+after the annotator's client id), and every path is checked to stay inside the datastore folder.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from medloop.data import Sample
 from medloop.errors import DataError, MedloopError
 from medloop.storage import append_jsonl, read_jsonl, write_bytes, write_json
 
-__all__ = ["TAGS", "Datastore", "RequestError", "label_digest", "png_bytes", "read_png", "remove_partial_writes"]
+__all__ = ["TAGS", "Datastore", "RequestError", "label_digest", "png_bytes", "read_png", "reader_folder",
+           "remove_partial_writes"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,13 @@ def _file_name(sample_id: str, taken: set[str]) -> str:
     return stem
 
 
+def reader_folder(client: str) -> str:
+    """The folder of an annotator's reads below ``labels/reads/``: the client id when it is a safe, lower-case
+    name, else the safe part and a hash of the id (distinct ids never share a folder, on any file system)."""
+    safe = _SAFE.sub("_", client).lstrip(".") or "reader"
+    return safe if safe == client.lower() == client else f"{safe}-{hashlib.sha1(client.encode()).hexdigest()[:8]}"
+
+
 class Datastore:
     """Images, expert labels, model proposals and their index in one folder (see the module docstring).
 
@@ -129,6 +140,7 @@ class Datastore:
         self._objects: dict[str, dict] = {}
         self._stems: dict[str, str] = {}
         self._answers: dict[str, dict] = {}
+        self._reads: dict[str, list[dict]] = {}  # id -> its reads, in the order they came (several readers)
         self._flush: threading.Timer | None = None  # a pending index rewrite
 
     @property
@@ -139,13 +151,17 @@ class Datastore:
     def answers_path(self) -> Path:
         return self.folder / "answers.jsonl"
 
+    @property
+    def reads_path(self) -> Path:
+        return self.folder / "reads.jsonl"
+
     @classmethod
     def open(cls, folder: str | Path, samples: Iterable[Sample] = (), name: str = "medloop",
              description: str = "") -> Datastore:
         """Open (or create) the datastore in ``folder``, adding ``samples``' images it does not hold yet, and
-        rebuild the expert labels of the index from ``answers.jsonl``."""
+        rebuild the expert labels of the index from ``answers.jsonl`` and the reads from ``reads.jsonl``."""
         ds = cls(folder, name, description)
-        for sub in ("images", "labels/final", "labels/original", "uncertainty"):
+        for sub in ("images", "labels/final", "labels/original", "labels/reads", "uncertainty"):
             (ds.folder / sub).mkdir(parents=True, exist_ok=True)
         remove_partial_writes(ds.folder)
         if ds.index_path.exists():
@@ -172,6 +188,9 @@ class Datastore:
         for rec in read_jsonl(ds.answers_path):
             if rec.get("image") in ds._objects:
                 ds._answers[rec["image"]] = rec
+        for rec in read_jsonl(ds.reads_path):
+            if rec.get("image") in ds._objects:
+                ds._reads.setdefault(rec["image"], []).append(rec)
         for sid, obj in ds._objects.items():  # answers.jsonl decides which expert labels exist
             rec = ds._answers.get(sid)
             if rec is None:
@@ -256,6 +275,24 @@ class Datastore:
         with self._lock:  # a request thread may be adding one
             return dict(self._answers)
 
+    def reads(self, sample_id: str) -> list[dict]:
+        """The acknowledged reads of an image (``reads.jsonl`` records), in the order they came."""
+        with self._lock:
+            return list(self._reads.get(self.check(sample_id), []))
+
+    @property
+    def read_count(self) -> int:
+        with self._lock:
+            return sum(len(r) for r in self._reads.values())
+
+    def read_label(self, record: dict) -> np.ndarray:
+        """The label map of a read (a record of ``reads``)."""
+        path = (self.folder / record["file"]).resolve()
+        if not path.is_relative_to(self.folder / "labels" / "reads") or not path.is_file():
+            raise DataError(f"the label map of a read of image '{record['image']}' ({record['file']}) is missing; "
+                            "restore it from a copy of the datastore", self.reads_path, "missing")
+        return read_png(path)
+
     def json(self) -> dict:
         """The index as MONAI Label's ``GET /datastore/?output=all`` answers it."""
         with self._lock:
@@ -297,6 +334,19 @@ class Datastore:
                 self._flush = threading.Timer(0.5, self.flush)
                 self._flush.daemon = True
                 self._flush.start()
+        return record
+
+    def record_read(self, sample_id: str, mask: np.ndarray, label: int | None, client: str, info: dict) -> dict:
+        """Store one annotator's read of an image durably (PNG, then the fsynced ``reads.jsonl`` line); returns
+        its record. The caller decides whether the read is accepted (queue, lease, readers) under its own lock."""
+        stem = self._stems[self.check(sample_id)]
+        rel = f"labels/reads/{reader_folder(client)}/{stem}.png"
+        record = {"image": sample_id, "client_id": client, "class": label, "digest": label_digest(mask, label),
+                  "file": rel, "ts": int(time.time()), **info}
+        with self._lock:
+            write_bytes(self.folder / rel, png_bytes(mask))
+            append_jsonl(self.reads_path, record)
+            self._reads.setdefault(sample_id, []).append(record)
         return record
 
     def flush(self) -> None:

@@ -8,8 +8,9 @@
   cycles.
 
 The track folder is the one ``medloop run`` would write for that track (``tracks/...``), next to
-``datastore/`` (``serve.datastore``), ``serve.json`` (what is served, and the run's id) and the usual
-``config.yaml`` / ``run.json``. The loop is unchanged: the runner observes it through a thin wrapper around the
+``datastore/`` (``serve.datastore``), ``serve.json`` (what is served, the run's id and its reads per image) and
+the usual ``config.yaml`` / ``run.json``. With several reads per image, ``agreement.md`` and ``agreement.json``
+(``report.agreement``) follow the readers' agreement after each retraining and when the server stops. The loop is unchanged: the runner observes it through a thin wrapper around the
 method (phase, model after each retraining, round records) and around the strategy (the scores of the
 selection, shown with each queued item).
 """
@@ -36,7 +37,8 @@ from medloop.loop.round import Candidates, QuerySize
 from medloop.loop.rundir import check_resume
 from medloop.query import QueryStrategy, build_strategy
 from medloop.serve.datastore import Datastore, remove_partial_writes
-from medloop.serve.human import Batch, HumanOracle
+from medloop.serve.consensus import CONSENSUS_RULE
+from medloop.serve.human import Batch, HumanOracle, check_reads_per_image
 from medloop.storage import write_json
 
 __all__ = ["Plan", "Runner", "plan_track"]
@@ -67,6 +69,16 @@ class Plan:
         if missing:
             raise ValueError(f"the serve plan of method {self.track.get('method')} lacks the hints {missing}; the UI "
                              f"shows each of {list(HINT_KEYS)}")
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """The mask labels as name -> value, background left out (MONAI Label's ``labels``); a name used twice
+        gets its value appended."""
+        named: dict[str, int] = {}
+        for value, name in sorted(self.mask_labels.items()):
+            if value != 0:
+                named[name if name not in named else f"{name} ({value})"] = value
+        return named
 
 
 # what an annotator is told, in the method's words: the task, with the model's proposal loaded, what the
@@ -222,14 +234,19 @@ class _Tap:
 class Runner:
     """One track of ``config`` in ``out`` with a ``HumanOracle``; ``start()`` runs the loop in a daemon thread.
 
-    Refuses a folder that holds a ``medloop run`` experiment, a served run without ``resume``, or a run with
-    another config (``loop.rundir.check_resume``).
+    Refuses a folder that holds a ``medloop run`` experiment, a served run without ``resume``, a run with
+    another config (``loop.rundir.check_resume``) or other reads per image. ``reads_per_image``: how many
+    different annotators label each image (``None``: what the resumed run was started with, else 1).
     """
 
     def __init__(self, config: ExperimentConfig | CollaborativeConfig, out: str | Path, resume: bool = False,
-                 lease_seconds: float = 300.0, progress: bool = False):
+                 lease_seconds: float = 300.0, progress: bool = False, reads_per_image: int | None = None):
+        import json
+
         from medloop.runinfo import write_run_record
 
+        if reads_per_image is not None:
+            check_reads_per_image(reads_per_image)
         self.config, self.out = config, Path(out)
         marker = self.out / "serve.json"
         if (self.out / "config.yaml").exists() and not marker.exists():
@@ -238,19 +255,24 @@ class Runner:
         self.plan = plan_track(config, self.out, progress)
         self.out.mkdir(parents=True, exist_ok=True)
         if marker.exists():
-            import json
-
-            self.run_id = json.loads(marker.read_text())["run_id"]
+            saved = json.loads(marker.read_text())
+            self.run_id, self.reads_per_image = saved["run_id"], saved.get("reads_per_image", 1)
+            if reads_per_image not in (None, self.reads_per_image):
+                raise ConfigError(f"{self.out} is a served run with {self.reads_per_image} read(s) per image; it cannot "
+                                  f"resume with --reads-per-image {reads_per_image} (its queue and answers count "
+                                  f"{self.reads_per_image}): leave the option out, or serve into another --out")
         else:
-            self.run_id = uuid.uuid4().hex
+            self.run_id, self.reads_per_image = uuid.uuid4().hex, 1 if reads_per_image is None else reads_per_image
             config.to_yaml(self.out / "config.yaml")
             write_run_record(self.out, self.plan.seed, {"experiment": config.to_dict()}, "medloop serve")
             write_json(marker, {"run_id": self.run_id, "name": config.name, **self.plan.track,
-                                "track_folder": str(self.plan.folder.relative_to(self.out))})
+                                "track_folder": str(self.plan.folder.relative_to(self.out)),
+                                "reads_per_image": self.reads_per_image})
         remove_partial_writes(self.out)  # nothing writes here yet: the loop starts later, the server after
         self.datastore = Datastore.open(self.out / "datastore", self.plan.images, name=config.name,
                                         description=f"medloop serve: {self.plan.track}")
-        self.oracle = HumanOracle(self.datastore, lease_seconds, prepare=self._prepare)
+        self.oracle = HumanOracle(self.datastore, lease_seconds, prepare=self._prepare,
+                                  reads_per_image=self.reads_per_image, labels=self.plan.labels)
         self.phase, self.round_idx, self.error = "starting", 0, None
         self.metrics: dict[int, dict] = {}  # written by the loop's thread, read by request threads: under _lock
         self._lock = threading.Lock()
@@ -282,6 +304,7 @@ class Runner:
             if state.done:  # run_track returns at once: show the finished run's metrics and model
                 self._restored(state, plan.method.restore(state))
             run_track(_Observed(plan.method, self), _Tap(plan.strategy, self), state, plan.seed)
+            self.write_agreement()
             self._phase("finished", self.round_idx)
         except Exception as exc:  # the server stays up and shows it; the run resumes after a fix
             log.exception("the active-learning loop stopped")
@@ -309,6 +332,7 @@ class Runner:
         headline = self.plan.headline(record)
         with self._lock:
             self.metrics[round_idx] = headline
+        self.write_agreement()
 
     def _prepare(self, ids: list[str]) -> Batch:
         """Before a batch is queued (loop thread): the selection's score of each id, the model's proposals."""
@@ -351,12 +375,28 @@ class Runner:
         with self._infer_lock:  # one inference at a time beside the training thread
             return snapshot[0], self.plan.method.proposals(snapshot[1], [sample_id])[sample_id]
 
+    def agreement(self) -> dict:
+        """The readers' agreement so far (``report.agreement.summarize``); empty with one read per image."""
+        from medloop.report.agreement import summarize
+
+        if self.reads_per_image == 1:
+            return {}
+        return summarize(self.datastore.answers.values(), self.plan.class_names)
+
+    def write_agreement(self) -> None:
+        """Write ``agreement.md`` / ``agreement.json`` into the run folder (with several reads per image)."""
+        from medloop.report.agreement import write_agreement_report
+
+        if self.reads_per_image > 1:
+            write_agreement_report(self.out, self.datastore.answers.values(), self.plan.class_names,
+                                   self.reads_per_image, CONSENSUS_RULE)
+
     def status(self, client: str | None = None) -> dict:
-        """Progress for the UI: phase, round, labeled / budget, the model's metrics per round, the queue."""
+        """Progress for the UI: phase, round, labeled / budget, reads, the model's metrics per round, the queue."""
         done = self.datastore.status()["completed"]
         with self._lock:
             metrics = [{"round": r, **m} for r, m in sorted(self.metrics.items())]
         return {"run_id": self.run_id, "name": self.config.name, **self.plan.track, "phase": self.phase,
                 "round": self.round_idx, "model_round": self.model_round, "labeled": done, "budget": self.plan.budget,
-                "error": self.error, "metrics": metrics,
-                "queue": self.oracle.queue(client)}
+                "reads_per_image": self.reads_per_image, "reads": self.datastore.read_count, "error": self.error,
+                "metrics": metrics, "queue": self.oracle.queue(client)}

@@ -86,11 +86,7 @@ class ServedRun:
         self.runner, self.token, self.max_upload_bytes = runner, token, max_upload_bytes
         self.plan, self.datastore, self.oracle = runner.plan, runner.datastore, runner.oracle
         self.cookie = f"medloop-{runner.run_id[:16]}"  # per run: one run's cookie never opens another's server
-        named: dict[str, int] = {}
-        for value, name in sorted(self.plan.mask_labels.items()):
-            if value != 0:
-                named[name if name not in named else f"{name} ({value})"] = value
-        self.labels = named  # name -> value, background left out
+        self.labels = self.plan.labels  # name -> value, background left out
         self.class_names = list(self.plan.class_names)
 
     @property
@@ -130,6 +126,7 @@ class ServedRun:
             "medloop": {"run_id": self.run_id, **plan.track, "class_names": self.class_names, "labels": self.labels,
                         "needs_class": bool(self.class_names), "budget": plan.budget,
                         "lease_seconds": self.oracle.lease_seconds, "max_upload_bytes": self.max_upload_bytes,
+                        "reads_per_image": self.oracle.reads_per_image,
                         "label_formats": list(EXTENSIONS), "hints": plan.hints},
         })
 
@@ -157,7 +154,8 @@ class ServedRun:
 
     def save_label(self, image: str, tag: str, data: bytes, filename: str, params_text: str | None) -> dict:
         """Check and store an expert's label: the file (PNG, NIfTI or NRRD), ``params.label_info`` naming its
-        values, the image class (``params.class``, or a segment named after the class); acknowledged once durable."""
+        values, the image class (``params.class``, or a segment named after the class); acknowledged once durable.
+        With several reads per image it is ``params.client_id``'s read; ``reads`` says how many are in."""
         sample_id = self.datastore.check(image)
         if tag not in ("", "final"):
             raise RequestError(f"only tag 'final' (the expert's label) can be uploaded; got '{tag[:40]}' "
@@ -176,6 +174,7 @@ class ServedRun:
         record, created = self.oracle.answer(sample_id, mask, label, client_id(params.get("client_id")))
         return clean({"image": sample_id, "label": sample_id, "tag": "final", "acknowledged": True,
                       "duplicate": not created, "class": record["class"],
+                      "reads": self.oracle.reads_of(sample_id), "reads_per_image": self.oracle.reads_per_image,
                       "labeled": self.datastore.status()["completed"], "budget": self.plan.budget})
 
     def _to_run_values(self, mask: np.ndarray, names: dict[int, str], filename: str) -> tuple[np.ndarray, set[int]]:
@@ -257,6 +256,10 @@ class ServedRun:
 
     def status(self, client: str | None) -> dict:
         return clean(self.runner.status(client_id(client)))
+
+    def agreement(self) -> dict:
+        """The readers' agreement so far: per annotator, per pair, the images with the most disagreement."""
+        return clean({"reads_per_image": self.oracle.reads_per_image, **self.runner.agreement()})
 
     def item(self, image: str) -> dict:
         """One image for the editor: pixels, the model's proposal and uncertainty, the final label if any, as

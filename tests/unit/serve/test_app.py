@@ -55,7 +55,7 @@ ENDPOINTS = [("get", "/info/"), ("post", "/activelearning/uncertainty"), ("get",
              ("put", "/datastore/label?image=cxr-0001"), ("post", "/infer/mahapatra2018?image=cxr-0001"),
              ("get", "/api/status"), ("get", "/api/item?image=cxr-0001"), ("post", "/api/lease?image=cxr-0001"),
              ("post", "/api/release?image=cxr-0001"), ("get", "/"), ("get", "/static/main.js"),
-             ("get", "/auth/token/valid")]
+             ("get", "/api/agreement"), ("get", "/auth/token/valid")]
 
 
 @pytest.mark.parametrize("method,path", ENDPOINTS)
@@ -130,7 +130,8 @@ def test_monai_label_subset(client, runner):
     r = put(client, nxt["id"], png(mask), {"class": "nodule", "client_id": "a"})
     assert r.status_code == 200, r.text
     assert r.json() == {"image": nxt["id"], "label": nxt["id"], "tag": "final", "acknowledged": True,
-                        "duplicate": False, "class": 1, "labeled": 1, "budget": runner.plan.budget}
+                        "duplicate": False, "class": 1, "reads": 1, "reads_per_image": 1, "labeled": 1,
+                        "budget": runner.plan.budget}
     back = client.get(f"/datastore/label?label={nxt['id']}&tag=final", headers=AUTH)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(back.content))), mask)
     assert client.get("/datastore/?output=train", headers=AUTH).json()[0]["label"].endswith(".png")
@@ -418,3 +419,30 @@ def test_the_ui_is_told_why_an_image_has_no_uncertainty_map(client, runner):
     info = client.get("/info/", headers=AUTH).json()["medloop"]
     assert set(info["hints"]) == {"task", "proposal", "uncertainty", "no_uncertainty"}
     assert "image class" in info["hints"]["task"] and info["labels"] == {"lung": 1}
+
+
+def test_two_annotators_read_the_same_image_and_see_their_agreement(tmp_path):
+    runner = Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "run", reads_per_image=2)
+    runner.oracle.submit(runner.plan.method.initial_ids())
+    with TestClient(create_app(runner, TOKEN), raise_server_exceptions=False) as client:
+        assert client.get("/info/", headers=AUTH).json()["medloop"]["reads_per_image"] == 2
+        sid = first(client, "a")
+        assert first(client, "b") == sid  # the second read of the first image
+        assert first(client, "c") != sid
+        r = put(client, sid, png(square((32, 32), size=8)), {"class": 1, "client_id": "a"})
+        assert r.status_code == 200 and r.json()["reads"] == 1 and r.json()["labeled"] == 0
+        mine = client.get("/api/status?client_id=a", headers=AUTH).json()
+        assert mine["reads_per_image"] == 2 and mine["reads"] == 1
+        assert {q["id"]: (q["read_by_you"], q["open"]) for q in mine["queue"]}[sid] == (True, False)
+        again = put(client, sid, png(square((32, 32), at=6)), {"class": 1, "client_id": "a"})
+        assert again.status_code == 409 and "already labeled" in again.json()["detail"]
+        assert client.get("/api/agreement", headers=AUTH).json()["images_read"] == 0
+        r = put(client, sid, png(square((32, 32), size=4)), {"class": 1, "client_id": "b"})
+        assert r.json()["reads"] == 2 and r.json()["labeled"] == 1
+        consensus = Image.open(io.BytesIO(client.get(f"/datastore/label?label={sid}", headers=AUTH).content))
+        assert np.array_equal(np.asarray(consensus), square((32, 32), size=4))  # the pixels both painted
+        agreement = client.get("/api/agreement", headers=AUTH).json()
+    assert agreement["reads_per_image"] == 2 and agreement["images_read"] == 1
+    assert [a["annotator"] for a in agreement["annotators"]] == ["a", "b"]
+    assert agreement["annotators"][0]["dice"]["lung"] == pytest.approx(2 * 16 / (64 + 16))
+    assert agreement["most_disagreement"][0]["image"] == sid

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from medloop.data import Sample
+from medloop.errors import ConfigError
 from medloop.loop import AnswerLog, PersistentOracle, collect
 from medloop.serve.datastore import Datastore, RequestError
 from medloop.serve.human import Batch, HumanOracle
@@ -144,14 +145,15 @@ def test_a_restarted_queue_drops_what_the_resumed_loop_no_longer_asks(tmp_path, 
     assert [q["id"] for q in second.queue()] == ["img-2", "img-4"]
 
 
-def test_concurrent_answers_never_mix_or_duplicate(oracle):
-    oracle.submit(IDS)
+def answer_at_once(oracle: HumanOracle, ids: list[str], cls) -> list[tuple[str, str, bool | int]]:
+    """Annotators c1, c2, c3 answer ``ids`` in order from three threads (mask value v, class ``cls(v)``);
+    returns (id, client, created or the refusal's status) of every attempt."""
     results: list = []
 
     def annotate(client: str, value: int):
-        for s in IDS:
+        for s in ids:
             try:
-                results.append((s, client, oracle.answer(s, mask(value), value, client)[1]))
+                results.append((s, client, oracle.answer(s, mask(value), cls(value), client)[1]))
             except RequestError as exc:
                 results.append((s, client, exc.status))
 
@@ -160,6 +162,12 @@ def test_concurrent_answers_never_mix_or_duplicate(oracle):
         t.start()
     for t in threads:
         t.join()
+    return results
+
+
+def test_concurrent_answers_never_mix_or_duplicate(oracle):
+    oracle.submit(IDS)
+    results = answer_at_once(oracle, IDS, lambda v: v)
     store = oracle.datastore
     lines = store.answers_path.read_text().splitlines()
     assert len(lines) == len(IDS) == len(set(store.answers))  # one answer per image
@@ -184,3 +192,90 @@ def test_an_item_answered_while_the_resumed_loop_prepares_its_batch_does_not_com
     assert [q["id"] for q in second.queue()] == ["img-1", "img-3"]
     assert second.lease("b")["id"] == "img-1" and second.lease("c")["id"] == "img-3" and second.lease("d") is None
     assert set(second.poll()) == {"img-2"}
+
+
+# ------------------------------------------------------------------------------------ several readers per image
+
+
+@pytest.fixture
+def two_reads(tmp_path, clock):
+    return HumanOracle(open_store(tmp_path / "ds"), lease_seconds=30, prepare=lambda ids: Batch(2, {}), clock=clock,
+                       reads_per_image=2, labels={"lung": 1, "heart": 2})
+
+
+def test_each_image_goes_to_distinct_annotators_and_the_loop_gets_their_consensus(two_reads):
+    oracle, store = two_reads, two_reads.datastore
+    oracle.submit(["img-1", "img-2"])
+    assert oracle.lease("a")["id"] == "img-1" and oracle.lease("b")["id"] == "img-1"  # two reads: two leases
+    assert oracle.lease("c")["id"] == "img-2"  # both reads of img-1 are taken
+    with pytest.raises(RequestError, match="2 other annotators") as err:
+        oracle.lease("c", "img-1")
+    assert err.value.status == 409
+    big, small = mask(), np.zeros((4, 4), np.uint8)
+    small[1, 1] = 1
+    record, created = oracle.answer("img-1", big, 1, "a")
+    assert created and record["client_id"] == "a" and oracle.reads_of("img-1") == 1
+    assert oracle.poll() == {} and store.answer("img-1") is None  # one read is not an answer
+    view = oracle.queue("a")[0]
+    assert view["reads"] == 1 and view["read_by_you"] and not view["open"] and not view["yours"]
+    assert oracle.lease("a")["id"] == "img-2"  # never the same image twice
+    with pytest.raises(RequestError, match="already labeled image 'img-1'"):
+        oracle.lease("a", "img-1")
+    assert oracle.answer("img-1", big, 1, "a") == (record, False)  # a retry is one read
+    with pytest.raises(RequestError, match="already labeled"):
+        oracle.answer("img-1", small, 1, "a")
+    oracle.answer("img-1", small, 0, "b")
+    got = oracle.poll()
+    assert list(got) == ["img-1"] and got["img-1"].label == 0  # a class tie goes to the lower class
+    assert np.array_equal(got["img-1"].mask, small)  # the pixels both painted
+    final = store.answer("img-1")
+    assert [r["client_id"] for r in final["info"]["reads"]] == ["a", "b"]
+    assert final["info"]["agreement"]["dice"] == {"lung": pytest.approx(2 / 5), "heart": None}
+    assert final["info"]["agreement"]["class_agreement"] == 0.0
+    assert np.array_equal(store.read_label(store.reads("img-1")[0]), big)
+    assert (store.folder / "labels" / "reads" / "a" / "img-1.png").is_file()
+    assert len(store.reads_path.read_text().splitlines()) == 2
+    assert len(store.answers_path.read_text().splitlines()) == 1
+    assert oracle.answer("img-1", small, 0, "b")[1] is False  # b's retry after the consensus: still one read
+    with pytest.raises(RequestError, match="already has its 2 reads"):
+        oracle.answer("img-1", small, 0, "c")
+    assert [q["id"] for q in oracle.queue()] == ["img-2"]
+
+
+def test_reads_and_a_consensus_cut_short_by_a_kill_survive_a_restart(tmp_path, clock):
+    store = open_store(tmp_path / "ds")
+    first = HumanOracle(store, prepare=lambda ids: Batch(0, {}), clock=clock, reads_per_image=2)
+    first.submit(["img-1", "img-2"])
+    first.answer("img-1", mask(), 1, "a")
+    store.record_read("img-2", mask(), 1, "a", {"round": 0})  # both reads of img-2 are in; then a kill, before
+    store.record_read("img-2", mask(2), 1, "b", {"round": 0})  # their consensus was stored
+    second = HumanOracle(open_store(tmp_path / "ds"), clock=clock, reads_per_image=2)
+    assert [q["id"] for q in second.queue()] == ["img-1"]  # img-2 has its answer: the consensus made on start
+    final = second.datastore.answer("img-2")
+    assert final["class"] == 1 and final["info"]["agreement"]["dice"] == {"1": 0.0, "2": 0.0}
+    assert [r["client_id"] for r in second.datastore.reads("img-1")] == ["a"]
+    assert second.lease("a") is None  # a read img-1 before the restart
+    assert second.lease("b")["id"] == "img-1"
+    second.submit(["img-1", "img-2"])
+    second.answer("img-1", mask(), 1, "b")
+    assert set(second.poll()) == {"img-1", "img-2"}
+
+
+def test_concurrent_reads_never_come_twice_from_one_annotator_or_exceed_the_reads(tmp_path, clock):
+    oracle = HumanOracle(open_store(tmp_path / "ds"), lease_seconds=30, clock=clock, reads_per_image=2)
+    oracle.submit(IDS)
+    results = answer_at_once(oracle, IDS * 2, lambda v: v % 2)
+    store = oracle.datastore
+    assert len(store.answers_path.read_text().splitlines()) == len(IDS)
+    assert len(store.reads_path.read_text().splitlines()) == 2 * len(IDS)
+    for s in IDS:
+        readers = [r["client_id"] for r in store.reads(s)]
+        assert len(readers) == len(set(readers)) == 2
+        assert sorted(c for (sid, c, r) in results if sid == s and r is True) == sorted(readers)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
+def test_reads_per_image_must_be_an_integer_of_at_least_one(tmp_path, bad):
+    with pytest.raises(ConfigError, match=r"'reads_per_image' setting \(medloop serve --reads-per-image\) must be an "
+                                          r"integer >= 1.*use 1 for one annotator"):
+        HumanOracle(open_store(tmp_path / "ds"), reads_per_image=bad)

@@ -67,3 +67,18 @@ def test_a_busy_port_is_a_clear_error():
     sock = _bind("127.0.0.1", 0)
     assert sock.getsockname()[1] > 0
     sock.close()
+
+
+def test_reads_per_image_is_kept_with_the_run_and_checked(tmp_path):
+    runner = Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "run", reads_per_image=2)
+    assert json.loads((tmp_path / "run" / "serve.json").read_text())["reads_per_image"] == 2
+    assert runner.oracle.reads_per_image == 2 and runner.oracle.labels == {"lung": 1}
+    again = Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "run", resume=True)  # the option left out
+    assert again.reads_per_image == again.oracle.reads_per_image == 2
+    with pytest.raises(ConfigError, match="2 read\\(s\\) per image; it cannot resume with --reads-per-image 3"):
+        Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "run", resume=True, reads_per_image=3)
+    assert Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "one").reads_per_image == 1
+    for bad in (0, -2, 2.5, "2"):
+        with pytest.raises(ConfigError, match="'reads_per_image' setting .* must be an integer >= 1"):
+            serve(ExperimentConfig.from_dict(CHEST), tmp_path / "y", reads_per_image=bad)
+    assert not (tmp_path / "y").exists()  # refused before anything is written

@@ -1,4 +1,5 @@
-"""The browser UI: its page, its ES modules, and its own endpoints (status, an item's arrays, lease, release)."""
+"""The browser UI: its page, its ES modules, and its own endpoints (status, readers' agreement, an item's arrays,
+lease, release)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ STATIC = {"main.js": "text/javascript", "api.js": "text/javascript", "editor.js"
 @router.get("/api/status")
 def status(client_id: str | None = None, run: ServedRun = Depends(served)) -> dict:
     return run.status(client_id)
+
+
+@router.get("/api/agreement")
+def agreement(run: ServedRun = Depends(served)) -> dict:
+    """With several reads per image: agreement per annotator and pair, the images with the most disagreement."""
+    return run.agreement()
 
 
 @router.get("/api/item")

@@ -5,7 +5,7 @@
 import { api, loadItem, query } from "./api.js";
 import { Editor, drawLegend } from "./editor.js";
 import {
-  $, explain, markActive, renderLabelButtons, renderQueue, renderSide, renderStatus, say, waitingText,
+  $, explain, markActive, renderAgreement, renderLabelButtons, renderQueue, renderSide, renderStatus, say, waitingText,
 } from "./panels.js";
 
 const NOT_SIGNED_IN = "Not signed in: open the URL with the token that `medloop serve` printed.";
@@ -18,7 +18,7 @@ class Annotator {
     this.classNames = info.medloop.class_names;
     this.client = client;
     this.strategy = Object.keys(info.strategies)[0];
-    this.status = null; this.item = null; this.cls = null; this.busy = false;
+    this.status = null; this.item = null; this.cls = null; this.busy = false; this.agreedAt = -1;
     this.editor = new Editor($("canvas"), () => this.renderControls());
   }
 
@@ -75,7 +75,8 @@ class Annotator {
       if (this.classNames.length) params.class = this.cls;
       form.append("params", JSON.stringify(params));
       const res = await api(`/datastore/label?${query({ image: it.id, tag: "final" })}`, { method: "PUT", body: form });
-      say(`Saved ${it.id} (${res.labeled} / ${res.budget} labeled).`);
+      const reads = res.reads_per_image > 1 ? `read ${res.reads} of ${res.reads_per_image}; ` : "";
+      say(`Saved ${it.id} (${reads}${res.labeled} / ${res.budget} labeled).`);
       this.show(null);
     } catch (e) {
       say(e.message, true);
@@ -103,7 +104,11 @@ class Annotator {
       renderStatus(this.status);
       renderQueue(this.status, this.item && this.item.id, (id) => this.openItem(id));
       if (!this.item) $("placeholder").textContent = waitingText(this.status);
-      if (!this.item && !this.busy && this.status.queue.some((q) => !q.leased_by || q.yours)) await this.openNext();
+      if (this.status.reads_per_image > 1 && this.status.labeled !== this.agreedAt) {
+        renderAgreement(await api("/api/agreement"));
+        this.agreedAt = this.status.labeled;
+      }
+      if (!this.item && !this.busy && this.status.queue.some((q) => q.open || q.yours)) await this.openNext();
     } catch (e) {
       say(e.status === 401 ? NOT_SIGNED_IN : e.message, true);
     }

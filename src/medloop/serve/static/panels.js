@@ -25,6 +25,9 @@ export function waitingText(status) {
   if (!status) return "Connecting…";
   if (status.phase === "finished") return "The run is finished: the budget is labeled.";
   if (status.phase === "error") return "The loop stopped: " + status.error;
+  if (status.queue.length && status.queue.every((q) => q.read_by_you)) {
+    return `You have read every open image; each needs ${status.reads_per_image} readers: waiting for the others…`;
+  }
   if (status.queue.length) return "Every open image is with another annotator; waiting…";
   return `The model is ${status.phase} (round ${status.round}); the next queue appears when it is ranked…`;
 }
@@ -89,12 +92,15 @@ export function renderQueue(status, current, onOpen) {
     name.textContent = `${q.rank !== null ? q.rank + 1 + "." : ""} ${q.id}`;
     const score = document.createElement("span");
     score.className = "score";
-    score.textContent = q.leased_by && !q.yours ? q.leased_by : q.score !== null ? Number(q.score).toPrecision(3) : "";
+    const reads = q.reads_per_image ? `${q.reads}/${q.reads_per_image} read · ` : "";
+    score.textContent = reads + (q.leased_by && !q.yours && !q.open ? q.leased_by
+      : q.score !== null ? Number(q.score).toPrecision(3) : "");
     li.append(name, score);
     if (current && q.id === current) li.classList.add("current");
-    if (q.leased_by && !q.yours) {
+    if (!q.open && !q.yours) {
       li.classList.add("taken");
-      li.title = `being labeled by ${q.leased_by}`;
+      li.title = q.read_by_you ? "you have labeled it: the other reads come from other annotators"
+        : `being labeled by ${q.leased_by}`;
     } else {
       li.addEventListener("click", () => onOpen(q.id));
     }
@@ -128,5 +134,41 @@ export function renderStatus(status) {
       r.appendChild(td);
     }
     body.appendChild(r);
+  }
+}
+
+// The readers' agreement (several reads per image): a row per annotator (Dice against the other readers of the
+// same images, per structure in the tooltip; Cohen's kappa of the image classes) and the images read most
+// differently.
+export function renderAgreement(summary) {
+  $("agreement-box").hidden = !summary || summary.reads_per_image < 2;
+  if ($("agreement-box").hidden) return;
+  const fmt = (v) => (v === null || v === undefined ? "–" : Number(v).toFixed(3));
+  $("agreement-note").textContent = `(${summary.images_read} image${summary.images_read === 1 ? "" : "s"} with all ${summary.reads_per_image} reads)`;
+  const table = $("agreement");
+  const head = table.querySelector("thead"), body = table.querySelector("tbody");
+  head.textContent = ""; body.textContent = "";
+  const keys = ["annotator", "pairs", "Dice", ...(summary.has_class ? ["same class", "kappa"] : [])];
+  const tr = document.createElement("tr");
+  for (const k of keys) { const th = document.createElement("th"); th.textContent = k; tr.appendChild(th); }
+  head.appendChild(tr);
+  for (const a of summary.annotators) {
+    const row = document.createElement("tr");
+    row.dataset.annotator = a.annotator;
+    const cells = [a.annotator, a.pairs, fmt(a.dice_mean), ...(summary.has_class ? [fmt(a.same_class), fmt(a.kappa)] : [])];
+    for (const c of cells) { const td = document.createElement("td"); td.textContent = c; row.appendChild(td); }
+    row.title = Object.entries(a.dice).map(([s, v]) => `Dice ${s}: ${fmt(v)}`).join(", ");
+    body.appendChild(row);
+  }
+  const list = $("disagreement");
+  list.textContent = "";
+  for (const im of summary.most_disagreement) {
+    const li = document.createElement("li");
+    li.dataset.image = im.image;
+    const dice = Object.entries(im.dice).map(([s, v]) => `${s} ${fmt(v)}`).join(", ");
+    const classes = summary.has_class ? `; classes ${im.classes.join(" / ")}` : "";
+    li.textContent = `${im.image}: ${fmt(im.disagreement)} (Dice ${dice}${classes})`;
+    li.title = `read by ${im.readers.join(", ")}`;
+    list.appendChild(li);
   }
 }
