@@ -1,5 +1,6 @@
 """The annotation server with the loop running: both methods labeled to the end through the REST API, two
-annotators at once, and kill -9 of the server process at several points, resumed with --resume."""
+annotators at once, and kill -9 of the server process at several points, resumed with --resume; two readers per
+image through a kill, trained on their consensus."""
 
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def label_for(runner: Runner, sample_id: str) -> tuple[np.ndarray, int | None]:
     return s.mask.numpy().astype(np.uint8), s.label
 
 
-def annotate(http, runner: Runner, who: str, strategy: str, log: list, stop_after: int | None = None) -> None:
-    """Label whatever the queue offers until the run finishes (or ``stop_after`` answers)."""
+def annotate(http, label, who: str, strategy: str, log: list, stop_after: int | None = None) -> None:
+    """Label whatever the queue offers (``label(id)``: mask and class, ``None`` for none) until the run finishes
+    (or ``stop_after`` answers)."""
     done = 0
     while stop_after is None or done < stop_after:
         nxt = http.post(f"/activelearning/{strategy}", headers=AUTH, json={"client_id": who}).json()
@@ -43,8 +45,8 @@ def annotate(http, runner: Runner, who: str, strategy: str, log: list, stop_afte
                 return
             time.sleep(0.05)
             continue
-        mask, cls = label_for(runner, nxt["id"])
-        params = {"client_id": who, **({"class": cls} if runner.plan.class_names else {})}
+        mask, cls = label(nxt["id"])
+        params = {"client_id": who, **({"class": cls} if cls is not None else {})}
         r = http.put("/datastore/label", params={"image": nxt["id"]}, headers=AUTH,
                      files={"label": ("l.png", png(mask), "image/png")}, data={"params": json.dumps(params)})
         log.append((nxt["id"], who, r.status_code, r.json()))
@@ -68,7 +70,7 @@ def test_method1_labeled_to_the_end_through_the_api(tmp_path):
     runner = Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "run").start()
     log: list = []
     with TestClient(create_app(runner, TOKEN)) as http:
-        annotate(http, runner, "ann", "uncertainty", log)
+        annotate(http, lambda sid: label_for(runner, sid), "ann", "uncertainty", log)
         status = http.get("/api/status", headers=AUTH).json()
         assert status["phase"] == "finished", status["error"]
         assert [m["round"] for m in status["metrics"]] == [0, 1, 2] and status["labeled"] == 12
@@ -111,7 +113,8 @@ def test_method2_with_two_annotators_at_once(tmp_path):
         r = clients[0].put("/datastore/label", params={"image": sid}, headers=AUTH,
                            files={"label": ("l.png", png(mask), "image/png")}, data={"params": '{"class": 1}'})
         assert r.status_code == 422 and "no image classes" in r.json()["detail"]
-        threads = [threading.Thread(target=annotate, args=(c, runner, f"ann{i}", "discriminator", log))
+        threads = [threading.Thread(target=annotate, args=(c, lambda sid: (label_for(runner, sid)[0], None),
+                                                           f"ann{i}", "discriminator", log))
                    for i, c in enumerate(clients)]
         for t in threads:
             t.start()
@@ -157,10 +160,10 @@ class Served:
     def status(self) -> dict:
         return self.http.get("/api/status").json()
 
-    def put(self, sample_id: str, mask: np.ndarray, cls: int | None) -> httpx.Response:
+    def put(self, sample_id: str, mask: np.ndarray, cls: int | None, who: str = "ann") -> httpx.Response:
         return self.http.put("/datastore/label", params={"image": sample_id},
                              files={"label": ("l.png", png(mask), "image/png")},
-                             data={"params": json.dumps({"class": cls, "client_id": "ann"})})
+                             data={"params": json.dumps({"class": cls, "client_id": who})})
 
     def kill(self) -> None:
         self.http.close()
@@ -239,3 +242,70 @@ def test_kill_9_at_any_point_loses_and_duplicates_nothing(tmp_path):
     rounds = [json.loads(l) for l in (track / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert sorted(s for r in rounds for s in r["queried"]) == sorted(set(acked) - set(initial))
+
+
+def test_two_readers_per_image_through_a_kill_and_resume(tmp_path):
+    config = tmp_path / "chest.yaml"
+    config.write_text(yaml.safe_dump(CHEST))
+    out = tmp_path / "run"
+    # the two annotators paint overlapping squares and choose classes that differ on every third image
+    read = {"ann1": lambda sid: (square((32, 32), at=4, size=10), 1),
+            "ann2": lambda sid: (square((32, 32), at=6, size=10), int(sum(map(ord, sid)) % 3 != 0))}
+
+    def answer(served: Served, who: str, sid: str) -> httpx.Response:
+        mask, cls = read[who](sid)
+        return served.put(sid, mask, cls, who)
+
+    served = Served(config, out, "--reads-per-image", "2")
+    initial = [q["id"] for q in wait_for(lambda: served.status()["queue"], what="the initial queue")]
+    assert [answer(served, w, s).json()["reads"] for w, s in [("ann1", initial[0]), ("ann1", initial[1]),
+                                                              ("ann2", initial[0])]] == [1, 1, 2]
+    served.kill()  # initial[0] has its consensus, initial[1] one of its two reads
+
+    again = subprocess.run([sys.executable, "-m", "medloop.cli", "serve", str(config), "--out", str(out), "--port", "0",
+                            "--resume", "--reads-per-image", "3"], capture_output=True, text=True, timeout=120,
+                           check=False)
+    assert again.returncode == 2 and "2 read(s) per image" in again.stderr
+    served = Served(config, out, "--resume")  # the run's reads per image come with it
+    status = served.status()
+    assert status["reads_per_image"] == 2 and status["labeled"] == 1 and status["reads"] == 3
+    assert {q["id"]: q["reads"] for q in status["queue"]} == {initial[1]: 1, initial[2]: 0, initial[3]: 0}
+    assert answer(served, "ann1", initial[1]).json()["duplicate"] is True  # acknowledged before the kill
+    nxt = served.http.post("/activelearning/uncertainty", json={"client_id": "ann1"}).json()
+    assert nxt["id"] == initial[2]  # never initial[1] again for ann1
+
+    log: list = []
+    clients = {who: httpx.Client(base_url=served.url, timeout=30) for who in read}
+    threads = [threading.Thread(target=annotate, args=(clients[who], read[who], who, "uncertainty", log), daemon=True)
+               for who in read]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert all(r[2] == 200 for r in log), [r for r in log if r[2] != 200][:3]
+    status = served.status()
+    agreement = served.http.get("/api/agreement").json()
+    served.kill()
+    assert status["phase"] == "finished", status["error"]
+    store = out / "datastore"
+    finals = {l["image"]: l for l in map(json.loads, (store / "answers.jsonl").read_text().splitlines())}
+    reads = [json.loads(l) for l in (store / "reads.jsonl").read_text().splitlines()]
+    assert len(finals) == status["labeled"] == 12 and len(reads) == 2 * len(finals) == status["reads"]
+    for sid, final in finals.items():
+        readers = [r["client_id"] for r in reads if r["image"] == sid]
+        assert sorted(readers) == ["ann1", "ann2"]  # two different annotators, each once
+        assert final["class"] == min(read["ann1"](sid)[1], read["ann2"](sid)[1])
+    track = out / "tracks" / "uncertainty-seed0"
+    track_lines = [json.loads(l) for l in (track / "answers" / "answers.jsonl").read_text().splitlines()]
+    assert sorted(l["sample_id"] for l in track_lines) == sorted(finals)
+    both = square((32, 32), at=6, size=8)  # where the two squares overlap: the consensus
+    for line in track_lines:  # the loop trained on the consensus
+        assert np.array_equal(np.load(track / "answers" / line["mask"]), both)
+    lung = 2 * 64 / (100 + 100)
+    assert [(a["annotator"], a["pairs"]) for a in agreement["annotators"]] == [("ann1", 12), ("ann2", 12)]
+    assert agreement["annotators"][0]["dice"]["lung"] == pytest.approx(lung)
+    differ = {sid for sid in finals if sum(map(ord, sid)) % 3 == 0}
+    assert 0 < len(differ) < len(finals)
+    assert {im["image"] for im in agreement["most_disagreement"][:len(differ)]} == differ
+    report = (out / "agreement.md").read_text()
+    assert "| ann1 | 12 |" in report and "Images with the most disagreement" in report
