@@ -1,6 +1,7 @@
 """The annotation UI in a real browser (headless Chromium through selenium): open it with the token, see the
 uncertainty on its fixed scale and why a control is off, set the class, paint a stroke (and undo another), submit
-(the browser's own PNG encoding), and find the mask on disk."""
+(the browser's own PNG encoding), and find the mask on disk; two annotators (two browser windows, two client ids)
+read the same image, and both see their agreement."""
 
 from __future__ import annotations
 
@@ -123,3 +124,73 @@ def test_paint_a_stroke_submit_and_find_the_mask_on_disk(served):
     assert row[:, width // 3: 2 * width // 3].all()  # the stroke crosses the middle
     assert not mask[: height // 4].any()  # the undone stroke near the top is gone
     assert (runner.datastore.folder / "labels" / "final" / f"{sid}.png").is_file()
+
+
+def paint_and_submit(driver, dy: int, cls: int) -> None:
+    """Paint label 1 with a radius-6 brush along a row ``dy`` pixels below the canvas centre, choose class
+    ``cls`` (Shift+digit, 1-based) and submit."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    canvas = driver.find_element(By.ID, "canvas")
+    actions = ActionChains(driver)
+    actions.send_keys("1").send_keys("]]]").perform()
+    actions.move_to_element_with_offset(canvas, -100, dy).click_and_hold().move_by_offset(200, 0).release().perform()
+    actions.key_down(Keys.SHIFT).send_keys(str(cls)).key_up(Keys.SHIFT).perform()
+    actions.send_keys(Keys.ENTER).perform()
+
+
+def test_two_annotators_read_the_same_image_and_see_their_agreement(tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from medloop.report.agreement import structure_dice
+
+    runner = Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "run", reads_per_image=2).start()
+    server = LiveServer(create_app(runner, TOKEN))
+    initial = runner.plan.method.initial_ids()
+    driver = chromium()
+    title = lambda: driver.find_element(By.ID, "item-title").text  # noqa: E731
+    try:
+        wait_for(lambda: runner.oracle.queue(), what="the initial queue")
+        driver.get(f"{server.url}/?token={TOKEN}")
+        first = driver.current_window_handle
+        wait_for(lambda: title() == initial[0], timeout=30, what="the first image in the first window")
+        driver.switch_to.new_window("window")  # a new session: its own client id, the same cookie
+        driver.set_window_size(1280, 800)
+        driver.get(f"{server.url}/")
+        wait_for(lambda: title() == initial[0], timeout=30, what="the same image for the second annotator")
+        paint_and_submit(driver, 0, 2)  # nodule
+        wait_for(lambda: runner.datastore.reads(initial[0]), timeout=20, what="the first read")
+        assert runner.datastore.answer(initial[0]) is None  # one read is not an answer
+        wait_for(lambda: title() == initial[1], timeout=20, what="the next image for the second annotator")
+        driver.switch_to.window(first)
+        assert title() == initial[0]
+        paint_and_submit(driver, 12, 1)  # normal, a stroke 12 screen pixels lower
+        wait_for(lambda: runner.datastore.answer(initial[0]), timeout=20, what="the consensus of the two reads")
+        reads = runner.datastore.reads(initial[0])
+        masks = [runner.datastore.read_label(r) for r in reads]
+        dice = structure_dice(masks[0], masks[1], {"lung": 1})["lung"]
+        assert dice is not None and 0 < dice < 1  # the strokes overlap in part
+        # the agreement panel: one row per annotator, their Dice, and the image they disagree on most
+        assert driver.find_element(By.ID, "agreement-box").is_displayed()
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#agreement tbody tr")) == 2, timeout=20,
+                 what="the agreement of the two annotators")
+        rows = {r.get_attribute("data-annotator"): r.text
+                for r in driver.find_elements(By.CSS_SELECTOR, "#agreement tbody tr")}
+        most = [li.get_attribute("data-image") for li in driver.find_elements(By.CSS_SELECTOR, "#disagreement li")]
+        logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+        server.stop()
+    assert not logs, logs
+    readers = [r["client_id"] for r in reads]
+    assert len(set(readers)) == 2 and all(r.startswith("annotator-") for r in readers)
+    assert sorted(rows) == sorted(readers) and all(f"{dice:.3f}" in text for text in rows.values())
+    assert most == [initial[0]]
+    final = runner.datastore.answer(initial[0])
+    assert final["class"] == 0 and [r["class"] for r in reads] == [1, 0]  # a class tie: the lower class
+    consensus = runner.datastore.label(initial[0], "final")
+    assert np.array_equal(consensus, ((masks[0] == 1) & (masks[1] == 1)).astype(np.uint8))
+    for r in reads:
+        assert (runner.datastore.folder / r["file"]).is_file() and r["file"].startswith("labels/reads/annotator-")
