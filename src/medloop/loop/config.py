@@ -85,7 +85,8 @@ class ExperimentConfig(Config):
             rotated / translated (the paper augments x200; fewer on a CPU).
         n_mc_samples: MC-dropout passes T for scoring.
         record_at: labeled fractions (of the training pool) at which the segmenter is trained and the table
-            reports; every round is recorded regardless.
+            reports; every round is recorded regardless. Empty: segmentation is not evaluated (no stage, no fully
+            supervised segmenter); a segmenter still trains at round 0 where a strategy needs synthetic variants.
         budget: stop when this many images are labeled (a fraction of the training pool when <= 1).
         max_rounds: stop after this many query rounds.
         round_patience: stop when the validation AUC has not improved for this many rounds (0: never). The
@@ -93,6 +94,29 @@ class ExperimentConfig(Config):
         retrain: ``continue`` (each round's training starts from the last round's weights) or ``restart``
             (from a new initialisation, or the pretrained checkpoint). The classifier's ``fine_tune`` says which
             layers train.
+        recipe: how each round's classifier is trained. ``finetune``: the network from its initialisation (or
+            the last round's weights), on augmented images (``classifier.fine_tune`` says which layers).
+            ``frozen``: the trunk stays as initialised (``classifier.pretrained``, else the seed's random trunk);
+            its features of every image are computed once per seed (synthetic variants when rendered) and only
+            the head (MC dropout + log-variance) trains on them (``medloop.training.head``): the seed paper's
+            last-layer fine-tuning at a small fraction of the cost. Augmentation cannot apply to cached
+            features, so ``augment_copies`` must be 1 and ``classifier.augment`` unset.
+        split_seed: draw the train/val/test split (and the screening pool) once from this seed for every seed
+            (``null``: each seed draws its own). Seeds then vary the initial set, the queries and training; the
+            test split and a self-supervised trunk (``classifier.pretrained: selfsup``, pretrained with this
+            seed) are shared, and the bootstrap intervals resample the test images.
+        pool_positive_share: the share of ``positive_class`` images in the training pool, kept by dropping
+            images of the other side at random (``null``: the pool as split). Screening populations hold few
+            positives (e.g. 0.1); validation and test splits are unchanged.
+        positive_class: the class ``pool_positive_share`` counts.
+        initial: how the labeled set before round 0 is chosen. ``per_class``: ``initial_per_class`` images of
+            each class, drawn with the stored labels (the paper's protocol); ``random``: ``initial_size`` images
+            at random, no label used; ``label_free``: ``initial_size`` images chosen without any label, by
+            ``initial_strategy`` on the initial trunk's features, or at random for a strategy that needs no
+            model input (the random baseline): the cold start.
+        initial_size: images in a ``random`` or ``label_free`` initial set.
+        initial_strategy: an embeddings-only strategy (``typiclust``, ``probcover``, ``coreset``) for
+            ``initial: label_free``.
         fsl_folds: folds of the fully supervised cross-validation baseline (0: skip).
         random_subset_fraction, random_subset_draws: fully supervised training on random subsets.
         oracle_timeout: seconds to wait for a (human) oracle per round (``null``: forever).
@@ -119,6 +143,13 @@ class ExperimentConfig(Config):
     max_rounds: int = 20
     round_patience: int = 3
     retrain: typing.Literal["continue", "restart"] = "continue"
+    recipe: typing.Literal["finetune", "frozen"] = "finetune"
+    split_seed: int | None = None
+    pool_positive_share: float | None = None
+    positive_class: int = 1
+    initial: typing.Literal["per_class", "random", "label_free"] = "per_class"
+    initial_size: int = 10
+    initial_strategy: str = "typiclust"
     fsl_folds: int = 5
     random_subset_fraction: float = 0.35
     random_subset_draws: int = 10
@@ -162,7 +193,9 @@ class ExperimentConfig(Config):
                 raise ConfigError("the generative strategy needs a segmenter (masks of unlabeled images come from "
                                   "its predictions); set 'segmenter' or drop the strategy") from None
             raise
-        for name in ("initial_per_class", "query_per_class", "augment_copies", "n_mc_samples", "max_rounds"):
+        self._check_regime()
+        for name in ("initial_per_class", "query_per_class", "augment_copies", "n_mc_samples", "max_rounds",
+                     "initial_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"The '{name}' parameter of ExperimentConfig must be >= 1; got {getattr(self, name)}")
         for name in ("round_patience", "fsl_folds", "random_subset_draws"):
@@ -179,6 +212,35 @@ class ExperimentConfig(Config):
         for name in ("val_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 0.5:
                 raise ConfigError(f"The '{name}' parameter must be in (0, 0.5); got {getattr(self, name)}")
+
+    def _check_regime(self) -> None:
+        """The recipe, the pool and the initial set (see the class docstring)."""
+        if self.recipe == "frozen":
+            if self.augment_copies != 1:
+                raise ConfigError(f"The 'augment_copies' parameter must be 1 with recipe: frozen (trunk features are "
+                                  f"computed once per image, so augmented copies would be identical); got "
+                                  f"{self.augment_copies}: set augment_copies: 1 or recipe: finetune")
+            if self.classifier.get("augment"):
+                raise ConfigError("The 'classifier.augment' parameter cannot apply with recipe: frozen (the head trains "
+                                  "on features computed once per image); remove it (classifier.augment: {}) or use "
+                                  "recipe: finetune")
+            if self.classifier.get("fine_tune", "head") != "head":
+                raise ConfigError("The 'classifier.fine_tune' parameter must be 'head' (or unset) with recipe: frozen, "
+                                  f"which trains the head only; got {self.classifier['fine_tune']!r}")
+        if self.pool_positive_share is not None and not 0 < self.pool_positive_share < 1:
+            raise ConfigError(f"The 'pool_positive_share' parameter must be in (0, 1) or null; got {self.pool_positive_share}")
+        if self.positive_class < 0:
+            raise ConfigError(f"The 'positive_class' parameter must be a class index >= 0; got {self.positive_class}")
+        if self.split_seed is not None and self.split_seed < 0:
+            raise ConfigError(f"The 'split_seed' parameter must be >= 0 or null; got {self.split_seed}")
+        if self.initial == "label_free":
+            from medloop.query import build_strategy
+
+            needs = build_strategy(self.initial_strategy).needs
+            if needs != frozenset({"embeddings"}):
+                raise ConfigError(f"The 'initial_strategy' parameter must name a strategy that needs only embeddings "
+                                  f"(typiclust, probcover, coreset): no label exists before round 0; got "
+                                  f"{self.initial_strategy!r}, which needs {', '.join(sorted(needs)) or 'nothing'}")
 
     def _check_selfsup(self, pretrained: str | None) -> None:
         from medloop.training.selfsup import SelfSupConfig

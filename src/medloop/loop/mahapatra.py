@@ -44,9 +44,11 @@ from medloop.query import QueryStrategy, build_strategy
 from medloop.seeding import seed_for, stream, torch_init
 from medloop.storage import save_npz, write_json
 from medloop.training import evaluate, fit, predict
-from medloop.training.selfsup import features
+from medloop.training.head import FeatureHead, fit_head, predict_head
+from medloop.training.selfsup import features, trunk_state
 from medloop.training.trainer import trainable_subset
 from medloop.uncertainty import score_pool
+from medloop.uncertainty.mc import score_features
 
 __all__ = ["Context", "prepare", "Mahapatra", "initial_set", "run_experiment", "fsl_baselines"]
 
@@ -68,6 +70,16 @@ class Context:
     workdir: Path | None = None
     _pixels: dict[int, float] = dataclasses.field(default_factory=dict)
     _selfsup: dict[int, str] = dataclasses.field(default_factory=dict)
+    _features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def frozen(self) -> bool:
+        """Rounds train the head on trunk features computed once (``recipe: frozen``)."""
+        return self.config.recipe == "frozen"
+
+    def trunk_seed(self, seed: int) -> int:
+        """The seed of the split, the screening pool and a self-supervised trunk (shared with ``split_seed``)."""
+        return self.config.split_seed if self.config.split_seed is not None else seed
 
     @property
     def num_classes(self) -> int:
@@ -104,7 +116,17 @@ class Context:
                                 **cfg.model_params)
         if cfg.pretrained:
             load_pretrained(model, self.pretrained_path(seed))
+        elif self.frozen and names:  # the frozen trunk is the seed's initial one in every round
+            model.load_state_dict(trunk_state(self.new_classifier(seed)), strict=False)
         return model
+
+    def trunk_features(self, seed: int) -> np.ndarray:
+        """Features ``[len(dataset), F]`` of every image (dataset positions) from the seed's initial trunk,
+        computed once and shared by the seeds that share the trunk (the same ``pretrained`` checkpoint)."""
+        key = self.pretrained_path(seed) if self.config.classifier_config.pretrained else f"seed {seed}"
+        if key not in self._features:
+            self._features[key] = features(self.new_classifier(seed), self.dataset).astype(np.float32)
+        return self._features[key]
 
     def pretrained_path(self, seed: int) -> str:
         """``classifier.pretrained``, or with ``selfsup`` the seed's self-supervised checkpoint (pretrained on
@@ -112,11 +134,13 @@ class Context:
         cfg = self.config.classifier_config
         if cfg.pretrained != "selfsup":
             return cfg.pretrained
-        if seed not in self._selfsup:
+        shared = self.trunk_seed(seed)
+        if shared not in self._selfsup:
             from medloop.loop.pretraining import selfsup_checkpoint
 
-            self._selfsup[seed] = str(selfsup_checkpoint(self.config, self.pool(seed), seed, self.workdir, self.progress))
-        return self._selfsup[seed]
+            self._selfsup[shared] = str(selfsup_checkpoint(self.config, self.pool(seed), shared, self.workdir,
+                                                           self.progress))
+        return self._selfsup[shared]
 
     def new_segmenter(self, seed: int, *names: int | str) -> torch.nn.Module:
         cfg = self.config.segmenter_config
@@ -151,19 +175,26 @@ def prepare(config: ExperimentConfig, progress: bool = True, oracle_factory=None
             raise ConfigError(f"The 'data.size' parameter ({size}) does not fit the UNet: it downsamples "
                               f"{divisor.bit_length() - 1} times, so the size must be a multiple of {divisor} and at "
                               f"least {2 * divisor}; change data.size or segmenter.model_params.channels")
+    if config.pool_positive_share is not None and config.positive_class >= ds.num_classes:
+        raise ConfigError(f"The 'positive_class' parameter ({config.positive_class}) is not a class of "
+                          f"{ds.info.root}, which has {ds.num_classes}; set it to one of 0..{ds.num_classes - 1}")
     splits = {}
     for seed in config.seeds:
-        split = split_by_case(ds, val=config.val_fraction, test=config.test_fraction, seed=seed)
+        split_seed = config.split_seed if config.split_seed is not None else seed
+        split = split_by_case(ds, val=config.val_fraction, test=config.test_fraction, seed=split_seed)
+        if config.pool_positive_share is not None:
+            split = dataclasses.replace(split, train=screening_pool(
+                split.train, labels, config.pool_positive_share, config.positive_class, split_seed))
         pool_labels = labels[split.train]
         for c in range(ds.num_classes):
             have = int((pool_labels == c).sum())
-            if have < config.initial_per_class:
+            if config.initial == "per_class" and have < config.initial_per_class:
                 name = ds.info.class_names[c] if c < len(ds.info.class_names) else str(c)
                 raise DataError(f"{ds.info.root}: the training pool (seed {seed}) has {have} images of class '{name}' "
                                 f"but the initial set needs initial_per_class = {config.initial_per_class}; lower "
                                 "initial_per_class or use more data")
         pool_size = len(split.train)
-        initial = config.initial_per_class * ds.num_classes
+        initial = config.initial_per_class * ds.num_classes if config.initial == "per_class" else config.initial_size
         budget = budget_count(config.budget, pool_size)
         if budget < initial or budget > pool_size:
             raise ConfigError(f"The 'budget' parameter gives {budget} labeled images but it must lie between the "
@@ -173,6 +204,20 @@ def prepare(config: ExperimentConfig, progress: bool = True, oracle_factory=None
     if config.classifier_config.pretrained != "selfsup":
         ctx.new_classifier(config.seeds[0])  # a missing or mismatched pretrained checkpoint fails here, named
     return ctx
+
+
+def screening_pool(train: np.ndarray, labels: np.ndarray, share: float, positive: int, seed: int) -> np.ndarray:
+    """The training pool (dataset positions, sorted) with ``share`` of it in class ``positive``: images of the
+    over-represented side are dropped at random (stream ``(seed, "screening pool")``); unlabeled images stay."""
+    train = np.asarray(train)
+    pos = train[labels[train] == positive]
+    neg = train[(labels[train] >= 0) & (labels[train] != positive)]
+    rng = stream(seed, "screening pool")
+    if len(pos) > share * (len(pos) + len(neg)):
+        pos = rng.choice(pos, max(1, int(round(share * len(neg) / (1 - share)))), replace=False)
+    else:
+        neg = rng.choice(neg, int(round(len(pos) * (1 - share) / share)), replace=False)
+    return np.sort(np.concatenate([pos, neg, train[labels[train] < 0]]))
 
 
 def _info(ctx: Context, name: str) -> DatasetInfo:
@@ -189,6 +234,18 @@ def train_classifier(ctx: Context, model: torch.nn.Module | None, samples: list[
     return model.cpu()
 
 
+def train_head(ctx: Context, model: torch.nn.Module | None, feats: np.ndarray, labels: np.ndarray,
+               val_idx: np.ndarray | None, seed: int, *names: int | str) -> torch.nn.Module:
+    """The frozen-trunk recipe: fit (or continue fitting) the classifier's head on trunk features ``[N, F]``;
+    early stopping on the validation images (dataset positions ``val_idx``)."""
+    cfg = ctx.config.classifier_config.replace(seed=seed_for(seed, *names, "fit"))
+    model = model if model is not None else ctx.new_classifier(seed, *names)
+    all_feats = ctx.trunk_features(seed)
+    val = (all_feats[val_idx], ctx.dataset.labels[val_idx]) if val_idx is not None else (None, None)
+    fit_head(model, feats, labels, *val, cfg, reference=all_feats[ctx.splits[seed].train])
+    return model
+
+
 def train_segmenter(ctx: Context, samples: list[Sample], val: MedDataset | None, seed: int,
                     *names: int | str) -> torch.nn.Module:
     """A segmenter trained from scratch on the samples that have masks (real and synthetic); early stopping on
@@ -201,19 +258,31 @@ def train_segmenter(ctx: Context, samples: list[Sample], val: MedDataset | None,
     return model.cpu()
 
 
-def initial_set(ctx: Context, seed: int) -> list[int]:
-    """``initial_per_class`` pool images per class (pool positions), drawn with the seed.
+def initial_set(ctx: Context, seed: int, strategy: QueryStrategy | None = None) -> list[int]:
+    """The labeled set before round 0 (pool positions), drawn with the seed (``initial`` in the config).
 
-    Drawing per class uses the stored labels (as the paper's protocol does); the oracle is still asked
-    (and charged) for every one of them.
+    ``per_class`` draws ``initial_per_class`` per class with the stored labels (as the paper's protocol does);
+    ``random`` draws ``initial_size`` at random; ``label_free`` lets ``initial_strategy`` choose ``initial_size``
+    on the initial trunk's features of the pool, or draws at random when the track's ``strategy`` needs no model
+    input. The oracle is still asked (and charged) for every one of them.
     """
+    cfg = ctx.config
     rng = stream(seed, "initial set")
     labels = ctx.pool(seed).labels
-    chosen = []
-    for c in range(ctx.num_classes):
-        idx = np.nonzero(labels == c)[0]
-        chosen += sorted(int(i) for i in rng.choice(idx, ctx.config.initial_per_class, replace=False))
-    return chosen
+    if cfg.initial == "per_class":
+        chosen = []
+        for c in range(ctx.num_classes):
+            idx = np.nonzero(labels == c)[0]
+            chosen += sorted(int(i) for i in rng.choice(idx, cfg.initial_per_class, replace=False))
+        return chosen
+    if cfg.initial == "random" or strategy is None or not strategy.needs:
+        return sorted(int(i) for i in rng.choice(len(labels), cfg.initial_size, replace=False))
+    emb = (ctx.trunk_features(seed)[ctx.splits[seed].train] if ctx.frozen
+           else features(ctx.new_classifier(seed), ctx.pool(seed)))
+    inputs = {"embeddings": emb, "labeled_embeddings": emb[:0], "labeled_labels": np.zeros(0, np.int64),
+              "index": np.arange(len(emb))}
+    chosen, _ = build_strategy(cfg.initial_strategy).select(inputs, cfg.initial_size, rng)
+    return sorted(int(i) for i in chosen)
 
 
 @dataclasses.dataclass
@@ -239,6 +308,24 @@ class Mahapatra(Method):
         self.needs_masks = "synthetic" in strategy.needs
         self.sampler_for = sampler_for
         self.device = resolve_device(self.cfg.device)
+        self.strategy = strategy
+        self.split = ctx.splits[seed]
+        self._synthetic_feats: dict[str, np.ndarray] = {}  # frozen recipe: variant id -> trunk features
+
+    def _feats(self, pool_positions) -> np.ndarray:
+        """Trunk features of pool images (frozen recipe)."""
+        return self.ctx.trunk_features(self.seed)[self.split.train[np.asarray(pool_positions, dtype=np.int64)]]
+
+    def _sample_feats(self, samples: list[Sample]) -> np.ndarray:
+        """Trunk features of synthetic samples: kept from when they were rendered (computed once more after a
+        resume)."""
+        missing = [s for s in samples if s.sample_id not in self._synthetic_feats]
+        if missing:
+            trunk = self.ctx.new_classifier(self.seed)
+            for s, f in zip(missing, features(trunk, MedDataset.from_samples(missing, _info(self.ctx, "synthetic")))):
+                self._synthetic_feats[s.sample_id] = f
+        return np.stack([self._synthetic_feats[s.sample_id] for s in samples]) if samples else \
+            np.zeros((0, self.ctx.trunk_features(self.seed).shape[1]), np.float32)
 
     def oracle(self) -> Oracle:
         if self.ctx.oracle_factory:
@@ -246,7 +333,7 @@ class Mahapatra(Method):
         return GroundTruthOracle.from_dataset(self.pool, with_masks=True)
 
     def initial_ids(self) -> list[str]:
-        return [self.pool.sample_ids[i] for i in initial_set(self.ctx, self.seed)]
+        return [self.pool.sample_ids[i] for i in initial_set(self.ctx, self.seed, self.strategy)]
 
     def restore(self, state: RunState) -> Models | None:
         if not state.records:
@@ -271,9 +358,17 @@ class Mahapatra(Method):
     def train(self, state: RunState, model: Models | None, round_idx: int) -> Models:
         prev = model or Models()
         fraction = len(state.labeled) / len(self.pool)
-        samples = self._labeled_samples(state, self.cfg.augment_copies) + state.synthetic
         start = prev.classifier if self.cfg.retrain == "continue" else None
-        classifier = train_classifier(self.ctx, start, samples, self.val, self.seed, "round", round_idx, "classifier")
+        names = ("round", round_idx, "classifier")
+        if self.ctx.frozen:
+            labels = [state.answers[s].label for s in state.labeled] + [s.label for s in state.synthetic]
+            feats = np.concatenate([self._feats([self.pos[s] for s in state.labeled]),
+                                    self._sample_feats(state.synthetic)])
+            labels = np.array([-1 if y is None else int(y) for y in labels], dtype=np.int64)
+            classifier = train_head(self.ctx, start, feats, labels, self.split.val, self.seed, *names)
+        else:
+            samples = self._labeled_samples(state, self.cfg.augment_copies) + state.synthetic
+            classifier = train_classifier(self.ctx, start, samples, self.val, self.seed, *names)
         done = {f for r in state.records for f in r.get("stages", [])}
         stages = [f for f in self.cfg.record_at if fraction + 1e-9 >= f and f not in done]
         models = Models(classifier, prev.segmenter, prev.seg_round, stages)
@@ -284,8 +379,12 @@ class Mahapatra(Method):
         return models
 
     def evaluate(self, state: RunState, model: Models, round_idx: int) -> dict:
-        val_m = evaluate(model.classifier, self.val, "classify", device=self.device)
-        test_m, test_probs = _classify(model.classifier, self.test, self.device)
+        if self.ctx.frozen:
+            val_m, _ = _classify_features(self.ctx, model.classifier, self.seed, self.split.val)
+            test_m, test_probs = _classify_features(self.ctx, model.classifier, self.seed, self.split.test)
+        else:
+            val_m = evaluate(model.classifier, self.val, "classify", device=self.device)
+            test_m, test_probs = _classify(model.classifier, self.test, self.device)
         seg = None
         if model.seg_round == round_idx:
             seg = evaluate(model.segmenter, self.test, "segment", device=self.device)
@@ -330,9 +429,10 @@ class Mahapatra(Method):
         unlabeled = np.array([i for i, s in enumerate(self.pool.sample_ids) if s not in labeled], dtype=np.int64)
         if "synthetic" not in strategy.needs:
             return Candidates(self.pool.subset(unlabeled), [self.pool.sample_ids[i] for i in unlabeled],
-                              labeled=self._answered(state))
+                              labeled=self._answered(state),
+                              features=self._feats(unlabeled) if self.ctx.frozen else None)
         # variants of (a sample of) the unlabeled images, masks from the current segmenter
-        sampler = self.sampler_for(self.seed)
+        sampler = self.sampler_for(self.seed, initial_set(self.ctx, self.seed, self.strategy))
         n_src = len(unlabeled) if strategy.candidates == 0 else min(strategy.candidates, len(unlabeled))
         sources = np.sort(rng.choice(unlabeled, n_src, replace=False))
         masks = predict(model.segmenter, self.pool.subset(sources))["pred"].numpy() > 0
@@ -348,18 +448,26 @@ class Mahapatra(Method):
                                            meta={"source_sample": s.sample_id, "ops": v.ops}))
                 bar.update(task, advance=strategy.per_image)
         return Candidates(MedDataset.from_samples(variants, _info(self.ctx, "candidates")),
-                          [v.meta["source_sample"] for v in variants], join=True, labeled=self._answered(state))
+                          [v.meta["source_sample"] for v in variants], join=True, labeled=self._answered(state),
+                          features=self._sample_feats(variants) if self.ctx.frozen else None)
 
     def inputs(self, needs: frozenset[str], model: Models, candidates: Candidates, round_idx: int) -> dict[str, np.ndarray]:
         columns: dict[str, np.ndarray] = {}
-        if "mc" in needs:
+        mc_seed = seed_for(self.seed, "round", round_idx, "mc")
+        if "mc" in needs and candidates.features is not None:
+            columns.update(score_features(FeatureHead(model.classifier), candidates.features,
+                                          n_mc_samples=self.cfg.n_mc_samples, seed=mc_seed))
+        elif "mc" in needs:
             columns.update(score_pool(model.classifier, candidates.dataset, n_mc_samples=self.cfg.n_mc_samples,
-                                      seed=seed_for(self.seed, "round", round_idx, "mc"), device=self.device,
-                                      progress=self.ctx.progress).columns)
+                                      seed=mc_seed, device=self.device, progress=self.ctx.progress).columns)
         if "embeddings" in needs:
             labeled = [self.pos[s] for s in candidates.labeled]
-            columns["embeddings"] = features(model.classifier, candidates.dataset)
-            columns["labeled_embeddings"] = features(model.classifier, self.pool.subset(labeled))
+            if candidates.features is not None:
+                columns["embeddings"] = candidates.features
+                columns["labeled_embeddings"] = self._feats(labeled)
+            else:
+                columns["embeddings"] = features(model.classifier, candidates.dataset)
+                columns["labeled_embeddings"] = features(model.classifier, self.pool.subset(labeled))
             columns["labeled_labels"] = np.array(list(candidates.labeled.values()), dtype=np.int64)
         columns["index"] = np.arange(len(candidates))
         return columns
@@ -413,15 +521,32 @@ def _classify(model: torch.nn.Module, test: MedDataset, device: Any = "cpu") -> 
     return classification_metrics(probs, test.labels), stored_probs(probs)
 
 
-def _supervised(ctx: Context, train_idx: np.ndarray, test_ds: MedDataset, seed: int, name: str,
-                val_ds: MedDataset | None = None) -> dict:
-    """Train classifier (and segmenter) on dataset positions ``train_idx`` with their stored labels."""
+def _classify_features(ctx: Context, model: torch.nn.Module, seed: int, positions: np.ndarray) -> tuple[dict, list]:
+    """``_classify`` for the frozen-trunk recipe: the head on the cached features of dataset ``positions``."""
+    positions = np.asarray(positions)
+    positions = positions[ctx.dataset.labels[positions] >= 0]
+    probs = predict_head(model, ctx.trunk_features(seed)[positions])
+    return classification_metrics(probs, ctx.dataset.labels[positions]), stored_probs(probs)
+
+
+def _supervised(ctx: Context, train_idx: np.ndarray, test_idx: np.ndarray, seed: int, name: str,
+                val_idx: np.ndarray | None = None) -> dict:
+    """Train classifier (and segmenter) on dataset positions ``train_idx`` with their stored labels; test on
+    ``test_idx``, early stopping on ``val_idx``."""
     ds = ctx.dataset
-    samples = [ds[int(i)] for i in train_idx if ds.labels[int(i)] >= 0]
-    cls = train_classifier(ctx, None, samples * ctx.config.augment_copies, val_ds, seed, name, "classifier")
-    test_m, test_probs = _classify(cls, test_ds)
-    out = {"n_train": len(samples), "test": plain(test_m), "test_probs": test_probs}
-    if ctx.config.segmenter is not None:
+    train_idx = np.asarray([int(i) for i in train_idx if ds.labels[int(i)] >= 0], dtype=np.int64)
+    test_ds = ds.subset(test_idx)
+    val_ds = ds.subset(val_idx) if val_idx is not None else None
+    if ctx.frozen:
+        cls = train_head(ctx, None, ctx.trunk_features(seed)[train_idx], ds.labels[train_idx], val_idx, seed, name,
+                         "classifier")
+        test_m, test_probs = _classify_features(ctx, cls, seed, test_idx)
+    else:
+        samples = [ds[int(i)] for i in train_idx]
+        cls = train_classifier(ctx, None, samples * ctx.config.augment_copies, val_ds, seed, name, "classifier")
+        test_m, test_probs = _classify(cls, test_ds)
+    out = {"n_train": len(train_idx), "test": plain(test_m), "test_probs": test_probs}
+    if ctx.config.segmenter is not None and ctx.config.record_at:
         seg_samples = [ds[int(i)] for i in train_idx if ds.has_mask[int(i)]]
         seg = train_segmenter(ctx, seg_samples, val_ds, seed, name, "segmenter")
         out["seg"] = plain(evaluate(seg, test_ds, "segment"))
@@ -435,7 +560,7 @@ def fsl_baselines(ctx: Context, folder: Path) -> dict:
     result: dict[str, Any] = {"fsl": {}, "random_subset": [], "fsl_cv": None}
     for seed in cfg.seeds:
         result["fsl"][str(seed)] = once(folder / f"fsl-seed{seed}.json", lambda: _supervised(
-            ctx, ctx.splits[seed].train, ctx.test(seed), seed, "fsl", ctx.val(seed)))
+            ctx, ctx.splits[seed].train, ctx.splits[seed].test, seed, "fsl", ctx.splits[seed].val))
     seed0 = cfg.seeds[0]
     train = ctx.splits[seed0].train
 
@@ -443,22 +568,24 @@ def fsl_baselines(ctx: Context, folder: Path) -> dict:
         n = max(ctx.num_classes, int(round(cfg.random_subset_fraction * len(train))))
         idx = np.sort(stream(seed0, "random subset", draw).choice(train, n, replace=False))
         return {"draw": draw, "fraction": cfg.random_subset_fraction,
-                **_supervised(ctx, idx, ctx.test(seed0), seed0, f"random subset {draw}", ctx.val(seed0))}
+                **_supervised(ctx, idx, ctx.splits[seed0].test, seed0, f"random subset {draw}",
+                              ctx.splits[seed0].val)}
 
     for draw in range(cfg.random_subset_draws):
         result["random_subset"].append(once(folder / f"random-subset-{draw}.json", lambda: subset(draw)))
     if cfg.fsl_folds:
         result["fsl_cv"] = once(folder / f"fsl-cv{cfg.fsl_folds}.json", lambda: {"folds": [
-            _supervised(ctx, train_idx, ctx.dataset.subset(test_idx), seed0, f"fsl fold {k}")
+            _supervised(ctx, train_idx, test_idx, seed0, f"fsl fold {k}")
             for k, (train_idx, test_idx) in enumerate(kfold_by_case(ctx.dataset, k=cfg.fsl_folds, seed=seed0))]})
     return result
 
 
 def sampler_factory(ctx: Context, out: Path):
-    """``seed -> MaskConditionedSampler``: the cGAN trained on the seed's initial labeled images, cached on disk."""
+    """``(seed, initial pool positions) -> MaskConditionedSampler``: the cGAN trained on the seed's initial labeled
+    images, cached on disk."""
     cache: dict[int, Any] = {}
 
-    def sampler_for(seed: int):
+    def sampler_for(seed: int, initial: list[int]):
         from medloop.synth import MaskConditionedSampler
         from medloop.training.cgan import CGANConfig, fit_generator
 
@@ -469,7 +596,7 @@ def sampler_factory(ctx: Context, out: Path):
             cache[seed] = MaskConditionedSampler.load(path)
             return cache[seed]
         pool = ctx.pool(seed)
-        idx = [i for i in initial_set(ctx, seed) if pool.has_mask[i]]
+        idx = [i for i in initial if pool.has_mask[i]]
         if len(idx) < 2:
             raise ConfigError("the generative strategy needs lung masks for the initial labeled images; "
                               f"only {len(idx)} of them have masks")

@@ -1,4 +1,5 @@
-"""``classifier.pretrained: selfsup``: a self-supervised trunk per seed, pretrained on that seed's training pool.
+"""``classifier.pretrained: selfsup``: a self-supervised trunk per seed (or per ``split_seed``, shared by the
+seeds), pretrained on that seed's training pool.
 
 Only the pool's images are used (never their labels, never the validation or test images). A checkpoint is
 cached by everything it depends on (data config, split fractions, seed, network, self-supervised config,
@@ -30,9 +31,12 @@ def selfsup_key(config, seed: int, in_channels: int) -> dict:
     from medloop import __version__
 
     cls = config.classifier_config
-    return {"data": config.data_config.to_dict(), "val_fraction": config.val_fraction,
-            "test_fraction": config.test_fraction, "seed": seed, "model": cls.model, "model_params": cls.model_params,
-            "in_channels": in_channels, "selfsup": config.selfsup_config.to_dict(), "medloop": __version__}
+    key = {"data": config.data_config.to_dict(), "val_fraction": config.val_fraction,
+           "test_fraction": config.test_fraction, "seed": seed, "model": cls.model, "model_params": cls.model_params,
+           "in_channels": in_channels, "selfsup": config.selfsup_config.to_dict(), "medloop": __version__}
+    if config.pool_positive_share is not None:  # a screening pool holds other images than the split's pool
+        key["pool"] = {"positive_share": config.pool_positive_share, "positive_class": config.positive_class}
+    return key
 
 
 def selfsup_checkpoint(config, pool: MedDataset, seed: int, workdir: Path | None, progress: bool = True) -> Path:

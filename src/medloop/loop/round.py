@@ -48,13 +48,15 @@ class Candidates:
     """What a strategy ranks: images of the pool, or synthetic variants of pool images.
 
     ``sources[i]`` is the pool id the oracle is asked about for candidate ``i``; with ``join`` the selected
-    candidates themselves join the training set with their source's answer (synthetic variants).
+    candidates themselves join the training set with their source's answer (synthetic variants). ``features``
+    holds the candidates' trunk features ``[N, F]`` when a method computed them once (a frozen trunk).
     """
 
     dataset: MedDataset
     sources: list[str]
     join: bool = False
     labeled: dict[str, int] = dataclasses.field(default_factory=dict)  # pool id -> answered label, labeled so far
+    features: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.sources)

@@ -22,8 +22,8 @@ from scipy.stats import rankdata
 
 from medloop.seeding import stream
 
-__all__ = ["UNAVAILABLE", "area_weights", "auc_ci", "curve_area", "curve_area_diff_ci", "fraction_range", "mean_auc_ci",
-           "rank_auc", "saving_verdict", "stored_probs"]
+__all__ = ["UNAVAILABLE", "area_weights", "auc_ci", "curve_area", "curve_area_diff_ci", "fraction_range", "holm",
+           "mean_auc_ci", "pairwise_curve_areas", "rank_auc", "saving_verdict", "stored_probs"]
 
 N_GRID = 200  # points over the fraction range, as benchmarks/label_efficiency.py's curve_area_*
 
@@ -100,21 +100,22 @@ def _two_level(score_sets: Mapping[str, list[np.ndarray]], labels: Mapping[str, 
 
     ``score_sets[seed]`` holds T score arrays over that seed's test images (``labels[seed]``). A replicate draws
     the seeds with replacement and, for each draw, the test images with replacement; the T score sets of a draw
-    share its image resample (the pairing). NaN replicates (a class missing from a resample) stay NaN.
+    share its image resample (the pairing). NaN replicates (a class missing from a resample) stay NaN. A
+    statistic may return ``[M, P]`` (P numbers per replicate): the point is then ``[P]``, the replicates ``[B, P]``.
     """
     keys = list(score_sets)
     point = np.mean([statistic(k, np.stack([rank_auc(s[None], labels[k][None]) for s in score_sets[k]], 1))[0]
-                     for k in keys])
+                     for k in keys], axis=0)
     rng = stream(seed, "bootstrap")
     draws = rng.integers(len(keys), size=(n_boot, len(keys)))  # [B, S] seed drawn in each slot
-    value = np.full(draws.shape, np.nan)
+    value = np.full((*draws.shape, *np.shape(point)), np.nan)
     for k, key in enumerate(keys):
         slots = np.nonzero(draws == k)
         y = labels[key]
         idx = rng.integers(len(y), size=(len(slots[0]), len(y)))  # [M, N] one image resample per slot
         aucs = np.stack([rank_auc(s[idx], y[idx]) for s in score_sets[key]], 1)  # [M, T]
         value[slots] = statistic(key, aucs)
-    return float(point), value.mean(1)
+    return (float(point) if np.ndim(point) == 0 else point), value.mean(1)
 
 
 def auc_ci(probs: Sequence, labels: Sequence[int], n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -181,6 +182,77 @@ def curve_area_diff_ci(al_tracks: Mapping[str, Sequence[dict]], random_tracks: M
     point, reps = _two_level(sets, labels, n_boot, seed, diff)
     return {"diff": point, "ci": _interval(reps), "range": [float(lo), float(hi)], "n_seeds": len(seeds),
             "n_boot": n_boot}
+
+
+def holm(p_values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Holm's step-down adjustment: ``(adjusted p-values, rank of each in the step-down order, 1 = smallest)``."""
+    p = np.asarray(p_values, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for step, i in enumerate(order):
+        running = max(running, min(1.0, (m - step) * p[i]))
+        adjusted[i] = running
+    ranks = np.empty(m, dtype=np.int64)
+    ranks[order] = np.arange(1, m + 1)
+    return adjusted, ranks
+
+
+def pairwise_curve_areas(tracks: Mapping[str, Mapping[str, Sequence[dict]]], test_labels: Mapping[str, Sequence[int]],
+                         n_boot: int = 4000, seed: int = 0, alpha: float = 0.05) -> dict | None:
+    """Every pair of tracks: the paired difference of curve areas with an interval corrected for the number of
+    comparisons (Holm).
+
+    One two-level bootstrap (seeds, then test images, shared by every track of a drawn seed) gives each track's
+    curve area over the fraction range all tracks of all seeds cover, so every pair's difference is paired. Each
+    pair gets a two-sided bootstrap p-value (twice the smaller tail share of the replicates at or beyond 0),
+    Holm's adjusted p-value, and the percentile interval at level ``1 - alpha / (m - r + 1)`` for the pair of
+    Holm rank ``r`` among ``m`` pairs: an interval excludes 0 exactly when Holm's procedure rejects "no
+    difference" (up to the bootstrap's resolution, so ``n_boot`` is larger than for one comparison).
+
+    Args:
+        tracks: label -> seed -> round records (the seeds every track and ``test_labels`` share are used).
+    Returns:
+        ``{"range", "n_seeds", "n_boot", "alpha", "areas": {label: mean curve area}, "pairs": {"a - b": {"diff",
+        "ci", "level", "p", "p_holm", "significant"}}}``, or ``None`` without per-image test probabilities.
+    """
+    names = list(tracks)
+    seeds = [s for s in test_labels if all(s in tracks[n] for n in names)]
+    scored = {n: {s: _scored(tracks[n][s]) for s in seeds} for n in names}
+    if len(names) < 2 or not seeds or any(not r or any(x.get("test_probs") is None for x in r)
+                                          for by_seed in scored.values() for r in by_seed.values()):
+        return None
+    lo, hi = fraction_range([r for by_seed in scored.values() for r in by_seed.values()])
+    sets, labels, weights = {}, {}, {}
+    for s in seeds:
+        labels[s] = np.asarray(test_labels[s])
+        sets[s] = [_as_scores(r["test_probs"]) for n in names for r in scored[n][s]]
+        weights[s] = [area_weights([r["fraction"] for r in scored[n][s]], lo, hi) for n in names]
+    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+
+    def areas(s: str, aucs: np.ndarray) -> np.ndarray:  # aucs [M, rounds of every track] -> [M, tracks]
+        out, start = [], 0
+        for w in weights[s]:
+            out.append(aucs[:, start:start + len(w)] @ w)
+            start += len(w)
+        return np.stack(out, 1)
+
+    point, reps = _two_level(sets, labels, n_boot, seed, areas)  # [T], [B, T]
+    reps = reps[np.isfinite(reps).all(1)]
+    diffs = np.stack([reps[:, i] - reps[:, j] for i, j in pairs], 1)  # [B, P]
+    tails = np.minimum((diffs <= 0).sum(0) + 1, (diffs >= 0).sum(0) + 1) / (len(diffs) + 1)
+    p = np.minimum(1.0, 2 * tails)
+    adjusted, ranks = holm(p)
+    out = {}
+    for k, (i, j) in enumerate(pairs):
+        level = alpha / (len(pairs) - ranks[k] + 1)
+        ci = [float(v) for v in np.percentile(diffs[:, k], [100 * level / 2, 100 * (1 - level / 2)])]
+        out[f"{names[i]} - {names[j]}"] = {"diff": float(point[i] - point[j]), "ci": ci, "level": 1 - level,
+                                           "p": float(p[k]), "p_holm": float(adjusted[k]),
+                                           "significant": bool(adjusted[k] < alpha)}
+    return {"range": [float(lo), float(hi)], "n_seeds": len(seeds), "n_boot": int(len(diffs)), "alpha": alpha,
+            "areas": {n: float(point[t]) for t, n in enumerate(names)}, "pairs": out}
 
 
 UNAVAILABLE = "interval unavailable: run predates per-image test probabilities"

@@ -55,8 +55,17 @@ def _check_params(owner: str, in_channels: int, num_classes: int, width: int, gl
 
 
 class _HeteroscedasticHead(nn.Module):
+    """MC dropout, then the logit and log-variance layers.
+
+    ``feat_shift`` and ``feat_scale`` (buffers, identity by default) standardise the features first: a head
+    trained on a frozen trunk's features sets them from the pool's features (``medloop.training.head``), so
+    the classifier applied to images gives what the head learned on the cached features.
+    """
+
     def __init__(self, in_features: int, num_classes: int, dropout: float, heteroscedastic: bool):
         super().__init__()
+        self.register_buffer("feat_shift", torch.zeros(in_features))
+        self.register_buffer("feat_scale", torch.ones(in_features))
         self.dropout = MCDropout(dropout)
         self.fc = nn.Linear(in_features, num_classes)
         self.fc_logvar = nn.Linear(in_features, num_classes) if heteroscedastic else None
@@ -64,8 +73,14 @@ class _HeteroscedasticHead(nn.Module):
             nn.init.zeros_(self.fc_logvar.weight)
             nn.init.constant_(self.fc_logvar.bias, -4.0)  # start with small aleatoric variance
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the standardising buffers existed load as the identity they were
+        state_dict.setdefault(prefix + "feat_shift", torch.zeros_like(self.feat_shift))
+        state_dict.setdefault(prefix + "feat_scale", torch.ones_like(self.feat_scale))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h = self.dropout(feats)
+        h = self.dropout((feats - self.feat_shift) * self.feat_scale)
         return self.fc(h), (self.fc_logvar(h) if self.fc_logvar is not None else None)
 
 

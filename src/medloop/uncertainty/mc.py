@@ -20,7 +20,7 @@ from medloop.models.dropout import mc_dropout_layers, mc_generators, mc_sampling
 from medloop.progress import track
 from medloop.uncertainty.measures import REDUCTIONS, all_measures, reduce_map
 
-__all__ = ["mc_forward", "naive_mc_forward", "score_pool", "PoolScores"]
+__all__ = ["mc_forward", "naive_mc_forward", "score_pool", "score_features", "PoolScores"]
 
 
 def _repeat(feats: Any, times: int) -> Any:
@@ -88,6 +88,35 @@ class PoolScores:
                 for i, (s, c) in enumerate(zip(self.sample_ids, self.case_ids))]
 
 
+def _class_columns(maps: dict[str, torch.Tensor], mean_probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A classifier's per-image columns: every measure, the predicted class, its probability, each class's."""
+    cols = dict(maps)
+    cols["pred"] = mean_probs.argmax(1).float()
+    cols["pred_prob"] = mean_probs.max(1).values
+    for c in range(mean_probs.shape[1]):
+        cols[f"prob_{c}"] = mean_probs[:, c]
+    return cols
+
+
+@torch.no_grad()
+def score_features(head: nn.Module, feats: np.ndarray, n_mc_samples: int = 20, batch_size: int = 32,
+                   seed: int = 0, max_head_batch: int | None = 64) -> dict[str, np.ndarray]:
+    """``score_pool``'s classification columns from trunk features ``[N, F]`` computed once (the frozen-trunk
+    recipe, ``medloop.training.head.FeatureHead``). Batches and dropout masks follow ``score_pool``, so with the
+    same ``seed`` and ``batch_size`` the columns equal those of ``score_pool`` on the images."""
+    if n_mc_samples < 1:
+        raise ValueError(f"n_mc_samples must be >= 1; got {n_mc_samples}")
+    x = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
+    columns: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(x), batch_size):
+        gens = mc_generators(seed, n_mc_samples, offset=start)
+        mc_logits, mc_log_var = mc_forward(head, x[start:start + batch_size], gens, max_head_batch=max_head_batch)
+        mc_probs = mc_logits.softmax(2)  # [N, T, K]
+        for key, value in _class_columns(all_measures(mc_probs, mc_log_var), mc_probs.mean(1)).items():
+            columns.setdefault(key, []).append(value.numpy())
+    return {k: np.concatenate(v) for k, v in columns.items()}
+
+
 @torch.no_grad()
 def score_pool(
     model: nn.Module,
@@ -130,11 +159,7 @@ def score_pool(
         mean_probs = mc_probs.mean(1)
         batch_cols: dict[str, torch.Tensor] = {}
         if mc_probs.dim() == 3:  # classification: one number per image already
-            batch_cols.update(maps)
-            batch_cols["pred"] = mean_probs.argmax(1).float()
-            batch_cols["pred_prob"] = mean_probs.max(1).values
-            for c in range(mean_probs.shape[1]):
-                batch_cols[f"prob_{c}"] = mean_probs[:, c]
+            batch_cols.update(_class_columns(maps, mean_probs))
         else:
             foreground = mean_probs.argmax(1) > 0
             for name, umap in maps.items():

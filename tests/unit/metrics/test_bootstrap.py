@@ -112,3 +112,34 @@ def test_mean_auc_over_seeds_at_chance_includes_one_half():
 def test_a_saving_needs_fsl_above_chance_and_the_difference_above_zero(fsl_ci, diff_ci, verdict, why):
     got, reason = saving_verdict(fsl_ci, diff_ci)
     assert got == verdict and why in reason
+
+
+def test_holm_adjusts_in_step_down_order():
+    from medloop.metrics.bootstrap import holm
+
+    adjusted, ranks = holm([0.01, 0.04, 0.03])
+    assert adjusted.tolist() == pytest.approx([0.03, 0.06, 0.06])  # 3 x 0.01, max(0.03, 2 x 0.03), max(.., 1 x 0.04)
+    assert ranks.tolist() == [1, 3, 2]
+    assert holm([0.5, 0.9])[0].tolist() == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_pairwise_differences_are_paired_corrected_and_find_the_better_track():
+    from medloop.metrics.bootstrap import pairwise_curve_areas
+
+    labels = np.arange(160) % 2
+    good = {str(s): track(labels, [0.2 + 0.1 * i for i in range(10)], s) for s in range(3)}
+    flat = {str(s): track(labels, [0.2 + 0.02 * i for i in range(10)], 10 + s) for s in range(3)}
+    test_labels = {s: labels.tolist() for s in good}
+    out = pairwise_curve_areas({"good": good, "copy": good, "flat": flat}, test_labels, n_boot=1000, seed=0)
+    assert set(out["pairs"]) == {"good - copy", "good - flat", "copy - flat"}
+    same = out["pairs"]["good - copy"]
+    assert same["diff"] == 0 and same["ci"] == [0, 0] and not same["significant"]  # paired: identical tracks
+    better = out["pairs"]["good - flat"]
+    assert better["significant"] and better["ci"][0] > 0 and better["p_holm"] >= better["p"]
+    # Holm: the most significant pair gets the strictest level (alpha / m), the least the plainest
+    assert sorted(p["level"] for p in out["pairs"].values()) == pytest.approx([1 - 0.05, 1 - 0.05 / 2, 1 - 0.05 / 3])
+    single = curve_area_diff_ci(good, flat, test_labels, n_boot=1000, seed=0)
+    corrected = better["ci"][1] - better["ci"][0]
+    assert corrected > single["ci"][1] - single["ci"][0]  # a corrected interval is wider than one comparison's
+    assert better["diff"] == pytest.approx(single["diff"])
+    assert pairwise_curve_areas({"good": good}, test_labels) is None  # nothing to compare
