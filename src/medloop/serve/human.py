@@ -255,8 +255,9 @@ class HumanOracle(Oracle):
         others = {c: until for c, until in holders.items() if c != client}
         if client not in holders and self._reads_left(sample_id) - len(others) <= 0:
             who = "another annotator" if len(others) == 1 else f"{len(others)} other annotators"
-            raise RequestError(f"image '{sample_id}' is being labeled by {who} for {max(others.values()) - now:.0f} "
-                               "more seconds; take another image", 409)
+            until = max(others.values(), default=now)
+            raise RequestError(f"image '{sample_id}' is being labeled by {who} for {until - now:.0f} more seconds; "
+                               "take another image", 409)
 
     def _read_by(self, sample_id: str, client: str) -> bool:
         return self.reads_per_image > 1 and any(r["client_id"] == client for r in self.datastore.reads(sample_id))

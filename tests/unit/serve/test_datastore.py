@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from medloop.data import Sample
+from medloop.errors import DataError
 from medloop.serve.datastore import Datastore, RequestError, read_png, to_uint8
 
 
@@ -166,3 +167,23 @@ def test_readers_wait_for_the_lock_a_writer_holds(store):
     for t in threads:
         t.join(5)
     assert set(results) == set(readers) and len(results["datalist"]) == 1
+
+
+def test_reads_are_durable_in_safe_reader_folders_and_rebuilt_on_open(tmp_path, store):
+    clients = ["ann1", "../../evil", "Ann1", "..", "radiologist B"]
+    for i, client in enumerate(clients):
+        store.record_read("../../etc/passwd", np.full((8, 10), i % 2, np.uint8), None, client, {"round": 0})
+    folders = {r["file"].split("/")[2] for r in store.reads("../../etc/passwd")}
+    assert len(folders) == len(clients) and "ann1" in folders  # distinct, whatever the case or characters
+    reads_dir = (store.folder / "labels" / "reads").resolve()
+    for rec in store.reads("../../etc/passwd"):
+        path = (store.folder / rec["file"]).resolve()
+        assert path.parent.parent == reads_dir and path.is_file()
+        assert np.array_equal(store.read_label(rec), np.full((8, 10), clients.index(rec["client_id"]) % 2))
+    assert store.answer("../../etc/passwd") is None and store.read_count == len(clients)  # a read is not an answer
+    again = Datastore.open(tmp_path / "ds")
+    assert [r["client_id"] for r in again.reads("../../etc/passwd")] == clients and again.reads("A") == []
+    forged = {**again.reads("../../etc/passwd")[0], "file": "labels/reads/../../images/cxr-0001.png"}
+    assert (again.folder / forged["file"]).is_file()  # a file that exists, outside the reads: refused all the same
+    with pytest.raises(DataError, match="restore it from a copy"):
+        again.read_label(forged)
