@@ -91,3 +91,37 @@ def test_bad_parameters_and_missing_inputs_are_clear_errors():
     del cols["prob_0"], cols["prob_1"]
     with pytest.raises(ConfigError, match="class probabilities"):
         build_strategy("badge").select(cols, 2, np.random.default_rng(0))
+
+
+def seeded_pool(n: int, n_labeled: int, dim: int = 16, seed: int = 11) -> dict[str, np.ndarray]:
+    """Eight Gaussian clusters in ``dim`` dimensions, three classes, random class probabilities."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(8, dim)) * 3
+    x = centres[rng.integers(8, size=n)] + rng.normal(size=(n, dim))
+    lab = centres[rng.integers(8, size=n_labeled)] + rng.normal(size=(n_labeled, dim))
+    probs = rng.dirichlet(np.ones(3), size=n)
+    cols = {"index": np.arange(n), "embeddings": x, "labeled_embeddings": lab,
+            "labeled_labels": rng.integers(3, size=n_labeled)}
+    cols.update({f"prob_{c}": probs[:, c] for c in range(3)})
+    return cols
+
+
+# Selections made before the large-pool paths existed: small pools must keep exactly these (runs in progress and
+# their resumes depend on it).
+PINNED = {
+    (400, 30): {"typiclust": [349, 113, 361, 49, 254, 399, 239, 106, 357, 210, 360, 129],
+                "probcover": [28, 322, 9, 323, 187, 206, 252, 114, 391, 22, 111, 154],
+                "coreset": [100, 43, 356, 363, 2, 283, 102, 233, 124, 196, 369, 197],
+                "badge": [10, 319, 316, 194, 107, 21, 148, 159, 19, 22, 399, 262]},
+    (2500, 0): {"typiclust": [2204, 51, 1088, 42, 1084, 1698, 754, 527, 507, 1808, 2004, 1237],
+                "probcover": [10, 1237, 51, 107, 17, 49, 23, 0, 16, 2014, 63, 2021],
+                "coreset": [1676, 548, 2490, 1485, 2489, 1193, 184, 2409, 285, 1280, 2042, 2427],
+                "badge": [1936, 2017, 2028, 1302, 719, 132, 968, 1027, 115, 122, 2496, 1628]},
+}
+
+
+@pytest.mark.parametrize("pool", list(PINNED))
+@pytest.mark.parametrize("name", DIVERSITY)
+def test_small_pools_keep_their_exact_selection(name, pool):
+    chosen, _ = build_strategy(name).select(seeded_pool(*pool), 12, np.random.default_rng(5))
+    assert chosen.tolist() == PINNED[pool][name]
