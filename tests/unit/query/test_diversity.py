@@ -125,3 +125,80 @@ PINNED = {
 def test_small_pools_keep_their_exact_selection(name, pool):
     chosen, _ = build_strategy(name).select(seeded_pool(*pool), 12, np.random.default_rng(5))
     assert chosen.tolist() == PINNED[pool][name]
+
+
+def _cost(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Each row's squared distance to its nearest centre."""
+    return ((x[:, None, :] - centres[None, :, :]) ** 2).sum(-1).min(1)
+
+
+def quality(name: str, cols: dict[str, np.ndarray], chosen: np.ndarray, radius: float) -> float:
+    """What each method optimises, lower is better: the k-center radius (coreset), uncovered share at the exact
+    method's radius (probcover), k-means cost of the chosen as centres (typiclust on features, badge on gradient
+    embeddings)."""
+    from medloop.query.diversity import BadgeStrategy, _normalise
+
+    x, lab = _normalise(cols["embeddings"]), _normalise(cols["labeled_embeddings"])
+    if name == "badge":
+        g = BadgeStrategy._gradient_factors(cols)
+        emb = (g[:, :, None] * cols["embeddings"][:, None, :]).reshape(len(x), -1)
+        return float(_cost(emb, emb[chosen]).sum())
+    d2 = _cost(x, np.concatenate([lab, x[chosen]]))
+    if name == "coreset":
+        return float(np.sqrt(d2.max()))
+    if name == "probcover":
+        return float((d2 > radius * radius).mean())
+    return float(d2.sum())
+
+
+@pytest.mark.parametrize("name", DIVERSITY)
+def test_large_pool_path_is_as_good_as_the_exact_method(name):
+    # probcover: nothing labeled and few queries, so that the balls cannot cover the whole pool
+    cols, k = (seeded_pool(1500, 0), 6) if name == "probcover" else (seeded_pool(1500, 40), 20)
+    exact = build_strategy(name)
+    large = build_strategy(name, {"max_exact_pool": 1000})
+    assert not exact.large(cols) and large.large(cols)
+    a, _ = exact.select(cols, k, np.random.default_rng(2))
+    b, _ = large.select(cols, k, np.random.default_rng(2))
+    assert len(set(b.tolist())) == k
+    radius = 0.0
+    if name == "probcover":
+        from medloop.query.diversity import _normalise
+
+        radius = exact.auto_radius(_normalise(cols["embeddings"]), 2, np.random.default_rng(2))
+        assert quality(name, cols, a, radius) > 0.1
+    qa, qb = quality(name, cols, a, radius), quality(name, cols, b, radius)
+    if name in ("coreset", "badge", "typiclust"):  # the same algorithm in float32: the same choices here
+        assert len(set(a.tolist()) & set(b.tolist())) >= k - 2
+    assert qb <= qa * 1.05 + 1e-3, f"{name}: large-pool path {qb:.4f} vs exact {qa:.4f}"
+
+
+@pytest.mark.parametrize("name", DIVERSITY)
+def test_large_pool_path_does_not_depend_on_the_block_size(name, monkeypatch):
+    from medloop.query import scale
+
+    cols = seeded_pool(600, 20)
+    strategy = build_strategy(name, {"max_exact_pool": 0})
+    a, sa = strategy.select(cols, 10, np.random.default_rng(4))
+    monkeypatch.setattr(scale, "CHUNK_BYTES", 3000)  # a few rows per block
+    b, sb = strategy.select(cols, 10, np.random.default_rng(4))
+    assert a.tolist() == b.tolist()
+    np.testing.assert_allclose(sa, sb, rtol=1e-5)
+
+
+def test_probcover_on_a_large_pool_covers_a_sample_and_fills_up_at_random():
+    cols = seeded_pool(800, 10)
+    strategy = build_strategy("probcover", {"max_exact_pool": 100, "sample_size": 200})
+    chosen, degree = strategy.select(cols, 30, np.random.default_rng(0))
+    assert np.isfinite(degree).sum() == 200  # candidates outside the sample are not scored
+    assert len(set(chosen.tolist())) == 30
+    # a radius that covers everything from the labeled set: nothing to gain, every query random (and distinct)
+    chosen, _ = build_strategy("probcover", {"max_exact_pool": 0, "radius": 2.5}).select(cols, 30, np.random.default_rng(0))
+    assert len(set(chosen.tolist())) == 30
+
+
+def test_large_pool_parameters_are_checked():
+    with pytest.raises(ConfigError, match="'max_exact_pool' parameter of strategy coreset"):
+        build_strategy("coreset", {"max_exact_pool": -1})
+    with pytest.raises(ConfigError, match="'sample_size' parameter of strategy probcover"):
+        build_strategy("probcover", {"sample_size": 0})
