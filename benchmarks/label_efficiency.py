@@ -88,7 +88,7 @@ def main() -> None:
                      "fsl_folds": 0, "random_subset_draws": 0, "round_patience": 0,
                      # no VGG content loss: a cold or screening start may label a single class, on which no
                      # VGG can be trained; the same cGAN in every regime
-                     "generator.vgg_weight": 0.0,
+                     "generator.vgg_weight": 0.0, "generator.epochs": 10, "segmenter.epochs": 10,
                      "segmenter": (base.get("segmenter") or {}) if "generative" in names else None,
                      "record_at": [],  # segmentation is not evaluated; the generative track's segmenter trains at round 0
                      **RECIPES[args.recipe], **REGIMES[regime], **parse_overrides(args.set)}
