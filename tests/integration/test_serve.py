@@ -37,8 +37,9 @@ def label_for(runner: Runner, sample_id: str) -> tuple[np.ndarray, int | None]:
 def annotate(http, label, who: str, strategy: str, log: list, stop_after: int | None = None) -> None:
     """Label whatever the queue offers (``label(id)``: mask and class, ``None`` for none) until the run finishes
     (or ``stop_after`` answers)."""
-    done = 0
+    done, deadline = 0, time.monotonic() + 600
     while stop_after is None or done < stop_after:
+        assert time.monotonic() < deadline, f"{who}: the run did not finish within 600 s"
         nxt = http.post(f"/activelearning/{strategy}", headers=AUTH, json={"client_id": who}).json()
         if not nxt:
             if http.get("/api/status", headers=AUTH).json()["phase"] in ("finished", "error"):
@@ -221,8 +222,10 @@ def test_kill_9_at_any_point_loses_and_duplicates_nothing(tmp_path):
     wait_for(lambda: (s := served.status())["model_round"] == 0 and s["phase"] == "waiting for labels",
              what="the resumed round 0")
     assert [q["id"] for q in served.status()["queue"]] == asked[1:]  # the resumed round asks exactly the same
+    deadline = time.monotonic() + 600
     while (status := served.status())["phase"] != "finished":
         assert status["phase"] != "error", status["error"]
+        assert time.monotonic() < deadline, "the resumed run did not finish within 600 s"
         queue = [q["id"] for q in status["queue"]]
         if queue:
             answer(served, queue[0])

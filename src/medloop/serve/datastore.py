@@ -142,6 +142,7 @@ class Datastore:
         self._answers: dict[str, dict] = {}
         self._reads: dict[str, list[dict]] = {}  # id -> its reads, in the order they came (several readers)
         self._flush: threading.Timer | None = None  # a pending index rewrite
+        self._indexed = threading.Condition(self._lock)  # notified after every index rewrite
 
     @property
     def index_path(self) -> Path:
@@ -357,6 +358,12 @@ class Datastore:
                 self._flush = None
             self._write_index()
 
+    def wait_indexed(self, timeout: float) -> bool:
+        """Wait until no index rewrite is pending (the index holds every answer recorded so far), without
+        rewriting it; ``False`` when ``timeout`` seconds pass first."""
+        with self._indexed:
+            return self._indexed.wait_for(lambda: self._flush is None, timeout)
+
     def record_proposals(self, proposals: dict[str, Any], info: dict[str, dict]) -> None:
         """Write the model's proposals (``labels/original`` masks, uncertainty maps) and index them once.
 
@@ -398,3 +405,4 @@ class Datastore:
     def _write_index(self) -> None:
         write_json(self.index_path, {"name": self.name, "description": self.description, "images_dir": "images",
                                      "labels_dir": "labels", "objects": self._objects}, indent=None)
+        self._indexed.notify_all()

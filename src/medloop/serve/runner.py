@@ -236,11 +236,13 @@ class Runner:
 
     Refuses a folder that holds a ``medloop run`` experiment, a served run without ``resume``, a run with
     another config (``loop.rundir.check_resume``) or other reads per image. ``reads_per_image``: how many
-    different annotators label each image (``None``: what the resumed run was started with, else 1).
+    different annotators label each image (``None``: what the resumed run was started with, else 1). ``clock``:
+    the leases' monotonic seconds (tests move it to expire leases).
     """
 
     def __init__(self, config: ExperimentConfig | CollaborativeConfig, out: str | Path, resume: bool = False,
-                 lease_seconds: float = 300.0, progress: bool = False, reads_per_image: int | None = None):
+                 lease_seconds: float = 300.0, progress: bool = False, reads_per_image: int | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         import json
 
         from medloop.runinfo import write_run_record
@@ -271,7 +273,7 @@ class Runner:
         remove_partial_writes(self.out)  # nothing writes here yet: the loop starts later, the server after
         self.datastore = Datastore.open(self.out / "datastore", self.plan.images, name=config.name,
                                         description=f"medloop serve: {self.plan.track}")
-        self.oracle = HumanOracle(self.datastore, lease_seconds, prepare=self._prepare,
+        self.oracle = HumanOracle(self.datastore, lease_seconds, prepare=self._prepare, clock=clock,
                                   reads_per_image=self.reads_per_image, labels=self.plan.labels)
         self.phase, self.round_idx, self.error = "starting", 0, None
         self.metrics: dict[int, dict] = {}  # written by the loop's thread, read by request threads: under _lock

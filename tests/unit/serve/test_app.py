@@ -248,14 +248,14 @@ def test_leases_over_http(client, runner):
 
 
 def test_lease_expiry_over_http(tmp_path):
-    import time
-
-    r = Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "run", lease_seconds=0.3)
+    now = [1000.0]  # the leases' clock, moved by the test
+    r = Runner(ExperimentConfig.from_dict(CHEST), tmp_path / "run", lease_seconds=300, clock=lambda: now[0])
     r.oracle.submit(r.plan.method.initial_ids())
     with TestClient(create_app(r, TOKEN)) as client:
         a = first(client, "a")
+        now[0] += 299.5
         assert put(client, a, png(square((32, 32))), {"class": 0, "client_id": "b"}).status_code == 409
-        time.sleep(0.35)
+        now[0] += 0.5  # the lease ends exactly now
         assert put(client, a, png(square((32, 32))), {"class": 0, "client_id": "b"}).status_code == 200
 
 

@@ -78,11 +78,12 @@ def test_final_label_is_durable_and_indexed(store):
 
 
 def test_the_index_follows_the_log_within_a_second(store):
-    import time
-
     store.record_final("A", np.ones((8, 10), np.uint8), 1, {})
-    time.sleep(0.8)
+    assert store.wait_indexed(timeout=1.0)  # the background writer, not the test, rewrote the index
     assert "final" in json.loads(store.index_path.read_text())["objects"]["A"]["labels"]
+    store.record_final("a", np.ones((8, 10), np.uint8), 1, {})  # and again after the first rewrite
+    assert store.wait_indexed(timeout=1.0)
+    assert "final" in json.loads(store.index_path.read_text())["objects"]["a"]["labels"]
 
 
 def test_open_rebuilds_expert_labels_from_the_log(tmp_path, store):
