@@ -167,3 +167,20 @@ def test_the_regimes_report_puts_every_regime_side_by_side(tmp_path):
     text = report.read_text()
     assert text.count("| balanced | ") == 3 and text.count("| again | ") == 3
     assert "- In the balanced regime" in text and (tmp_path / "regimes.png").stat().st_size > 10_000
+
+
+def test_runs_of_one_regime_with_other_strategies_are_joined_and_others_refused(tmp_path):
+    from medloop.report.regimes import build_regimes_report, regime_summary
+    from medloop.storage import write_json
+
+    for name, strategies in (("a", ["badge", "random"]), ("b", ["coreset", "random"])):
+        results = run_experiment(frozen(seeds=[0, 1], split_seed=0, strategies=strategies, max_rounds=1),
+                                 tmp_path / name, progress=False)
+        write_json(tmp_path / name / "summary.json", regime_summary(results, strategies[:1], "balanced", "frozen", [0.1]))
+    text = build_regimes_report({"balanced": [tmp_path / "a", tmp_path / "b"]}, tmp_path).read_text()
+    assert "| balanced | badge |" in text and "| balanced | coreset |" in text and text.count("| balanced | random |") == 1
+    one = run_experiment(frozen(seeds=[0], split_seed=0, strategies=["coreset", "random"], max_rounds=1),
+                         tmp_path / "c", progress=False)
+    write_json(tmp_path / "c" / "summary.json", regime_summary(one, ["coreset"], "balanced", "frozen", [0.1]))
+    with pytest.raises(ValueError, match="differ in seeds or pool"):
+        build_regimes_report({"balanced": [tmp_path / "a", tmp_path / "c"]}, tmp_path)

@@ -133,6 +133,23 @@ def _fmt(v, digits: int = 3, signed: bool = False) -> str:
     return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
+def _merge(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """Several runs of one regime (e.g. the generative strategy run apart) as one: tracks and rows of every run, the
+    random track and FSL of the first (runs of one regime share seeds, split and random track)."""
+    results, line = parts[0]
+    results = {**results, "tracks": dict(results["tracks"])}
+    line = {**line, "compared": dict(line["compared"])}
+    for other_results, other_line in parts[1:]:
+        if other_line["seeds"] != line["seeds"] or other_line["pool_size"] != line["pool_size"]:
+            raise ValueError(f"runs of the {line['regime']} regime differ in seeds or pool ({other_line['seeds']} vs "
+                             f"{line['seeds']} seeds, pool {other_line['pool_size']} vs {line['pool_size']}); "
+                             "join only runs of the same protocol")
+        for name, row in other_line["compared"].items():
+            line["compared"][name] = row
+            results["tracks"][name] = other_results["tracks"][name]
+    return results, line
+
+
 def _plot(runs: dict[str, dict], path: Path) -> None:
     import matplotlib
 
@@ -160,15 +177,15 @@ def _plot(runs: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def build_regimes_report(folders: dict[str, str | Path], out: str | Path) -> Path:
-    """``regimes.md`` (+ ``regimes.png``, ``regimes.json``) in ``out`` from each regime's run folder (its
-    ``results.json`` and ``summary.json``)."""
+def build_regimes_report(folders: dict[str, str | Path | list], out: str | Path) -> Path:
+    """``regimes.md`` (+ ``regimes.png``, ``regimes.json``) in ``out`` from each regime's run folder, or folders (runs
+    of the same seeds and pool with other strategies, joined), each with ``results.json`` and ``summary.json``."""
     out = Path(out)
     runs = {}
-    for regime, folder in folders.items():
-        folder = Path(folder)
-        runs[regime] = (json.loads((folder / "results.json").read_text()),
-                        json.loads((folder / "summary.json").read_text()))
+    for regime, given in folders.items():
+        parts = [(json.loads((Path(f) / "results.json").read_text()), json.loads((Path(f) / "summary.json").read_text()))
+                 for f in (given if isinstance(given, (list, tuple)) else [given])]
+        runs[regime] = _merge(parts)
     _plot(runs, out / "regimes.png")
     lines = ["# Where active learning pays", "",
              "Each regime's strategies against random sampling on the same seeds, test split and fully supervised "
