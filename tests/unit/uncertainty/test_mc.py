@@ -14,6 +14,7 @@ from medloop.uncertainty import mc_forward, naive_mc_forward, score_pool
     ("resnet18", {"width": 8}, (4, 1, 32, 32)),
     ("vgg16", {"width": 4, "num_classes": 3}, (3, 1, 32, 32)),
     ("unet", {"channels": (4, 8, 16), "num_classes": 3}, (2, 1, 16, 16)),  # 4 active dropout layers in the decoder
+    ("unet", {"channels": (4, 8, 16), "num_classes": 3, "dropout_layout": "head"}, (2, 1, 16, 16)),  # channel dropout
 ])
 @pytest.mark.parametrize("max_head_batch", [None, 5])
 def test_fast_mc_gives_exactly_the_naive_samples(name, params, shape, max_head_batch):
