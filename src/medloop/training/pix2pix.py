@@ -39,7 +39,9 @@ __all__ = ["Pix2PixConfig", "Pix2PixTrainer", "train_pix2pix", "class_weights"]
 @dataclasses.dataclass(frozen=True)
 class Pix2PixConfig(Config):
     """pix2pix for segmentation. ``lambda_sup`` 100 as pix2pix; ``pseudo_weight`` for pseudo-labeled samples;
-    ``damage_px``: the largest boundary error (pixels) of the damaged maps a graded D learns from."""
+    ``damage_px``: the largest boundary error (pixels) of the damaged maps a graded D learns from;
+    ``dropout_layout``: where G's dropout (pix2pix's noise, and its MC dropout) sits, ``decoder`` (pix2pix's
+    choice) or ``head`` (MC scoring runs G once; ``medloop.models.unet``)."""
 
     epochs: int = 30
     batch_size: int = 8
@@ -52,6 +54,7 @@ class Pix2PixConfig(Config):
     pseudo_weight: float = 0.5
     g_channels: tuple[int, ...] = (16, 32, 64, 128)
     dropout: float = 0.2
+    dropout_layout: typing.Literal["decoder", "head"] = "decoder"
     d_features: int = 64
     d_layers: int | None = None
     seed: int = 0
@@ -87,10 +90,14 @@ class Pix2PixTrainer:
         self.config, self.num_classes = config, num_classes
         self.device = resolve_device(config.device)
         with torch_init(config.seed):
-            self.G = BayesianUNet(in_channels, num_classes, channels=config.g_channels, dropout=config.dropout)
+            self.G = BayesianUNet(in_channels, num_classes, channels=config.g_channels, dropout=config.dropout,
+                                  dropout_layout=config.dropout_layout)
             self.D = Pix2PixDiscriminator(in_channels, num_classes, size, config.d_features, config.d_layers,
                                           one_hot_input=config.discriminator == "graded")
-        self.G, self.D = self.G.to(self.device), self.D.to(self.device)
+        # D's wide 4x4 convolutions run about 20% faster channels-last (oneDNN on CPU, tensor cores on GPU); G's
+        # narrow, instance-normalised blocks run slower that way, so G stays contiguous
+        self.G = self.G.to(self.device)
+        self.D = self.D.to(self.device, memory_format=torch.channels_last)
         self.weights = torch.ones(num_classes, device=self.device)  # class weights of the CE term
         self.seed_dropout(config.seed)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.999))
@@ -143,13 +150,18 @@ class Pix2PixTrainer:
         self.opt_d.zero_grad()
         d_loss.backward()
         self.opt_d.step()
-        judged = self.D.judge(x, probs)
-        adv = F.binary_cross_entropy_with_logits(judged, torch.ones_like(judged))
-        sup = self.supervised(logits, y, w)
-        g_loss = cfg.adv_weight * adv + cfg.lambda_sup * sup
-        self.opt_g.zero_grad()
-        g_loss.backward()
-        self.opt_g.step()
+        # G's update needs gradients through D, not for D's weights (the next D update would discard them)
+        self.D.requires_grad_(False)
+        try:
+            judged = self.D.judge(x, probs)
+            adv = F.binary_cross_entropy_with_logits(judged, torch.ones_like(judged))
+            sup = self.supervised(logits, y, w)
+            g_loss = cfg.adv_weight * adv + cfg.lambda_sup * sup
+            self.opt_g.zero_grad()
+            g_loss.backward()
+            self.opt_g.step()
+        finally:
+            self.D.requires_grad_(True)
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "g_adv": adv.item(), "g_sup": sup.item()}
 
     @torch.no_grad()

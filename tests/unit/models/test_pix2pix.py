@@ -91,3 +91,32 @@ def test_dice_ce_weights_rare_classes_and_the_graded_discriminator_tells_wrong_m
     assert plaus[0] > plaus[1] > plaus[2] and plaus[0] - plaus[2] > 0.05, (plaus, agree)
     scores, maps, pred = discriminator_scores(t.G, t.D, x, reduction="foreground")
     assert scores.shape == (8,) and maps.shape == (8, 32, 32) and pred.shape == (8, 32, 32)
+
+
+@pytest.mark.parametrize("discriminator", ["graded", "pix2pix"])
+def test_a_step_computes_the_discriminator_weight_gradients_once(discriminator):
+    """G's update back-propagates through D to G only; D's weights get the gradients of D's own update."""
+    x, y = tiny_batch()
+    t = Pix2PixTrainer(1, 3, 32, Pix2PixConfig(g_channels=(8, 16, 16), d_features=8, device="cpu",
+                                                discriminator=discriminator))
+    counts = {name: 0 for name, _ in t.D.named_parameters()}
+    for name, p in t.D.named_parameters():
+        p.register_hook(lambda grad, name=name: counts.__setitem__(name, counts[name] + 1))
+    g_before = [p.detach().clone() for p in t.G.parameters()]
+    t.step(x, y, torch.ones(4))
+    assert set(counts.values()) == {1}
+    assert all(p.requires_grad for p in t.D.parameters())  # trainable again for the next D update
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, t.G.parameters()))
+
+
+def test_generator_dropout_layout_and_channels_last_discriminator():
+    x, y = tiny_batch()
+    cfg = Pix2PixConfig(g_channels=(8, 16, 16), d_features=8, device="cpu", dropout_layout="head")
+    t = Pix2PixTrainer(1, 3, 32, cfg)
+    assert t.G.dropout_layout == "head"
+    weight = t.D.net.initial_conv.conv.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    contiguous = Pix2PixDiscriminator(1, 3, 32, features=8)
+    contiguous.load_state_dict(t.D.state_dict())
+    onehot = torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float()
+    torch.testing.assert_close(t.D.eval()(x, onehot), contiguous.eval()(x, onehot), rtol=1e-4, atol=1e-5)
