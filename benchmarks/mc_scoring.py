@@ -15,6 +15,19 @@ floor: medloop against itself with other dropout masks (per-image agreement cann
     python benchmarks/mc_scoring.py [--n-images 512] [--size 128] [--mc-samples 20] [--width 64] [--batch-size 64]
 
 Final line (JSON): single_s, medloop_s, baal_s, baal_cached_s, ratio_vs_single, speedup_vs_baal_best, peak_rss_mb, ...
+
+--task segment: the segmentation UNet and pix2pix, one thread, for each dropout layout (``decoder``, ``head``):
+  (a) one deterministic pass of the UNet (default channels) over --seg-slices phantom slices (whole volumes of 8) at --size px,
+  (b) ``mc_forward`` and (c) ``score_pool`` (every measure and reduction) at T = --mc-samples (default 10 here),
+  (d) MC sample diversity after --train-steps of training on 64 px phantom slices: mean per-pixel std of the
+      class probabilities, on the predicted boundaries and inside,
+  (e) pix2pix (G with that layout) training and discriminator-scoring throughput in slices/s at 64 px on
+      --data (e.g. ../shared/data/acdc-train; default the cardiac phantom).
+
+    python benchmarks/mc_scoring.py --task segment [--seg-slices 16] [--size 128] [--data ../shared/data/acdc-train]
+
+Final line (JSON): {layout: {single_s, mc_forward_s, score_pool_s, ratio_mc_forward, ratio_score_pool, mc_std,
+mc_std_boundary, mc_std_interior, pix2pix_train_slices_per_s, pix2pix_score_slices_per_s}, ..., "threads": 1}
 """
 
 from __future__ import annotations
@@ -54,16 +67,100 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def segmentation(args: argparse.Namespace) -> None:
+    """The UNet's MC scoring cost and sample diversity, and pix2pix throughput, for each dropout layout."""
+    import torch.nn.functional as F
+
+    from medloop.models import mc_dropout_layers, mc_generators
+    from medloop.training.pix2pix import Pix2PixConfig, Pix2PixTrainer
+    from medloop.uncertainty import mc_forward
+    from medloop.uncertainty.discriminator import discriminator_scores
+
+    torch.set_num_threads(1)
+    t_samples = args.mc_samples or 10
+    pool = load_dataset("builtin:cardiac-mr", size=args.size, seed=args.seed, progress=False,  # volumes of 8 slices
+                        options={"n_volumes": -(-args.seg_slices // 8), "min_slices": 8, "max_slices": 8})
+    x = collate_samples(list(pool))["image"]
+    small = load_dataset("builtin:cardiac-mr", size=64, seed=args.seed, progress=False,
+                         options={"n_volumes": 4, "min_slices": 8, "max_slices": 8})
+    batch = collate_samples(list(small))
+    sx, sy = batch["image"], batch["mask"].long()
+    p2p = load_dataset(args.data, size=64, seed=args.seed, progress=False) if args.data else small
+    p2p_batch = collate_samples([p2p[i] for i in range(min(64, len(p2p)))])
+    px, py = p2p_batch["image"], p2p_batch["mask"].long()
+    num_classes = max(int(py.max()) + 1, int(sy.max()) + 1, 2)
+
+    def best_of(fn, repeats: int = 2) -> float:
+        return min(timed(fn)[1] for _ in range(repeats))
+
+    result: dict = {}
+    for layout in ("decoder", "head"):
+        torch.manual_seed(args.seed)
+        model = build_model("unet", num_classes=num_classes, dropout_layout=layout).eval()
+        with torch.no_grad():
+            model(x)  # warm-up
+            single_s = best_of(lambda: model(x))
+        mc_s = best_of(lambda: mc_forward(model, x, mc_generators(args.seed, t_samples), max_head_batch=64))
+        pool_s = best_of(lambda: score_pool(model, pool, n_mc_samples=t_samples, batch_size=len(x), seed=args.seed,
+                                            progress=False))
+
+        torch.manual_seed(args.seed)
+        net = build_model("unet", num_classes=num_classes, channels=(16, 32, 64, 128), dropout_layout=layout)
+        for i, layer in enumerate(mc_dropout_layers(net)):
+            layer.generator = torch.Generator().manual_seed(args.seed + i)
+        opt = torch.optim.Adam(net.parameters(), 3e-3)
+        net.train()
+        for _ in range(args.train_steps):
+            loss = F.cross_entropy(net(sx)[0], sy)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        mc_probs = mc_forward(net, sx, mc_generators(args.seed, t_samples))[0].softmax(2)  # [N, T, K, H, W]
+        std = mc_probs.std(1).mean(1)  # [N, H, W]
+        pred = mc_probs.mean(1).argmax(1, keepdim=True).float()
+        edge = (F.max_pool2d(pred, 3, 1, 1) != -F.max_pool2d(-pred, 3, 1, 1))[:, 0]
+
+        trainer = Pix2PixTrainer(1, num_classes, 64, Pix2PixConfig(seed=args.seed, dropout_layout=layout))
+        weights = torch.ones(len(px))
+
+        def train_epoch():
+            for i in range(0, len(px) - 1, 8):
+                trainer.step(px[i:i + 8], py[i:i + 8], weights[i:i + 8])
+
+        train_s = best_of(train_epoch)
+        score_s = best_of(lambda: discriminator_scores(trainer.G, trainer.D, px))
+        result[layout] = {
+            "single_s": round(single_s, 3), "mc_forward_s": round(mc_s, 3), "score_pool_s": round(pool_s, 3),
+            "ratio_mc_forward": round(mc_s / single_s, 2), "ratio_score_pool": round(pool_s / single_s, 2),
+            "train_loss": round(float(loss), 4), "mc_std": round(float(std.mean()), 4),
+            "mc_std_boundary": round(float(std[edge].mean()), 4), "mc_std_interior": round(float(std[~edge].mean()), 4),
+            "pix2pix_train_slices_per_s": round(len(px) / train_s, 1),
+            "pix2pix_score_slices_per_s": round(len(px) / score_s, 1),
+        }
+        print(layout, json.dumps(result[layout]), flush=True)
+    result.update(slices=len(x), size=args.size, mc_samples=t_samples, train_steps=args.train_steps,
+                  pix2pix_data=args.data or "builtin:cardiac-mr", threads=torch.get_num_threads())
+    print(json.dumps(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("classify", "segment"), default="classify")
+    parser.add_argument("--seg-slices", type=int, default=16, help="segment: slices scored at once")
+    parser.add_argument("--train-steps", type=int, default=150, help="segment: training steps before the diversity check")
+    parser.add_argument("--data", default=None, help="segment: pix2pix data (default: the cardiac phantom)")
     parser.add_argument("--n-images", type=int, default=512)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--mc-samples", type=int, default=20)
+    parser.add_argument("--mc-samples", type=int, default=None, help="T (default 20; 10 for --task segment)")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--all-modes", action="store_true", help="time baal with replicate_in_memory on and off")
     args = parser.parse_args()
+    if args.task == "segment":
+        segmentation(args)
+        return
+    args.mc_samples = args.mc_samples or 20
     half = args.n_images // 2
     ds = load_dataset("builtin:chest-xray", size=args.size, seed=args.seed,
                       options={"n_normal": half, "n_nodule": args.n_images - half}, progress=False)

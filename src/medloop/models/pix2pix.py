@@ -1,8 +1,8 @@
 """pix2pix networks for collaborative segmentation (Isola et al. 2017; Ravanbakhsh et al.).
 
-The generator is medloop's ``BayesianUNet`` (a U-Net with skip connections built from MONAI blocks, dropout in
-the decoder: pix2pix's noise, and what makes MC-dropout baselines possible); it maps an image to C-class
-label-map logits. ``Pix2PixDiscriminator`` is MONAI's ``PatchDiscriminator`` over (image, label map) pairs,
+The generator is medloop's ``BayesianUNet`` (a U-Net with skip connections built from MONAI blocks; its dropout
+is pix2pix's noise and what makes MC-dropout baselines possible, before the output or in the decoder:
+``Pix2PixConfig.dropout_layout``); it maps an image to C-class label-map logits. ``Pix2PixDiscriminator`` is MONAI's ``PatchDiscriminator`` over (image, label map) pairs,
 with the number of strided layers chosen so its receptive field is pix2pix's 70 px at 256 px, scaled to the
 working size.
 """
