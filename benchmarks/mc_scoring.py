@@ -132,7 +132,7 @@ def segmentation(args: argparse.Namespace) -> None:
         result[layout] = {
             "single_s": round(single_s, 3), "mc_forward_s": round(mc_s, 3), "score_pool_s": round(pool_s, 3),
             "ratio_mc_forward": round(mc_s / single_s, 2), "ratio_score_pool": round(pool_s / single_s, 2),
-            "train_loss": round(float(loss), 4), "mc_std": round(float(std.mean()), 4),
+            "train_loss": round(loss.item(), 4), "mc_std": round(float(std.mean()), 4),
             "mc_std_boundary": round(float(std[edge].mean()), 4), "mc_std_interior": round(float(std[~edge].mean()), 4),
             "pix2pix_train_slices_per_s": round(len(px) / train_s, 1),
             "pix2pix_score_slices_per_s": round(len(px) / score_s, 1),

@@ -170,8 +170,13 @@ class TypiClustStrategy(_SequentialStrategy):
         return chosen, typ
 
     def _choose_large(self, inputs, k, rng):
-        cand, lab = _embeddings32(inputs, "typiclust")
-        allx = np.concatenate([lab, cand])
+        if "embeddings" not in inputs:
+            raise ConfigError("strategy typiclust needs the 'embeddings' input, which this method does not provide")
+        given = inputs.get("labeled_embeddings")
+        given = given if given is not None else np.zeros((0, inputs["embeddings"].shape[1]))
+        allx = np.empty((len(given) + len(inputs["embeddings"]), inputs["embeddings"].shape[1]), np.float32)
+        lab = scale.normalise32(given, out=allx[: len(given)])  # views into allx: one copy of the pool
+        cand = scale.normalise32(inputs["embeddings"], out=allx[len(given):])
         n_clusters = int(min(len(lab) + k, self.max_clusters, len(allx)))
         clusters = _kmeans(allx, n_clusters, rng)
         cand_c = clusters[len(lab):]

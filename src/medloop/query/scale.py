@@ -32,10 +32,11 @@ def row_blocks(n_rows: int, n_cols: int, itemsize: int = 4) -> Iterator[slice]:
         yield slice(start, min(start + step, n_rows))
 
 
-def normalise32(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), as float32, without a float64 copy of the whole array."""
+def normalise32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32 (into ``out`` if given), without a float64
+    copy of the whole array."""
     x = np.asarray(x)
-    out = np.empty(x.shape, np.float32)
+    out = np.empty(x.shape, np.float32) if out is None else out
     for rows in row_blocks(len(x), x.shape[1], 8):
         block = np.asarray(x[rows], dtype=np.float64)
         out[rows] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)

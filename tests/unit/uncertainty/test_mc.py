@@ -78,3 +78,13 @@ def test_score_pool_segmentation_reductions_and_maps():
                         progress=False)
     assert "combined_top_q_mean" in scores.columns and "bald_foreground_sum" in scores.columns
     assert seen == [([0, 1], (2, 16, 16)), ([2], (1, 16, 16))]
+
+
+def test_segmentation_foreground_fraction_is_that_of_pixels_whose_argmax_is_not_background():
+    ds = load_dataset("builtin:cardiac-mr", size=16, options={"n_volumes": 1, "min_slices": 2, "max_slices": 2}, progress=False)
+    model = build_model("unet", channels=(4, 8, 16), num_classes=3, dropout_layout="head")
+    seen = []
+    scores = score_pool(model, ds, n_mc_samples=3, batch_size=2, on_maps=lambda idx, maps, p: seen.append(p), progress=False)
+    mean_probs = seen[0]
+    expected = (mean_probs.argmax(1) > 0).flatten(1).float().mean(1)
+    torch.testing.assert_close(torch.as_tensor(scores.columns["foreground_fraction"]), expected)
