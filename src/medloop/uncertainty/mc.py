@@ -98,6 +98,21 @@ def _class_columns(maps: dict[str, torch.Tensor], mean_probs: torch.Tensor) -> d
     return cols
 
 
+def _pixel_maps(mc_logits: torch.Tensor, mc_log_var: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every measure's map ``[N, *spatial]`` and the mean probabilities ``[N, K, *spatial]`` of a segmentation
+    batch, one image at a time: one image's temporaries (``[T, K, H, W]`` each) stay in cache, which halves the
+    measures' cost on CPU against whole batches; every measure is per pixel, so the maps are the same."""
+    maps: dict[str, list[torch.Tensor]] = {}
+    mean_probs = []
+    for i in range(len(mc_logits)):
+        mc_probs = mc_logits[i:i + 1].softmax(2)  # [1, T, K, *spatial]
+        log_var = None if mc_log_var is None else mc_log_var[i:i + 1]
+        for name, umap in all_measures(mc_probs, log_var).items():
+            maps.setdefault(name, []).append(umap)
+        mean_probs.append(mc_probs.mean(1))
+    return {name: torch.cat(parts) for name, parts in maps.items()}, torch.cat(mean_probs)
+
+
 @torch.no_grad()
 def score_features(head: nn.Module, feats: np.ndarray, n_mc_samples: int = 20, batch_size: int = 32,
                    seed: int = 0, max_head_batch: int | None = 64) -> dict[str, np.ndarray]:
@@ -154,13 +169,14 @@ def score_pool(
         x = collate_samples([dataset[i] for i in idx])["image"].to(device)
         gens = mc_generators(seed, n_mc_samples, offset=start, device=x.device)
         mc_logits, mc_log_var = mc_forward(model, x, gens, max_head_batch=max_head_batch)
-        mc_probs = mc_logits.softmax(2)
-        maps = all_measures(mc_probs, mc_log_var)
-        mean_probs = mc_probs.mean(1)
         batch_cols: dict[str, torch.Tensor] = {}
-        if mc_probs.dim() == 3:  # classification: one number per image already
+        if mc_logits.dim() == 3:  # classification: one number per image already
+            mc_probs = mc_logits.softmax(2)
+            maps = all_measures(mc_probs, mc_log_var)
+            mean_probs = mc_probs.mean(1)
             batch_cols.update(_class_columns(maps, mean_probs))
         else:
+            maps, mean_probs = _pixel_maps(mc_logits, mc_log_var)
             # "argmax > 0" without argmax, which is ~100x slower over the class dim on CPU (ties go to background)
             foreground = mean_probs[:, 1:].amax(1) > mean_probs[:, 0]
             for name, umap in maps.items():

@@ -88,3 +88,20 @@ def test_segmentation_foreground_fraction_is_that_of_pixels_whose_argmax_is_not_
     mean_probs = seen[0]
     expected = (mean_probs.argmax(1) > 0).flatten(1).float().mean(1)
     torch.testing.assert_close(torch.as_tensor(scores.columns["foreground_fraction"]), expected)
+
+
+def test_segmentation_maps_computed_per_image_equal_the_whole_batch_measures():
+    from medloop.uncertainty.measures import all_measures
+
+    ds = load_dataset("builtin:cardiac-mr", size=16, options={"n_volumes": 1, "min_slices": 3, "max_slices": 3}, progress=False)
+    torch.manual_seed(0)
+    model = build_model("unet", channels=(4, 8, 16), num_classes=3)
+    seen = {}
+    score_pool(model, ds, n_mc_samples=4, batch_size=3, seed=2, on_maps=lambda idx, maps, p: seen.update(maps=maps, p=p),
+               progress=False)
+    x = torch.stack([ds[i].image for i in range(3)])
+    mc_logits, mc_log_var = mc_forward(model, x, mc_generators(2, 4, offset=0), max_head_batch=64)
+    mc_probs = mc_logits.softmax(2)
+    for name, umap in all_measures(mc_probs, mc_log_var).items():
+        assert torch.equal(seen["maps"][name], umap), name
+    assert torch.equal(seen["p"], mc_probs.mean(1))
