@@ -17,7 +17,8 @@ floor: medloop against itself with other dropout masks (per-image agreement cann
 Final line (JSON): single_s, medloop_s, baal_s, baal_cached_s, ratio_vs_single, speedup_vs_baal_best, peak_rss_mb, ...
 
 --task segment: the segmentation UNet and pix2pix, one thread, for each dropout layout (``decoder``, ``head``):
-  (a) one deterministic pass of the UNet (default channels) over --seg-slices phantom slices (whole volumes of 8) at --size px,
+  (a) one deterministic pass of the UNet (default channels) over --seg-slices phantom slices (whole volumes of 8)
+      at --size px,
   (b) ``mc_forward`` and (c) ``score_pool`` (every measure and reduction) at T = --mc-samples (default 10 here),
   (d) MC sample diversity after --train-steps of training on 64 px phantom slices: mean per-pixel std of the
       class probabilities, on the predicted boundaries and inside,
@@ -147,7 +148,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=("classify", "segment"), default="classify")
     parser.add_argument("--seg-slices", type=int, default=16, help="segment: slices scored at once")
-    parser.add_argument("--train-steps", type=int, default=150, help="segment: training steps before the diversity check")
+    parser.add_argument("--train-steps", type=int, default=150,
+                        help="segment: training steps before the diversity check")
     parser.add_argument("--data", default=None, help="segment: pix2pix data (default: the cardiac phantom)")
     parser.add_argument("--n-images", type=int, default=512)
     parser.add_argument("--size", type=int, default=128)

@@ -67,7 +67,8 @@ class BayesianUNet(nn.Module):
         self.stem = TwoConv(2, in_channels, ch[0], _ACT, _NORM, True, 0.0)
         self.downs = nn.ModuleList(Down(2, ch[i], ch[i + 1], _ACT, _NORM, True, 0.0) for i in range(len(ch) - 1))
         self.ups = nn.ModuleList(
-            UpCat(2, ch[i + 1], ch[i], ch[i], _ACT, _NORM, True, block_dropout, halves=i > 0) for i in reversed(range(len(ch) - 1))
+            UpCat(2, ch[i + 1], ch[i], ch[i], _ACT, _NORM, True, block_dropout, halves=i > 0)
+            for i in reversed(range(len(ch) - 1))
         )
         self.head_dropout = MCDropout(dropout) if dropout_layout == "head" else None
         self.out = nn.Conv2d(ch[0], num_classes, 1)

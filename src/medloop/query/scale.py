@@ -143,8 +143,10 @@ def ball_bits(centres: np.ndarray, points: np.ndarray, radius: float) -> np.ndar
 
 def ball_sizes(balls: np.ndarray) -> np.ndarray:
     """``[len(balls)]`` points in each ball of ``ball_bits``."""
+    if not len(balls):
+        return np.zeros(0, np.int64)
     return np.concatenate([np.bitwise_count(balls[rows]).sum(1, dtype=np.int64)
-                           for rows in row_blocks(len(balls), balls.shape[1], 1)]) if len(balls) else np.zeros(0, np.int64)
+                           for rows in row_blocks(len(balls), balls.shape[1], 1)])
 
 
 def _gain(balls: np.ndarray, uncovered: np.ndarray) -> np.ndarray:

@@ -98,7 +98,8 @@ def _class_columns(maps: dict[str, torch.Tensor], mean_probs: torch.Tensor) -> d
     return cols
 
 
-def _pixel_maps(mc_logits: torch.Tensor, mc_log_var: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _pixel_maps(mc_logits: torch.Tensor,
+                mc_log_var: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Every measure's map ``[N, *spatial]`` and the mean probabilities ``[N, K, *spatial]`` of a segmentation
     batch, one image at a time: one image's temporaries (``[T, K, H, W]`` each) stay in cache, which halves the
     measures' cost on CPU against whole batches; every measure is per pixel, so the maps are the same."""

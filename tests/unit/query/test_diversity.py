@@ -193,7 +193,8 @@ def test_probcover_on_a_large_pool_covers_a_sample_and_fills_up_at_random():
     assert np.isfinite(degree).sum() == 200  # candidates outside the sample are not scored
     assert len(set(chosen.tolist())) == 30
     # a radius that covers everything from the labeled set: nothing to gain, every query random (and distinct)
-    chosen, _ = build_strategy("probcover", {"max_exact_pool": 0, "radius": 2.5}).select(cols, 30, np.random.default_rng(0))
+    everything = build_strategy("probcover", {"max_exact_pool": 0, "radius": 2.5})
+    chosen, _ = everything.select(cols, 30, np.random.default_rng(0))
     assert len(set(chosen.tolist())) == 30
 
 
