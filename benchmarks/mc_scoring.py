@@ -96,7 +96,7 @@ def segmentation(args: argparse.Namespace) -> None:
 
     result: dict = {}
     for layout in ("decoder", "head"):
-        torch.manual_seed(args.seed)
+        torch.manual_seed(args.seed)  # a script owns its process; library code never seeds globally
         model = build_model("unet", num_classes=num_classes, dropout_layout=layout).eval()
         with torch.no_grad():
             model(x)  # warm-up
@@ -105,7 +105,7 @@ def segmentation(args: argparse.Namespace) -> None:
         pool_s = best_of(lambda: score_pool(model, pool, n_mc_samples=t_samples, batch_size=len(x), seed=args.seed,
                                             progress=False))
 
-        torch.manual_seed(args.seed)
+        torch.manual_seed(args.seed)  # a script owns its process; library code never seeds globally
         net = build_model("unet", num_classes=num_classes, channels=(16, 32, 64, 128), dropout_layout=layout)
         for i, layer in enumerate(mc_dropout_layers(net)):
             layer.generator = torch.Generator().manual_seed(args.seed + i)
@@ -211,7 +211,7 @@ def main() -> None:
         wrapper = ModelWrapper(net, TrainingArgs(batch_size=args.batch_size, use_cuda=False, replicate_in_memory=replicate,
                                                  criterion=nn.CrossEntropyLoss()))
         net.eval()
-        torch.manual_seed(args.seed)
+        torch.manual_seed(args.seed)  # a script owns its process; library code never seeds globally
         return torch.cat([wrapper.predict_on_batch(b, iterations=args.mc_samples) for b in batches])  # [N, C, T]
 
     timings = {}

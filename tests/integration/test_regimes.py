@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medloop.errors import ConfigError
+from medloop.errors import ConfigError, DataError
 from medloop.loop import ExperimentConfig, GroundTruthOracle, Interrupt, prepare, run_experiment
 from medloop.loop.mahapatra import initial_set, screening_pool
 from medloop.query import build_strategy
@@ -22,7 +22,10 @@ FROZEN = {**TINY, "recipe": "frozen", "segmenter": None, "classifier": {**TINY["
 
 
 def frozen(**changes) -> ExperimentConfig:
-    return ExperimentConfig.from_dict({**FROZEN, **changes})
+    base = dict(FROZEN)
+    if changes.get("initial", "per_class") != "per_class":
+        base.pop("initial_per_class")  # applies only to a per-class start
+    return ExperimentConfig.from_dict({**base, **changes})
 
 
 def test_frozen_recipe_settings_that_cannot_apply_are_refused():
@@ -36,6 +39,13 @@ def test_frozen_recipe_settings_that_cannot_apply_are_refused():
         frozen(initial="label_free", initial_strategy="badge")
     with pytest.raises(ConfigError, match="pool_positive_share"):
         frozen(pool_positive_share=1.0)
+    with pytest.raises(ConfigError, match="'initial_size' parameter \\(5\\) applies only with initial: random or "
+                                          "label_free, and this experiment has initial: per_class"):
+        frozen(initial_size=5)
+    with pytest.raises(ConfigError, match="'positive_class' parameter \\(0\\) applies only with a pool_positive_share"):
+        frozen(positive_class=0)
+    with pytest.raises(ConfigError, match="'initial_per_class' parameter \\(3\\) applies only with initial: per_class"):
+        ExperimentConfig.from_dict({**FROZEN, "initial": "random", "initial_per_class": 3})
     with pytest.raises(ConfigError, match="'positive_class' parameter \\(5\\) is not a class"):
         prepare(frozen(pool_positive_share=0.2, positive_class=5), progress=False)
 
@@ -85,6 +95,8 @@ def test_the_frozen_recipe_scores_what_the_finetune_code_path_scores_for_the_sam
 
 
 def test_screening_pool_holds_the_share_and_leaves_validation_and_test_alone():
+    with pytest.raises(DataError, match="holds 0 images of class 1 and 60 of the others"):
+        screening_pool(np.arange(63), np.array([0] * 60 + [-1] * 3), 0.1, 1, seed=0)
     labels = np.array([1] * 40 + [0] * 60 + [-1] * 3)
     train = np.arange(103)
     pool = screening_pool(train, labels, 0.1, 1, seed=0)
@@ -133,7 +145,7 @@ def test_a_cold_start_experiment_runs_every_track_from_its_own_start(tmp_path):
 
 
 def _row(diff, ci, verdict, ratio=None, reason=""):
-    return {"curve_area_diff": diff, "holm_ci": ci, "verdict": verdict, "verdict_reason": reason,
+    return {"holm_diff": diff, "holm_ci": ci, "verdict": verdict, "verdict_reason": reason,
             "fraction_to_98pct_ratio": ratio}
 
 

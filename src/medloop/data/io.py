@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import threading
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -86,6 +87,16 @@ def reader_noise(path: Path | str) -> Iterator[ReaderNoise]:
     block nothing is printed: a reader that fails puts ``noise.note()`` into its DataError for the file; when
     the file is read anyway, the lines are logged once at INFO level (``--verbose``) under the file's name.
     """
+    with _NOISE_LOCK:  # logger handlers and the warnings filters are process-wide: one reader at a time swaps them
+        with _collect(path) as noise:
+            yield noise
+
+
+_NOISE_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _collect(path: Path | str) -> Iterator[ReaderNoise]:
     noise = ReaderNoise()
     loggers = [logging.getLogger(name) for name in _READER_LOGGERS]
     saved = [(lg.handlers, lg.propagate) for lg in loggers]

@@ -231,6 +231,19 @@ class ExperimentConfig(Config):
             raise ConfigError(f"The 'pool_positive_share' parameter must be in (0, 1) or null; got {self.pool_positive_share}")
         if self.positive_class < 0:
             raise ConfigError(f"The 'positive_class' parameter must be a class index >= 0; got {self.positive_class}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        unused = {"per_class": ("initial_size", "initial_strategy"), "random": ("initial_per_class", "initial_strategy"),
+                  "label_free": ("initial_per_class",)}[self.initial]
+        if self.pool_positive_share is None:
+            unused += ("positive_class",)
+        applies = {"initial_size": "initial: random or label_free", "initial_strategy": "initial: label_free",
+                   "initial_per_class": "initial: per_class", "positive_class": "a pool_positive_share"}
+        for name in unused:
+            if getattr(self, name) != defaults[name]:
+                raise ConfigError(f"The '{name}' parameter ({getattr(self, name)!r}) applies only with {applies[name]}, "
+                                  f"and this experiment has initial: {self.initial}"
+                                  + ("" if self.pool_positive_share is None else f", pool_positive_share: "
+                                     f"{self.pool_positive_share}") + f"; remove '{name}' or set {applies[name]}")
         if self.split_seed is not None and self.split_seed < 0:
             raise ConfigError(f"The 'split_seed' parameter must be >= 0 or null; got {self.split_seed}")
         if self.initial == "label_free":

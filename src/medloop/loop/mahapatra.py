@@ -125,7 +125,8 @@ class Context:
         computed once and shared by the seeds that share the trunk (the same ``pretrained`` checkpoint)."""
         key = self.pretrained_path(seed) if self.config.classifier_config.pretrained else f"seed {seed}"
         if key not in self._features:
-            self._features[key] = features(self.new_classifier(seed), self.dataset).astype(np.float32)
+            trunk = self.new_classifier(seed).to(resolve_device(self.config.device))
+            self._features[key] = features(trunk, self.dataset).astype(np.float32)
         return self._features[key]
 
     def pretrained_path(self, seed: int) -> str:
@@ -212,6 +213,10 @@ def screening_pool(train: np.ndarray, labels: np.ndarray, share: float, positive
     train = np.asarray(train)
     pos = train[labels[train] == positive]
     neg = train[(labels[train] >= 0) & (labels[train] != positive)]
+    if not len(pos) or not len(neg):
+        raise DataError(f"the training pool (split seed {seed}) holds {len(pos)} images of class {positive} and "
+                        f"{len(neg)} of the others, so no pool with pool_positive_share = {share} can be drawn; check "
+                        "'positive_class' or remove 'pool_positive_share'")
     rng = stream(seed, "screening pool")
     if len(pos) > share * (len(pos) + len(neg)):
         pos = rng.choice(pos, max(1, int(round(share * len(neg) / (1 - share)))), replace=False)
@@ -310,6 +315,7 @@ class Mahapatra(Method):
         self.device = resolve_device(self.cfg.device)
         self.strategy = strategy
         self.split = ctx.splits[seed]
+        self._initial: list[int] | None = None
         self._synthetic_feats: dict[str, np.ndarray] = {}  # frozen recipe: variant id -> trunk features
 
     def _feats(self, pool_positions) -> np.ndarray:
@@ -321,7 +327,7 @@ class Mahapatra(Method):
         resume)."""
         missing = [s for s in samples if s.sample_id not in self._synthetic_feats]
         if missing:
-            trunk = self.ctx.new_classifier(self.seed)
+            trunk = self.ctx.new_classifier(self.seed).to(self.device)
             for s, f in zip(missing, features(trunk, MedDataset.from_samples(missing, _info(self.ctx, "synthetic")))):
                 self._synthetic_feats[s.sample_id] = f
         return np.stack([self._synthetic_feats[s.sample_id] for s in samples]) if samples else \
@@ -332,8 +338,13 @@ class Mahapatra(Method):
             return self.ctx.oracle_factory(self.pool)
         return GroundTruthOracle.from_dataset(self.pool, with_masks=True)
 
+    def _initial_positions(self) -> list[int]:
+        if self._initial is None:  # a label-free start clusters the pool: choose once per track
+            self._initial = initial_set(self.ctx, self.seed, self.strategy)
+        return self._initial
+
     def initial_ids(self) -> list[str]:
-        return [self.pool.sample_ids[i] for i in initial_set(self.ctx, self.seed, self.strategy)]
+        return [self.pool.sample_ids[i] for i in self._initial_positions()]
 
     def restore(self, state: RunState) -> Models | None:
         if not state.records:
@@ -432,7 +443,7 @@ class Mahapatra(Method):
                               labeled=self._answered(state),
                               features=self._feats(unlabeled) if self.ctx.frozen else None)
         # variants of (a sample of) the unlabeled images, masks from the current segmenter
-        sampler = self.sampler_for(self.seed, initial_set(self.ctx, self.seed, self.strategy))
+        sampler = self.sampler_for(self.seed, self._initial_positions())
         n_src = len(unlabeled) if strategy.candidates == 0 else min(strategy.candidates, len(unlabeled))
         sources = np.sort(rng.choice(unlabeled, n_src, replace=False))
         masks = predict(model.segmenter, self.pool.subset(sources))["pred"].numpy() > 0
@@ -462,12 +473,16 @@ class Mahapatra(Method):
                                       seed=mc_seed, device=self.device, progress=self.ctx.progress).columns)
         if "embeddings" in needs:
             labeled = [self.pos[s] for s in candidates.labeled]
+            # what the head sees: the trunk's features standardised by its buffers (the identity unless the head
+            # was trained on a frozen trunk's features)
+            head = model.classifier.head
+            shift, scale = head.feat_shift.cpu().numpy(), head.feat_scale.cpu().numpy()
             if candidates.features is not None:
-                columns["embeddings"] = candidates.features
-                columns["labeled_embeddings"] = self._feats(labeled)
+                cand, lab = candidates.features, self._feats(labeled)
             else:
-                columns["embeddings"] = features(model.classifier, candidates.dataset)
-                columns["labeled_embeddings"] = features(model.classifier, self.pool.subset(labeled))
+                cand = features(model.classifier, candidates.dataset)
+                lab = features(model.classifier, self.pool.subset(labeled))
+            columns["embeddings"], columns["labeled_embeddings"] = (cand - shift) * scale, (lab - shift) * scale
             columns["labeled_labels"] = np.array(list(candidates.labeled.values()), dtype=np.int64)
         columns["index"] = np.arange(len(candidates))
         return columns

@@ -207,9 +207,11 @@ def pairwise_curve_areas(tracks: Mapping[str, Mapping[str, Sequence[dict]]], tes
     One two-level bootstrap (seeds, then test images, shared by every track of a drawn seed) gives each track's
     curve area over the fraction range all tracks of all seeds cover, so every pair's difference is paired. Each
     pair gets a two-sided bootstrap p-value (twice the smaller tail share of the replicates at or beyond 0),
-    Holm's adjusted p-value, and the percentile interval at level ``1 - alpha / (m - r + 1)`` for the pair of
-    Holm rank ``r`` among ``m`` pairs: an interval excludes 0 exactly when Holm's procedure rejects "no
-    difference" (up to the bootstrap's resolution, so ``n_boot`` is larger than for one comparison).
+    Holm's adjusted p-value, and the percentile interval at Holm's level for its step: ``1 - alpha / (m - r + 1)``
+    for the pair of rank ``r`` among ``m`` pairs, up to the first step Holm does not reject, whose level every
+    later pair keeps (Holm stops there). An interval then excludes 0 when Holm rejects "no difference", up to
+    the bootstrap's resolution (so ``n_boot`` is larger than for one comparison); ``significant`` is Holm's
+    decision itself.
 
     Args:
         tracks: label -> seed -> round records (the seeds every track and ``test_labels`` share are used).
@@ -244,9 +246,11 @@ def pairwise_curve_areas(tracks: Mapping[str, Mapping[str, Sequence[dict]]], tes
     tails = np.minimum((diffs <= 0).sum(0) + 1, (diffs >= 0).sum(0) + 1) / (len(diffs) + 1)
     p = np.minimum(1.0, 2 * tails)
     adjusted, ranks = holm(p)
+    held = [r for r, a in zip(ranks, adjusted) if not a < alpha]
+    stop = min(held) if held else len(pairs)  # the first step Holm does not reject
     out = {}
     for k, (i, j) in enumerate(pairs):
-        level = alpha / (len(pairs) - ranks[k] + 1)
+        level = alpha / (len(pairs) - min(ranks[k], stop) + 1)
         ci = [float(v) for v in np.percentile(diffs[:, k], [100 * level / 2, 100 * (1 - level / 2)])]
         out[f"{names[i]} - {names[j]}"] = {"diff": float(point[i] - point[j]), "ci": ci, "level": 1 - level,
                                            "p": float(p[k]), "p_holm": float(adjusted[k]),

@@ -70,9 +70,6 @@ def regime_summary(results: dict, names: list[str], regime: str, recipe: str, gr
                "fraction_to_98pct_fsl": _round(reach["mean"]), "reached_98pct_fsl": reach["reached"],
                "fraction_to_98pct_fsl_per_seed": {s: _round(f) for s, f in reach["per_seed"].items()},
                "fraction_to_98pct_ratio": _ratio(reach["mean"], reach_random["mean"])}
-        pair = (pairwise or {}).get("pairs", {}).get(f"{label} - random")
-        row["holm_ci"] = None if pair is None else [_round(v) for v in pair["ci"]]
-        row["verdict"], row["verdict_reason"] = saving_verdict(ci, pair["ci"] if pair else None)
         return row
 
     first = one(names[0])
@@ -89,12 +86,38 @@ def regime_summary(results: dict, names: list[str], regime: str, recipe: str, gr
     out["curve_area_diff"], out["curve_area_diff_ci"] = first["curve_area_diff"], first["curve_area_diff_ci"]
     ci_al = first["curve_area_diff_ci"]
     out["curve_area_diff_ci_width"] = None if ci_al is None else _round(ci_al[1] - ci_al[0])
-    out["verdict"], out["verdict_reason"] = first["verdict"], first["verdict_reason"]
     out["compared"] = {n: {k: v for k, v in one(n).items() if k != "auc_at"} for n in names}
-    out["pairwise"] = None if pairwise is None else {
+    set_pairwise(out, pairwise)
+    return out
+
+
+def _against_random(pairwise: dict | None, label: str) -> dict | None:
+    """The pair (label, random) of ``pairwise_curve_areas``, as ``label - random`` whichever way it is stored."""
+    pairs = (pairwise or {}).get("pairs", {})
+    if f"{label} - random" in pairs:
+        return pairs[f"{label} - random"]
+    pair = pairs.get(f"random - {label}")
+    return None if pair is None else {**pair, "diff": -pair["diff"], "ci": [-pair["ci"][1], -pair["ci"][0]]}
+
+
+def set_pairwise(line: dict, pairwise: dict | None) -> None:
+    """Put the Holm-corrected comparisons into a regime's line: ``pairwise``, and per strategy ``holm_diff`` /
+    ``holm_ci`` against random (over the fraction range every track covers) and the verdict, which needs Holm's
+    rejection and an FSL above chance (``saving_verdict``)."""
+    line["pairwise"] = None if pairwise is None else {
         k: {"diff": _round(v["diff"]), "ci": [_round(c) for c in v["ci"]], "level": _round(v["level"]),
             "p_holm": _round(v["p_holm"]), "significant": v["significant"]} for k, v in pairwise["pairs"].items()}
-    return out
+    for name, row in line["compared"].items():
+        pair = _against_random(pairwise, name)
+        row["holm_diff"] = None if pair is None else _round(pair["diff"])
+        row["holm_ci"] = None if pair is None else [_round(v) for v in pair["ci"]]
+        row["verdict"], row["verdict_reason"] = saving_verdict(line["fsl_auc_ci"], pair["ci"] if pair else None)
+        if row["verdict"] == "saving" and not pair["significant"]:
+            row["verdict"], row["verdict_reason"] = "no saving shown", (
+                f"Holm's adjusted p-value ({pair['p_holm']:.3f}) is not below {pairwise['alpha']}: the difference from "
+                "random is within noise once every pair compared is accounted for")
+    first = line["strategy"].split(",")[0]
+    line["verdict"], line["verdict_reason"] = line["compared"][first]["verdict"], line["compared"][first]["verdict_reason"]
 
 
 
@@ -106,22 +129,22 @@ def regime_sentence(line: dict) -> str:
     saving = {n: r for n, r in rows.items() if r["verdict"] == "saving"}
     worse = [n for n, r in rows.items() if r.get("holm_ci") and r["holm_ci"][1] < 0]
     if saving:
-        best = max(saving, key=lambda n: saving[n]["curve_area_diff"])
+        best = max(saving, key=lambda n: saving[n]["holm_diff"])
         r = saving[best]
         reach = (f"; it reached 98% of the fully supervised AUC with {r['fraction_to_98pct_ratio']:.2f} times the "
                  "labels random sampling needed" if r.get("fraction_to_98pct_ratio") is not None else
                  "; 98% of the fully supervised AUC was not reached by both within the budget")
         text = (f"In the {regime} regime, use {best}: its learning curve lies above random sampling's by "
-                f"{r['curve_area_diff']:+.3f} AUC on average (Holm-corrected interval [{r['holm_ci'][0]:+.3f}, "
+                f"{r['holm_diff']:+.3f} AUC on average (Holm-corrected interval [{r['holm_ci'][0]:+.3f}, "
                 f"{r['holm_ci'][1]:+.3f}], {line['seeds']} seeds){reach}.")
     else:
-        top = max(rows, key=lambda n: rows[n]["curve_area_diff"] if rows[n]["curve_area_diff"] is not None else -1)
+        top = max(rows, key=lambda n: rows[n]["holm_diff"] if rows[n].get("holm_diff") is not None else -1)
         r = rows[top]
         why = ("the fully supervised model is not above chance" if "not above chance" in r["verdict_reason"]
                else "no strategy's difference from random lies beyond noise")
         interval = f" [{r['holm_ci'][0]:+.3f}, {r['holm_ci'][1]:+.3f}]" if r.get("holm_ci") else ""
         text = (f"In the {regime} regime, random sampling is as good as any strategy tried: {why} (the best, "
-                f"{top}, {r['curve_area_diff']:+.3f}{interval}, {line['seeds']} seeds).")
+                f"{top}, {_fmt(r.get('holm_diff'), signed=True)}{interval}, {line['seeds']} seeds).")
     if worse:
         text += f" Avoid {', '.join(worse)}: worse than random beyond noise."
     return text
@@ -145,8 +168,11 @@ def _merge(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:
                              f"{line['seeds']} seeds, pool {other_line['pool_size']} vs {line['pool_size']}); "
                              "join only runs of the same protocol")
         for name, row in other_line["compared"].items():
-            line["compared"][name] = row
+            line["compared"][name] = dict(row)
             results["tracks"][name] = other_results["tracks"][name]
+    if len(parts) > 1:  # Holm's correction over every pair of the joined tracks
+        line["strategy"] = ",".join(line["compared"])
+        set_pairwise(line, pairwise_curve_areas(results["tracks"], results["data"]["test_labels"]))
     return results, line
 
 
@@ -202,7 +228,7 @@ def build_regimes_report(folders: dict[str, str | Path | list], out: str | Path)
             interval = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
             reach = f"{100 * r['fraction_to_98pct_fsl']:.1f}% ({r['reached_98pct_fsl']})" \
                 if r["fraction_to_98pct_fsl"] is not None else f"never ({r['reached_98pct_fsl']})"
-            lines.append(f"| {regime} | {name} | {_fmt(r['curve_area_diff'], signed=True)}{interval} | {reach} | "
+            lines.append(f"| {regime} | {name} | {_fmt(r.get('holm_diff'), signed=True)}{interval} | {reach} | "
                          f"{_fmt(r['fraction_to_98pct_ratio'], 2)} | {r['verdict']} |")
         rnd = line["fraction_to_98pct_fsl_random"]
         lines.append(f"| {regime} | random | | {'never' if rnd is None else f'{100 * rnd:.1f}%'} "

@@ -2,8 +2,9 @@
 
 Ties go to the smaller value, so the consensus is the same whatever order the reads came in: background (0)
 before any structure, structure 1 before structure 2, class 0 before class 1. With two readers the consensus mask
-is the pixels both painted with the same structure (the intersection: a pixel only one reader painted is not
-taken on faith), and where the two chose different classes the consensus is the run's first class; such images
+keeps a pixel where both painted the same structure; a pixel only one painted is background (not taken on faith),
+and one the two painted with different structures goes to the smaller structure value (the tie rule). Where the two
+chose different image classes the consensus is the run's first class; such images
 head the agreement report's list of disagreements, for a third reader or a discussion.
 """
 

@@ -93,7 +93,8 @@ def fit_head(classifier: nn.Module, feats: np.ndarray, labels: np.ndarray, val_f
     x = torch.as_tensor(np.asarray(feats)[keep], dtype=torch.float32)
     y = torch.as_tensor(np.asarray(labels)[keep], dtype=torch.long)
     if len(x) == 0:
-        raise DataError("no labeled samples to train the classifier's head on")
+        raise DataError("no labeled samples to train the classifier's head on: every label is negative (unlabeled); "
+                        "give the labeled images' class indices (0..K-1)")
     head = FeatureHead(classifier)
     if reference is not None:
         ref = torch.as_tensor(np.asarray(reference), dtype=torch.float32)

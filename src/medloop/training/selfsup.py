@@ -174,15 +174,16 @@ def pretrain(model: nn.Module, images: torch.Tensor, config: SelfSupConfig, prog
 
 @torch.no_grad()
 def features(model: nn.Module, images: torch.Tensor | MedDataset, batch_size: int = 64) -> np.ndarray:
-    """Trunk features ``[N, F]`` (eval mode, no dropout) of ``images [N, C, H, W]`` or of a ``MedDataset``'s
-    images, a batch at a time."""
+    """Trunk features ``[N, F]`` (eval mode, no dropout, on the model's device; returned on the CPU) of
+    ``images [N, C, H, W]`` or of a ``MedDataset``'s images, a batch at a time."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
         stop = min(start + batch_size, len(images))
         x = images[start:stop] if isinstance(images, torch.Tensor) else \
             collate_samples([images[i] for i in range(start, stop)])["image"]
-        out.append(model.forward_features(x.float()))
+        out.append(model.forward_features(x.float().to(device)).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.num_features), np.float32)
 
 

@@ -121,7 +121,8 @@ def score_features(head: nn.Module, feats: np.ndarray, n_mc_samples: int = 20, b
     recipe, ``medloop.training.head.FeatureHead``). Batches and dropout masks follow ``score_pool``, so with the
     same ``seed`` and ``batch_size`` the columns equal those of ``score_pool`` on the images."""
     if n_mc_samples < 1:
-        raise ValueError(f"n_mc_samples must be >= 1; got {n_mc_samples}")
+        raise ValueError(f"The 'n_mc_samples' parameter of score_features must be >= 1 (MC-dropout passes); got "
+                         f"{n_mc_samples} instead")
     x = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
     columns: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(x), batch_size):

@@ -442,3 +442,13 @@ def test_a_linked_folder_is_followed_once(tmp_path, caplog):
     ds = _skip(root, caplog)
     assert ds.sample_ids == ["a/000", "b/000", "linked/000"]
     assert "images/c: the same folder as" in caplog.text and summarize(ds).skipped == {"unlistable": 1}
+
+
+def test_a_labels_csv_without_any_label_reads_as_an_unlabeled_dataset(tmp_path):
+    root = _csv_folder(tmp_path, ["", "", ""])  # an empty label column: segmentation-only or unlabeled data
+    ds = load_dataset(str(root), progress=False)
+    assert len(ds) == 3 and (ds.labels < 0).all()
+    noncol = tmp_path / "nolabel"
+    write_png(noncol / "images" / "000.png", gray(16, 16, 0))
+    (noncol / "labels.csv").write_text("image,mask\nimages/000.png,\n")  # no label column at all
+    assert len(load_dataset(str(noncol), progress=False)) == 1

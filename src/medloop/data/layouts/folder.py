@@ -327,6 +327,8 @@ dataset/
         """
         names = list(self._class_names)
         problems: dict[int, str] = {}
+        if not cells:  # no row has a label: a segmentation-only or unlabeled dataset
+            return {}, problems
         if names:
             declared = ", ".join(f"{i}={c}" for i, c in enumerate(names))
             label_of = {}
