@@ -26,7 +26,7 @@ from medloop.models.dropout import mc_dropout_layers
 from medloop.progress import make_progress
 from medloop.seeding import torch_stream
 from medloop.training.losses import heteroscedastic_ce
-from medloop.training.trainer import FitResult, balanced_class_weights
+from medloop.training.trainer import FitResult, balanced_class_weights, optimizer_step
 
 __all__ = ["FeatureHead", "fit_head", "predict_head"]
 
@@ -128,11 +128,7 @@ def fit_head(classifier: nn.Module, feats: np.ndarray, labels: np.ndarray, val_f
                 idx = order[start:start + batch]
                 logits, log_var = head(x[idx])
                 loss = heteroscedastic_ce(logits, log_var, y[idx], config.loss_samples, weight, loss_gen)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if scheduler is not None:
-                    scheduler.step()
+                optimizer_step(opt, loss, scheduler)
                 total += float(loss.detach()) * len(idx)
             record = {"epoch": epoch, "train_loss": total / len(x), "lr": epoch_lr}
             if has_val:

@@ -56,6 +56,15 @@ def balanced_class_weights(counts: np.ndarray) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, scheduler=None) -> None:
+    """One step: gradients of ``loss``, the optimizer's update, then the per-step schedule (if any)."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
 def _set_mode(model: nn.Module, fine_tune: str) -> None:
     if fine_tune == "head":
         model.eval()  # frozen trunk: batch norm keeps its statistics
@@ -119,11 +128,7 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
                     loss = heteroscedastic_ce(logits, log_var, batch["label"].to(device), config.loss_samples, weight, loss_gen)
                 else:
                     loss = heteroscedastic_seg_loss(logits, log_var, batch["mask"].to(device).clamp_min(0), weight)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if scheduler is not None:
-                    scheduler.step()
+                optimizer_step(opt, loss, scheduler)
                 total += float(loss.detach()) * len(x)
                 count += len(x)
             record = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": epoch_lr}
