@@ -65,7 +65,8 @@ def main() -> None:
     ap.add_argument("--strategy", default="badge,class_balanced,typiclust,coreset,generative",
                     help="comma list of AL strategies, each run against the same random tracks and FSL; the first "
                          "is reported under the *_al keys")
-    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--seeds", type=int, default=30,
+                    help="seeds 0..N-1 (the generative strategy costs about 2-3 min a seed: --seeds 10 for it)")
     ap.add_argument("--out", default="runs/label-efficiency")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--at", default="0.05,0.10,0.15,0.25,0.35,0.50", help="labeled fractions reported in the JSON")
