@@ -189,7 +189,7 @@ def test_runs_of_one_regime_with_other_strategies_are_joined_and_others_refused(
         results = run_experiment(frozen(seeds=[0, 1], split_seed=0, strategies=strategies, max_rounds=1),
                                  tmp_path / name, progress=False)
         write_json(tmp_path / name / "summary.json", regime_summary(results, strategies[:1], "balanced", "frozen", [0.1]))
-    text = build_regimes_report({"balanced": [tmp_path / "a", tmp_path / "b"]}, tmp_path).read_text()
+    text = build_regimes_report({"balanced": [tmp_path / "a", tmp_path / "b"]}, tmp_path / "new" / "report").read_text()
     assert "| balanced | badge |" in text and "| balanced | coreset |" in text and text.count("| balanced | random |") == 1
     one = run_experiment(frozen(seeds=[0], split_seed=0, strategies=["coreset", "random"], max_rounds=1),
                          tmp_path / "c", progress=False)

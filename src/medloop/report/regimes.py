@@ -212,6 +212,7 @@ def build_regimes_report(folders: dict[str, str | Path | list], out: str | Path)
         parts = [(json.loads((Path(f) / "results.json").read_text()), json.loads((Path(f) / "summary.json").read_text()))
                  for f in (given if isinstance(given, (list, tuple)) else [given])]
         runs[regime] = _merge(parts)
+    out.mkdir(parents=True, exist_ok=True)
     _plot(runs, out / "regimes.png")
     lines = ["# Where active learning pays", "",
              "Each regime's strategies against random sampling on the same seeds, test split and fully supervised "
