@@ -37,14 +37,9 @@ def _tracks(results: dict) -> dict[str, dict]:
 def areas(results: dict) -> dict[str, float]:
     tracks = _tracks(results)
     seeds = set.intersection(*(set(t) for t in tracks.values()))
-    out = {}
-    for name, by_seed in tracks.items():
-        per_seed = []
-        for s in seeds:
-            lo, hi = fraction_range([t[s] for t in tracks.values()])
-            per_seed.append(curve_area(by_seed[s], lo, hi))
-        out[name] = float(np.mean(per_seed))
-    return out
+    ranges = {s: fraction_range([t[s] for t in tracks.values()]) for s in seeds}
+    return {name: float(np.mean([curve_area(by_seed[s], *ranges[s]) for s in seeds]))
+            for name, by_seed in tracks.items()}
 
 
 def main() -> None:

@@ -551,13 +551,13 @@ def _supervised(ctx: Context, train_idx: np.ndarray, test_idx: np.ndarray, seed:
     ds = ctx.dataset
     train_idx = np.asarray([int(i) for i in train_idx if ds.labels[int(i)] >= 0], dtype=np.int64)
     test_ds = ds.subset(test_idx)
-    val_ds = ds.subset(val_idx) if val_idx is not None else None
     if ctx.frozen:
         cls = train_head(ctx, None, ctx.trunk_features(seed)[train_idx], ds.labels[train_idx], val_idx, seed, name,
                          "classifier")
         test_m, test_probs = _classify_features(ctx, cls, seed, test_idx)
     else:
         samples = [ds[int(i)] for i in train_idx]
+        val_ds = ds.subset(val_idx) if val_idx is not None else None
         cls = train_classifier(ctx, None, samples * ctx.config.augment_copies, val_ds, seed, name, "classifier")
         test_m, test_probs = _classify(cls, test_ds)
     out = {"n_train": len(train_idx), "test": plain(test_m), "test_probs": test_probs}
