@@ -26,7 +26,7 @@ def test_query_counts_spread_exactly_k():
     assert query_counts(7, 3) == [3, 2, 2] and sum(query_counts(10, 4)) == 10 and query_counts(2, 1) == [2]
 
 
-@pytest.mark.parametrize("strategy", ["discriminator", "random", "entropy", "bald"])
+@pytest.mark.parametrize("strategy", ["discriminator", "random", "foreground_random", "entropy", "bald"])
 def test_algorithm1_bookkeeping(tmp_path, strategy):
     cfg = CollaborativeConfig.from_dict(TINY)
     data = load_collab_data(cfg, progress=False)
@@ -57,6 +57,17 @@ def test_algorithm1_bookkeeping(tmp_path, strategy):
     assert set(pseudo["ids"].tolist()) == set(pool) - set(queried)
     assert recs[-1]["final"] and recs[-1]["n_true"] == len(base) + k and recs[-1]["n_pseudo"] == len(pool) - k
     assert set(recs[-1]["test"]["dice"]) == {"myocardium", "blood pool"}
+    test_cases = {str(cases[i]) for i in test_idx}
+    assert set(recs[-1]["test"]["by_case"]) == test_cases  # per patient, for paired comparisons
+    # quality control: each cycle calibrates on exactly the slices the expert just labeled, and grades every
+    # pseudo-label it made; flagged = predicted Dice below the threshold
+    for r in recs[:-1]:
+        qc = json.loads((folder / "qc" / f"round_{r['cycle']:03d}.json").read_text())
+        assert set(qc["calibration_slices"]) == set(r["queried"]) and qc["calibration"]["n"] == len(r["queried"])
+        pseudo = np.load(folder / "pseudo" / f"round_{r['cycle']:03d}.npz")
+        assert set(qc["predicted_dice"]) == set(pseudo["ids"].tolist())
+        assert qc["flagged"] == [s for s, v in qc["predicted_dice"].items() if v < cfg.qc_threshold]
+        assert all(0 <= v <= 1 for v in qc["predicted_dice"].values())
 
 
 def test_collaborative_resume_after_a_kill_matches(tmp_path):
@@ -95,8 +106,15 @@ def test_cli_end_to_end_with_report(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == "ravanbakhsh2018" and set(results["tracks"]) == {"discriminator-n1", "random-n1"}
     assert results["correlation"]["n_slices"] > 0 and len(results["fsl"]) == 2
+    comp = results["comparisons"]["discriminator-n1 - random-n1"]["0.50"]
+    n_cases = len({c for f in results["tracks"]["random-n1"]["0.50"].values() for c in f[-1]["test"]["by_case"]})
+    assert comp["n"] == n_cases == 4 and comp["verdict"] in {"better", "worse", "within noise"}
+    assert comp["ci"][0] <= comp["diff"] <= comp["ci"][1]
+    qc = results["quality_control"]["discriminator-n1"]["all"]
+    assert qc["n"] == results["correlation"]["n_slices"] and 0 <= qc["mae"] <= 1
     md = (out / "report.md").read_text()
     assert "myocardium" in md and "blood pool" in md and "FSL" in md and "Pearson" in md
+    assert "quality control" in md and "| discriminator-n1 - random-n1 | 50% |" in md
     for name in ("dice_by_budget.png", "correlation.png", "discriminator.png", "report.html"):
         assert (out / name).exists(), name
     (out / "report.md").unlink()

@@ -311,6 +311,8 @@ class CollaborativeConfig(Config):
         pseudo_threshold: keep a pseudo-label only when its slice's mean plausibility is at least this
             (``null``: keep all).
         repseudo: re-pseudo-label every remaining pool slice each cycle (else keep the first pseudo-label).
+        qc_threshold: pseudo-labels whose predicted Dice (the discriminator's plausibility calibrated on the slices
+            the expert labeled in the same cycle, ``medloop.uncertainty.qc``) is below this are flagged for review.
         n_mc_samples: MC-dropout passes of the MC strategies.
         fsl: also train the fully supervised cGAN per fold.
         seed, device.
@@ -329,12 +331,13 @@ class CollaborativeConfig(Config):
     q: float = 0.1
     pseudo_threshold: float | None = None
     repseudo: bool = True
+    qc_threshold: float = 0.7
     n_mc_samples: int = 10
     fsl: bool = True
     seed: int = 0
     device: str = "auto"
 
-    PROVIDES = frozenset({"mc", "discriminator"})
+    PROVIDES = frozenset({"mc", "discriminator", "foreground"})
 
     def validate(self) -> None:
         from medloop.training.pix2pix import Pix2PixConfig
@@ -363,6 +366,8 @@ class CollaborativeConfig(Config):
             raise ConfigError(f"The 'pseudo_threshold' parameter must be in [0, 1] or null; got {self.pseudo_threshold}")
         if self.n_mc_samples < 1:
             raise ConfigError(f"The 'n_mc_samples' parameter must be >= 1; got {self.n_mc_samples}")
+        if not 0 <= self.qc_threshold <= 1:
+            raise ConfigError(f"The 'qc_threshold' parameter must be a Dice in [0, 1]; got {self.qc_threshold}")
 
     @property
     def data_config(self) -> DataConfig:

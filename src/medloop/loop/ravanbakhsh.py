@@ -16,6 +16,7 @@ labels). Cross-validation by volume (case).
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,10 @@ from medloop.storage import save_npz, save_torch, write_json
 from medloop.training.pix2pix import Pix2PixTrainer, train_pix2pix
 from medloop.uncertainty import score_pool
 from medloop.uncertainty.discriminator import discriminator_scores
+from medloop.uncertainty.qc import DiceCalibration, slice_dice
 
-__all__ = ["CollabData", "load_collab_data", "Ravanbakhsh", "query_counts", "algorithm1", "run_collaborative"]
+__all__ = ["CollabData", "load_collab_data", "Ravanbakhsh", "query_counts", "algorithm1", "quality_control_summary",
+           "run_collaborative"]
 
 
 def query_counts(k: int, n: int) -> list[int]:
@@ -78,9 +81,22 @@ def load_collab_data(config: CollaborativeConfig, progress: bool = True) -> Coll
     return CollabData(ds, images, masks, num_classes, names)
 
 
-def _test_metrics(trainer: Pix2PixTrainer, images: torch.Tensor, masks: torch.Tensor, names: dict[int, str]) -> dict:
+def _test_metrics(trainer: Pix2PixTrainer, images: torch.Tensor, masks: torch.Tensor, names: dict[int, str],
+                  cases: list[str] | None = None) -> dict:
+    """Dice (and the rest of ``segmentation_metrics``) over the test slices; with ``cases``, also ``by_case``:
+    each case's (patient's) Dice per class over its own slices (``None`` where neither map has the class), the
+    unit a paired comparison of two models resamples."""
     _, _, pred = discriminator_scores(trainer.G, trainer.D, images)
-    return plain(segmentation_metrics(pred, masks, {0: "background", **names}))
+    out = plain(segmentation_metrics(pred, masks, {0: "background", **names}))
+    if cases is not None:
+        out["by_case"] = {}
+        for case in sorted(set(cases)):
+            rows = [i for i, c in enumerate(cases) if c == case]
+            p, m = pred[rows], masks[rows]
+            out["by_case"][case] = {name: (float(mask_dice((p == c).reshape(1, -1), (m == c).reshape(1, -1))[0])
+                                           if bool(((p == c) | (m == c)).any()) else None)
+                                    for c, name in names.items()}
+    return out
 
 
 class Ravanbakhsh(Method):
@@ -98,7 +114,9 @@ class Ravanbakhsh(Method):
         if not self.base or not self.pool:
             raise DataError(f"fold has no base volume slices or no pool (base case '{base_case}')")
         self.test_idx = np.asarray(test_idx)
+        self.test_cases = [str(cases[i]) for i in self.test_idx]
         self.pos = {data.ids[i]: i for i in range(len(data.dataset))}
+        self._train_ids: set[str] = set()
         self.per_cycle = query_counts(int(round(budget * len(self.pool))), cycles)
         self.p2p = config.pix2pix_config
 
@@ -128,6 +146,7 @@ class Ravanbakhsh(Method):
 
     def train(self, state: RunState, model: Pix2PixTrainer | None, round_idx: int) -> Pix2PixTrainer:
         self._trained = (0, 0.0)
+        self._train_ids = set(state.labeled)  # what the model has seen expert labels of (QC calibrates on the rest)
         if round_idx == 0 and self.base_model is not None:  # S_true is the base volume: the fold's shared base model
             trainer = self._trainer()
             trainer.load_state_dict(torch.load(self.base_model, weights_only=True))
@@ -145,7 +164,8 @@ class Ravanbakhsh(Method):
                 "n_pseudo": len(state.pseudo), "expert_pixels": sum(state.answers[s].pixels for s in state.labeled),
                 "slices_trained": self._trained[0],
                 "train_seconds": round(self._trained[1], 2),
-                "test": _test_metrics(model, d.images[self.test_idx], d.masks[self.test_idx], d.names)}
+                "test": _test_metrics(model, d.images[self.test_idx], d.masks[self.test_idx], d.names,
+                                      self.test_cases)}
 
     def stop(self, state: RunState, round_idx: int, record: dict) -> str | None:
         return "cycles" if round_idx >= self.cycles else None
@@ -167,10 +187,13 @@ class Ravanbakhsh(Method):
                round_idx: int) -> dict[str, np.ndarray]:
         images = self.data.images[[self.pos[s] for s in candidates.sources]]
         columns: dict[str, np.ndarray] = {"index": np.arange(len(candidates))}
-        if "discriminator" in needs:
-            scores, _, _ = discriminator_scores(model.G, model.D, images, reduction=self.config.slice_reduction,
-                                                q=self.config.q)
-            columns["discriminator"] = scores.numpy().astype(np.float64)
+        if needs & {"discriminator", "foreground"}:
+            scores, _, pred = discriminator_scores(model.G, model.D, images, reduction=self.config.slice_reduction,
+                                                   q=self.config.q)
+            if "discriminator" in needs:
+                columns["discriminator"] = scores.numpy().astype(np.float64)
+            if "foreground" in needs:  # the share of the slice G labels as a structure
+                columns["foreground"] = (pred > 0).flatten(1).double().mean(1).numpy()
         if "mc" in needs:  # MC dropout of G: per-pixel measures averaged over the slice
             cols = score_pool(model.G, candidates.dataset, n_mc_samples=self.config.n_mc_samples,
                               seed=seed_for(self.seed, "round", round_idx, "mc"), device=model.device,
@@ -181,7 +204,8 @@ class Ravanbakhsh(Method):
 
     def pseudo_labels(self, state: RunState, model: Pix2PixTrainer) -> dict[str, np.ndarray]:
         """G's label map for every remaining pool slice (with ``repseudo``; else only for those without one),
-        kept when its plausibility reaches ``pseudo_threshold``."""
+        kept when its plausibility reaches ``pseudo_threshold``; the quality control of these pseudo-labels is
+        written beside (``quality_control``)."""
         pseudo = dict(state.pseudo)
         rest = [i for i in self._remaining(state) if self.config.repseudo or self.data.ids[i] not in pseudo]
         if rest:
@@ -193,7 +217,37 @@ class Ravanbakhsh(Method):
                     pseudo[sid] = pred[j].numpy().astype(np.int64)
                 else:
                     pseudo.pop(sid, None)
+        self.quality_control(state, model, pseudo)
         return pseudo
+
+    def _plausibility(self, model: Pix2PixTrainer, ids: list[str]) -> tuple[np.ndarray, torch.Tensor]:
+        """Slice plausibility (``slice_reduction``) and G's label maps of pool slices."""
+        scores, _, pred = discriminator_scores(model.G, model.D, self.data.images[[self.pos[s] for s in ids]],
+                                               reduction=self.config.slice_reduction, q=self.config.q)
+        return 1.0 - scores.numpy().astype(np.float64), pred
+
+    def quality_control(self, state: RunState, model: Pix2PixTrainer, pseudo: dict[str, np.ndarray]) -> dict:
+        """Calibrate the discriminator to a Dice on the slices the expert has just labeled (G's maps from before
+        it trained on them against the expert's), predict each pseudo-label's Dice, and flag those below
+        ``qc_threshold``; written to ``qc/round_NNN.json`` in the track's folder (what the report and the
+        annotation queue show)."""
+        fresh = sorted((s for s in state.labeled if s not in self._train_ids), key=self.pos.__getitem__)
+        out: dict[str, Any] = {"threshold": self.config.qc_threshold, "calibration": None, "calibration_slices": {},
+                               "predicted_dice": {}, "flagged": []}
+        if fresh:
+            plaus, pred = self._plausibility(model, fresh)
+            truth = torch.stack([torch.from_numpy(np.asarray(state.answers[s].mask)).long() for s in fresh])
+            dice = slice_dice(pred, truth, self.data.num_classes)
+            cal = DiceCalibration.fit(plaus, dice)
+            out["calibration"] = cal.to_dict()
+            out["calibration_slices"] = {s: [round(float(p), 5), round(float(d), 5)] for s, p, d in zip(fresh, plaus, dice)}
+            ids = sorted(pseudo, key=self.pos.__getitem__)
+            if ids:
+                predicted = cal.predict(self._plausibility(model, ids)[0])
+                out["predicted_dice"] = {s: round(float(v), 5) for s, v in zip(ids, predicted)}
+                out["flagged"] = [s for s, v in zip(ids, predicted) if v < self.config.qc_threshold]
+        write_json(state.folder / "qc" / f"round_{len(state.records):03d}.json", out)
+        return out
 
     def proposals(self, model: Pix2PixTrainer, sample_ids: list[str]) -> dict[str, Proposal]:
         """For an annotator: G's label map, and the discriminator's implausibility map (1 - plausibility) as
@@ -225,11 +279,7 @@ def _correlation(trainer: Pix2PixTrainer, images: torch.Tensor, masks: torch.Ten
                  num_classes: int) -> dict[str, list[float]]:
     """Per-slice plausibility (1 - score) and Dice (mean over foreground classes present) of a model."""
     scores, _, pred = discriminator_scores(trainer.G, trainer.D, images, reduction=config.slice_reduction, q=config.q)
-    classes = range(1, num_classes)
-    dice = torch.stack([mask_dice(pred == c, masks == c) for c in classes], 1)  # [N, K-1]
-    present = torch.stack([((pred == c) | (masks == c)).flatten(1).any(1) for c in classes], 1)
-    per_slice = torch.where(present.any(1), (dice * present).sum(1) / present.sum(1).clamp_min(1), torch.ones(len(dice)))
-    return {"plausibility": (1.0 - scores).tolist(), "dice": per_slice.tolist()}
+    return {"plausibility": (1.0 - scores).tolist(), "dice": slice_dice(pred, masks, num_classes).tolist()}
 
 
 def _fit(data: CollabData, idx: list[int] | np.ndarray, config: CollaborativeConfig, seed: int, progress: bool,
@@ -255,15 +305,17 @@ def _base_model(data: CollabData, train_idx, test_idx, base_case: str, config: C
     _, pmap, pred = discriminator_scores(trainer.G, trainer.D, data.images[shown])
     save_npz(out / f"fold{fold}-figure.npz", image=data.images[shown, 0].numpy(), truth=data.masks[shown].numpy(),
              pred=pred.numpy(), plausibility=pmap.numpy(), ids=np.array([data.ids[i] for i in shown]))
-    return {"base_case": base_case, **corr,
-            "test": _test_metrics(trainer, data.images[test_idx], data.masks[test_idx], data.names)}
+    return {"base_case": base_case, **corr, "ids": [data.ids[i] for i in test_idx],
+            "test": _test_metrics(trainer, data.images[test_idx], data.masks[test_idx], data.names,
+                                  [str(cases[i]) for i in test_idx])}
 
 
 def _fsl_model(data: CollabData, train_idx, test_idx, config: CollaborativeConfig, fold: int, progress: bool) -> dict:
     """The fully supervised pix2pix (every training slice with its true label map): test Dice, and the
     discriminator-Dice correlation of a model that segments well."""
     trainer = _fit(data, train_idx, config, config.seed, progress, "fold", fold, "fsl")
-    return {"test": _test_metrics(trainer, data.images[test_idx], data.masks[test_idx], data.names),
+    cases = [str(data.dataset.case_ids[i]) for i in test_idx]
+    return {"test": _test_metrics(trainer, data.images[test_idx], data.masks[test_idx], data.names, cases),
             **_correlation(trainer, data.images[test_idx], data.masks[test_idx], config, data.num_classes)}
 
 
@@ -278,11 +330,46 @@ def _pearson(corr: dict[str, list[float]]) -> dict[str, Any]:
     return out
 
 
+def _test_qc(track: Path, base_rec: dict, threshold: float) -> dict[str, list[float]] | None:
+    """The base model's test slices, their Dice predicted by the track's first calibration (fitted on the slices
+    the expert labeled in its first cycle, before any model trained on them) and their true Dice."""
+    path = track / "qc" / "round_000.json"
+    if not path.exists():
+        return None
+    cal = json.loads(path.read_text())["calibration"]
+    if cal is None:
+        return None
+    predicted = DiceCalibration.from_dict(cal).predict(base_rec["plausibility"])
+    return {"predicted": predicted.tolist(), "true": list(base_rec["dice"])}
+
+
+def quality_control_summary(per_fold: dict[str, dict[str, dict[str, dict]]], threshold: float) -> dict:
+    """``per_fold[label][budget][fold]`` -> per label and budget, ``qc_metrics`` over the test slices of every fold
+    (each fold's base model graded by its own calibration), and per label pooled over budgets."""
+    from medloop.uncertainty.qc import qc_metrics
+
+    out: dict[str, dict] = {}
+    for label, by_budget in per_fold.items():
+        out[label] = {}
+        pooled: dict[str, list[float]] = {"predicted": [], "true": []}
+        for b, folds in by_budget.items():
+            got = [v for v in folds.values() if v is not None]
+            if got:
+                pred = [x for v in got for x in v["predicted"]]
+                true = [x for v in got for x in v["true"]]
+                out[label][b] = qc_metrics(pred, true, threshold)
+                pooled["predicted"] += pred
+                pooled["true"] += true
+        if pooled["true"]:
+            out[label]["all"] = qc_metrics(pooled["predicted"], pooled["true"], threshold)
+    return out
+
+
 def run_collaborative(config: CollaborativeConfig, out: str | Path, resume: bool = False, progress: bool = True,
                       interrupt=None, oracle_factory=None, console=None) -> dict:
     """Cross-validation by volume of Algorithm 1 and its baselines; writes results.json and the report."""
     from medloop import __version__
-    from medloop.report.collaborative import build_collaborative_report
+    from medloop.report.collaborative import build_collaborative_report, case_comparisons
     from medloop.runinfo import write_run_record
 
     out = Path(out)
@@ -298,6 +385,7 @@ def run_collaborative(config: CollaborativeConfig, out: str | Path, resume: bool
     fsl: dict[str, dict] = {}
     corr: dict[str, list[float]] = {"plausibility": [], "dice": []}
     corr_fsl: dict[str, list[float]] = {"plausibility": [], "dice": []}
+    qc: dict[str, dict[str, dict]] = {}
     for f, (train_idx, test_idx) in enumerate(folds):
         base_case = str(stream(config.seed, "fold", f, "base case").choice(sorted(set(cases[train_idx]))))
         base_rec = once(out / "baselines" / f"fold{f}-base.json", lambda: _base_model(
@@ -308,10 +396,12 @@ def run_collaborative(config: CollaborativeConfig, out: str | Path, resume: bool
                     label = f"{spec['label']}-n{n}"
                     if console is not None:
                         console.print(f"fold {f}: {spec['label']}, budget {b:.0%}, {n} cycle(s)")
-                    recs = algorithm1(data, train_idx, test_idx, base_case, spec, b, n, config,
-                                      out / "tracks" / f"fold{f}" / f"{label}-b{int(round(b * 100)):03d}", progress,
+                    folder = out / "tracks" / f"fold{f}" / f"{label}-b{int(round(b * 100)):03d}"
+                    recs = algorithm1(data, train_idx, test_idx, base_case, spec, b, n, config, folder, progress,
                                       interrupt, oracle_factory, out / "baselines" / f"fold{f}-base.pt")
                     tracks.setdefault(label, {}).setdefault(f"{b:.2f}", {})[str(f)] = recs
+                    qc.setdefault(label, {}).setdefault(f"{b:.2f}", {})[str(f)] = _test_qc(folder, base_rec,
+                                                                                          config.qc_threshold)
         corr["plausibility"] += base_rec["plausibility"]
         corr["dice"] += base_rec["dice"]
         if config.fsl:
@@ -324,7 +414,9 @@ def run_collaborative(config: CollaborativeConfig, out: str | Path, resume: bool
                "data": {"root": data.dataset.info.root, "n_slices": len(data.dataset),
                         "n_volumes": len(set(data.dataset.case_ids)), "folds_run": len(folds)},
                "tracks": tracks, "fsl": fsl, "correlation": _pearson(corr), "correlation_fsl": _pearson(corr_fsl),
+               "quality_control": quality_control_summary(qc, config.qc_threshold),
                "minutes": round((time.time() - started) / 60, 2)}
+    results["comparisons"] = case_comparisons(results, seed=config.seed)
     write_json(out / "results.json", results)
     build_collaborative_report(out)
     return results

@@ -23,7 +23,7 @@ from scipy.stats import rankdata
 from medloop.seeding import stream
 
 __all__ = ["UNAVAILABLE", "area_weights", "auc_ci", "curve_area", "curve_area_diff_ci", "fraction_range", "holm",
-           "mean_auc_ci", "pairwise_curve_areas", "rank_auc", "saving_verdict", "stored_probs"]
+           "mean_auc_ci", "paired_mean_diff", "pairwise_curve_areas", "rank_auc", "saving_verdict", "stored_probs"]
 
 N_GRID = 200  # points over the fraction range, as benchmarks/label_efficiency.py's curve_area_*
 
@@ -182,6 +182,21 @@ def curve_area_diff_ci(al_tracks: Mapping[str, Sequence[dict]], random_tracks: M
     point, reps = _two_level(sets, labels, n_boot, seed, diff)
     return {"diff": point, "ci": _interval(reps), "range": [float(lo), float(hi)], "n_seeds": len(seeds),
             "n_boot": n_boot}
+
+
+def paired_mean_diff(diffs: Sequence[float], n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> dict:
+    """The mean of paired differences (one per unit, e.g. a test patient's Dice under two models) with a percentile
+    bootstrap interval over the units and a two-sided bootstrap p-value for "no difference"
+    (``2 * min(P(mean* <= 0), P(mean* >= 0))``, at least ``1 / n_boot``)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return {"diff": float(d.mean()) if len(d) else None, "ci": None, "p_value": None, "n": int(len(d))}
+    means = d[stream(seed, "paired bootstrap").integers(len(d), size=(n_boot, len(d)))].mean(1)
+    tail = (1 - level) / 2 * 100
+    p = max(2 * min((means <= 0).mean(), (means >= 0).mean()), 1 / n_boot)
+    return {"diff": float(d.mean()), "ci": [float(v) for v in np.percentile(means, [tail, 100 - tail])],
+            "p_value": float(min(p, 1.0)), "n": int(len(d))}
 
 
 def holm(p_values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

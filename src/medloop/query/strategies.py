@@ -5,6 +5,7 @@ A strategy declares the inputs it needs in ``needs`` and the loop computes only 
 - ``mc``: MC-dropout uncertainty of the current model per candidate (``entropy``, ``margin``, ``bald``,
   ``combined``, ...; for a classifier also ``pred``, the predicted class) (``medloop.uncertainty``);
 - ``discriminator``: the pix2pix discriminator's implausibility per slice (Ravanbakhsh et al.);
+- ``foreground``: the fraction of each candidate slice the current segmentation model labels as a structure;
 - ``embeddings``: trunk features of the candidates and of the labeled set, with the labeled answers
   (``medloop.query.diversity``: typicality, coverage, k-center and BADGE strategies);
 - ``synthetic``: the candidates are synthetic variants of unlabeled images rendered by the mask-conditioned
@@ -30,7 +31,7 @@ __all__ = ["STRATEGIES", "INPUTS", "QueryStrategy", "build_strategy", "select_to
 
 STRATEGIES: Registry[type["QueryStrategy"]] = Registry("strategy")
 
-INPUTS = ("mc", "discriminator", "synthetic", "embeddings")
+INPUTS = ("mc", "discriminator", "foreground", "synthetic", "embeddings")
 
 
 def select_top(scores: np.ndarray, k: int, groups: np.ndarray | None = None, per_group: int | None = None) -> np.ndarray:
@@ -178,6 +179,26 @@ class DiscriminatorStrategy(QueryStrategy):
 
     def score(self, inputs: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
         return np.asarray(inputs["discriminator"], dtype=np.float64)
+
+
+@STRATEGIES.register("foreground_random")
+class ForegroundRandomStrategy(QueryStrategy):
+    """Uniformly random among the slices the current model says contain a structure (more than ``min_fraction``
+    of the slice predicted as foreground; no ground truth used); the other slices, in random order, only when too
+    few do. The fair random baseline of segmentation active learning (nnActive, 2025: few methods beat it)."""
+
+    needs = frozenset({"foreground"})
+
+    def __init__(self, min_fraction: float = 0.0):
+        super().__init__()
+        if not 0 <= min_fraction < 1:
+            raise ConfigError(f"The 'min_fraction' parameter of strategy foreground_random must be in [0, 1); "
+                              f"got {min_fraction}")
+        self.min_fraction = float(min_fraction)
+
+    def score(self, inputs: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        draw = rng.random(len(inputs["index"]))  # in [0, 1): the slices with a structure all rank first
+        return draw + (np.asarray(inputs["foreground"], dtype=np.float64) > self.min_fraction)
 
 
 def build_strategy(name: str, params: dict[str, Any] | None = None) -> QueryStrategy:

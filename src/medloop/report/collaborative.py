@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 
-__all__ = ["build_collaborative_report", "dice_table"]
+__all__ = ["build_collaborative_report", "case_comparisons", "dice_table"]
 
 from medloop.report.experiment import COLORS
 from medloop.storage import save_figure
@@ -23,6 +23,50 @@ def _dice(test: dict, names: dict[str, str]) -> dict[str, float | None]:
     vals = [v for v in per.values() if v is not None]
     per["average"] = float(np.mean(vals)) if vals else None
     return per
+
+
+def _case_dice(test: dict) -> dict[str, float]:
+    """Each test case's Dice averaged over the classes it (or the prediction) has."""
+    out = {}
+    for case, per in test.get("by_case", {}).items():
+        vals = [v for v in per.values() if v is not None]
+        if vals:
+            out[case] = float(np.mean(vals))
+    return out
+
+
+def case_comparisons(results: dict, reference: str | None = None, seed: int = 0, n_boot: int = 10000) -> dict:
+    """``reference`` (default: the first strategy, the method's own) minus each other strategy at every budget:
+    the mean over test cases (patients, every fold's) of the paired difference of their average Dice after the
+    last cycle, a bootstrap 95% interval over the cases, a bootstrap p-value adjusted for every comparison made
+    (Holm), and the verdict: ``better`` / ``worse`` only when Holm rejects "no difference" and the interval
+    agrees, else ``within noise``."""
+    from medloop.metrics.bootstrap import holm, paired_mean_diff
+
+    tracks = results["tracks"]
+    labels = list(tracks)
+    if not labels:
+        return {}
+    reference = reference or labels[0]
+    out: dict[str, dict] = {}
+    for other in (lab for lab in labels if lab != reference):
+        for b in sorted(set(tracks[reference]) & set(tracks[other]), key=float):
+            diffs = []
+            for fold in sorted(set(tracks[reference][b]) & set(tracks[other][b])):
+                ra, rb = tracks[reference][b][fold], tracks[other][b][fold]
+                if not ra or not rb:
+                    continue
+                a, o = _case_dice(ra[-1]["test"]), _case_dice(rb[-1]["test"])
+                diffs += [a[c] - o[c] for c in sorted(set(a) & set(o))]
+            out.setdefault(f"{reference} - {other}", {})[b] = paired_mean_diff(diffs, n_boot, seed)
+    flat = [(k, b) for k, by in out.items() for b, v in by.items() if v["p_value"] is not None]
+    adjusted, _ = holm([out[k][b]["p_value"] for k, b in flat]) if flat else ([], None)
+    for (k, b), p in zip(flat, adjusted):
+        v = out[k][b]
+        v["p_holm"] = float(p)
+        v["verdict"] = ("better" if p < 0.05 and v["ci"][0] > 0 else "worse" if p < 0.05 and v["ci"][1] < 0
+                        else "within noise")
+    return out
 
 
 def dice_table(results: dict) -> tuple[list[str], list[list]]:
@@ -52,6 +96,22 @@ def dice_table(results: dict) -> tuple[list[str], list[list]]:
                 row.append(float(np.mean(vals)) if vals else None)
         rows.append(row)
     return header, rows
+
+
+def _flagged_counts(run_dir: Path) -> dict[tuple[str, int], tuple[float, float]]:
+    """(track label, budget %) -> mean over folds of (pseudo-labels flagged, pseudo-labels) at the last cycle."""
+    import json
+
+    found: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for fold in sorted((run_dir / "tracks").glob("fold*")):
+        for track in sorted(p for p in fold.iterdir() if p.is_dir()):
+            files = sorted((track / "qc").glob("round_*.json"))
+            if not files:
+                continue
+            label, _, budget = track.name.rpartition("-b")
+            last = json.loads(files[-1].read_text())
+            found.setdefault((label, int(budget)), []).append((len(last["flagged"]), len(last["predicted_dice"])))
+    return {k: (float(np.mean([a for a, _ in v])), float(np.mean([b for _, b in v]))) for k, v in found.items()}
 
 
 def build_collaborative_report(run_dir: str | Path) -> Path:
@@ -87,6 +147,45 @@ def build_collaborative_report(run_dir: str | Path) -> Path:
             mean = lambda key: float(np.mean([r.get(key, 0) for r in last])) if last else float("nan")  # noqa: E731
             lines.append(f"| {lab} | {float(b) * 100:.0f}% | {mean('n_true'):.0f} | {mean('n_pseudo'):.0f} | "
                          f"{mean('expert_pixels'):.0f} |")
+    comps = results.get("comparisons") or {}
+    if comps:
+        lines += ["", "## Is the method's query better than the baselines?", "",
+                  "Paired difference of test Dice (average over the structures) after the last cycle, per test "
+                  "patient (every fold's), with a bootstrap 95% interval over the patients; p adjusted for every "
+                  "comparison in this table (Holm). \"within noise\" unless Holm rejects no difference.", "",
+                  "| comparison | budget | difference | 95% interval | Holm p | patients | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, by_budget in comps.items():
+            for b, v in by_budget.items():
+                ci = "n/a" if v["ci"] is None else f"[{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]"
+                diff = "n/a" if v["diff"] is None else f"{v['diff']:+.3f}"
+                p = f"{v['p_holm']:.3g}" if v.get("p_holm") is not None else "n/a"
+                lines.append(f"| {key} | {float(b) * 100:.0f}% | {diff} | {ci} | {p} | {v['n']} | "
+                             f"{v.get('verdict', 'n/a')} |")
+    qc = results.get("quality_control") or {}
+    if qc:
+        thr = next((v["threshold"] for by in qc.values() for v in by.values()), 0.7)
+        lines += ["", "## The discriminator as quality control", "",
+                  f"Each track calibrates the discriminator's slice plausibility to a predicted Dice on the slices the "
+                  f"expert labeled in its first cycle (the model's maps from before it trained on them; no test "
+                  f"labels), then predicts the Dice of the base model's maps of the test slices. MAE: mean absolute "
+                  f"error of the predicted Dice; AUROC: how well it flags slices whose Dice is below {thr}; "
+                  f"precision / recall of flagging at {thr}. The pseudo-labels a track flagged for review are listed "
+                  "in its folder, `tracks/fold*/<track>/qc/round_*.json` (`flagged`).", "",
+                  "| strategy (calibration slices) | budget | MAE | AUROC | flagged precision | flagged recall | test slices (below) |",
+                  "|---|---|---|---|---|---|---|"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        for lab, by_budget in qc.items():
+            for b, v in by_budget.items():
+                when = "all budgets" if b == "all" else f"{float(b) * 100:.0f}%"
+                lines.append(f"| {lab} | {when} | {fmt(v['mae'])} | {fmt(v['auroc'])} | {fmt(v['flag_precision'])} "
+                             f"| {fmt(v['flag_recall'])} | {v['n']} ({v['n_below']}) |")
+        flagged = _flagged_counts(run_dir)
+        if flagged:
+            lines += ["", "Pseudo-labels flagged for review (predicted Dice below the threshold), mean over folds:", "",
+                      "| strategy | budget | flagged / pseudo-labeled |", "|---|---|---|"]
+            for (lab, b), (nf, n_pseudo) in sorted(flagged.items()):
+                lines.append(f"| {lab} | {b}% | {nf:.1f} / {n_pseudo:.1f} |")
     lines += ["", "## Discriminator score and Dice", ""]
     pairs = [("base model (trained on one volume)", corr), ("fully supervised model", results.get("correlation_fsl"))]
     pairs = [(what, c) for what, c in pairs if c]

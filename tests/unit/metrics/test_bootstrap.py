@@ -143,3 +143,16 @@ def test_pairwise_differences_are_paired_corrected_and_find_the_better_track():
     assert corrected > single["ci"][1] - single["ci"][0]  # a corrected interval is wider than one comparison's
     assert better["diff"] == pytest.approx(single["diff"])
     assert pairwise_curve_areas({"good": good}, test_labels) is None  # nothing to compare
+
+
+def test_paired_mean_diff_resolves_a_consistent_shift_and_not_noise():
+    from medloop.metrics.bootstrap import paired_mean_diff
+
+    rng = np.random.default_rng(0)
+    shifted = paired_mean_diff(0.05 + rng.normal(0, 0.02, 20), n_boot=2000, seed=1)
+    assert shifted["ci"][0] > 0 and shifted["p_value"] < 0.01 and shifted["n"] == 20
+    assert shifted["ci"][0] <= shifted["diff"] <= shifted["ci"][1]
+    noise = paired_mean_diff(rng.normal(0, 0.05, 20) - 0.0, n_boot=2000, seed=1)
+    assert noise["ci"][0] < 0 < noise["ci"][1] or noise["p_value"] >= 0.01
+    assert paired_mean_diff([0.1, 0.2, 0.3], n_boot=500, seed=3) == paired_mean_diff([0.1, 0.2, 0.3], n_boot=500, seed=3)
+    assert paired_mean_diff([0.1], n_boot=500)["ci"] is None

@@ -15,6 +15,7 @@ def columns(n: int = 10, hot: int = 7) -> dict[str, np.ndarray]:
     for m in cols:
         cols[m][hot] = 0.9
     cols["discriminator"] = cols["entropy"].copy()
+    cols["foreground"] = np.where(np.arange(n) % 3 == 0, 0.05, 0.0)  # every third slice shows a structure
     cols["pred"] = np.arange(n) % 2
     cols["prob_1"] = np.linspace(0.2, 0.8, n)
     cols["prob_0"] = 1 - cols["prob_1"]
@@ -103,10 +104,29 @@ def test_contract_declared_inputs_are_known_and_suffice(name):
         given.update({k: v for k, v in full.items() if k not in ("discriminator", "index", *EMBEDDING_KEYS)})
     if "discriminator" in strategy.needs:
         given["discriminator"] = full["discriminator"]
+    if "foreground" in strategy.needs:
+        given["foreground"] = full["foreground"]
     if "embeddings" in strategy.needs:
         given.update({k: full[k] for k in EMBEDDING_KEYS})
     chosen, _ = strategy.select(given, 6, np.random.default_rng(0), 3)
     assert len(set(chosen.tolist())) == 6
+
+
+def test_foreground_random_draws_uniformly_among_slices_with_a_structure_first():
+    cols = columns(30)  # slices 0, 3, ..., 27 show a structure
+    with_structure = set(range(0, 30, 3))
+    strategy = build_strategy("foreground_random")
+    draws = [set(strategy.select(cols, 4, np.random.default_rng(s))[0].tolist()) for s in range(40)]
+    assert all(d <= with_structure for d in draws)
+    assert set().union(*draws) == with_structure  # every such slice can be drawn
+    assert strategy.select(cols, 4, np.random.default_rng(1))[0].tolist() == \
+        strategy.select(cols, 4, np.random.default_rng(1))[0].tolist()
+    chosen, _ = strategy.select(cols, 13, np.random.default_rng(0))  # more than the 10 with a structure
+    assert with_structure <= set(chosen.tolist()) and len(set(chosen.tolist())) == 13
+    picky = build_strategy("foreground_random", {"min_fraction": 0.1})  # nothing is above 10%: plain random
+    assert len(set(picky.select(cols, 4, np.random.default_rng(0))[0].tolist()) - with_structure) > 0
+    with pytest.raises(ConfigError, match="min_fraction"):
+        build_strategy("foreground_random", {"min_fraction": 1.5})
 
 
 def test_class_balancing_without_predictions_is_a_clear_error():
