@@ -1,9 +1,22 @@
-"""Collaborative segmentation (Ravanbakhsh et al.): Dice by budget for discriminator, random and MC-entropy
-queries on the same folds, the fully supervised cGAN, and the discriminator-Dice correlation. Final line JSON:
+"""Collaborative segmentation (Ravanbakhsh et al.): Dice by budget for discriminator queries against plain random
+and foreground random queries (random among the slices the current model says show a structure; nnActive's fair
+baseline) on every fold, the fully supervised cGAN, the discriminator-Dice correlation, and the discriminator as
+quality control. Final line JSON:
 
     {"fsl_dice": {"myocardium": .., "blood_pool": .., "average": ..}, "dice_at_budget": {"0.1": {..}},
-     "random_dice_at_budget": {..}, "entropy_dice_at_budget": {..}, "discriminator_minus_random": {"0.1": ..},
+     "random_dice_at_budget": {..}, "foreground_random_dice_at_budget": {..},
+     "discriminator_minus_random": {"0.1": ..}, "discriminator_minus_random_ci": {"0.1": [lo, hi]},
+     "discriminator_minus_foreground_random": {..}, "discriminator_minus_foreground_random_ci": {..},
+     "verdicts": {"random": {"0.1": ..}, ..}, "qc_mae": .., "qc_auroc": .., "qc": {..},
      "budget_to_fsl": .., "pearson_r": .., "p_value": .., "pearson_r_fsl": .., "slices_per_s": .., "minutes": ..}
+
+``discriminator_minus_*``: the mean over test patients (every fold's) of the paired difference in average Dice
+after the last cycle; ``_ci`` its bootstrap 95% interval over the patients; ``verdicts``: "better" / "worse" only
+when the bootstrap p-value, Holm-adjusted over every comparison, is below 0.05 (``medloop.report.collaborative``).
+``qc_mae`` / ``qc_auroc``: the discriminator's plausibility calibrated to a Dice on the slices the expert labeled
+in the discriminator track's first cycle (no test labels), applied to the base model's test slices of every fold
+and every budget: the mean absolute error of the predicted Dice, and its AUROC for flagging slices with Dice below
+0.7 (``qc``: the same for every strategy's calibration slices).
 
 ``pearson_r``: per-slice discriminator plausibility vs Dice of the base model (one volume) on the test patients;
 ``pearson_r_fsl``: the same for the fully supervised model. ``budget_to_fsl``: the smallest budget whose average
@@ -21,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -38,11 +52,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--crop", type=float, default=0.5, help="central fraction of the field of view kept")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--max-folds", type=int, default=2)
+    ap.add_argument("--max-folds", type=int, default=0, help="run only the first N folds (0: all)")
     ap.add_argument("--budgets", default="0.1,0.3,0.5")
     ap.add_argument("--cycles", default="1")
-    ap.add_argument("--strategies", default="discriminator,random,entropy")
+    ap.add_argument("--strategies", default="discriminator,random,foreground_random")
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--processes", type=int, default=min(2, os.cpu_count() or 1),
+                    help="worker processes of one thread each (default: 2, or 1 on a one-core machine)")
     ap.add_argument("--out", default="runs/collaborative")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--set", action="append", default=[], help="experiment override key=value (dotted keys)")
@@ -57,7 +73,7 @@ def main() -> None:
             (Path(tmp.name) / p.name).symlink_to(p.resolve())
         source = tmp.name
     overrides = {"data.source": source, "data.size": args.size, "data.crop": args.crop, "folds": args.folds,
-                 "max_folds": args.max_folds, "budgets": [float(b) for b in args.budgets.split(",")],
+                 "max_folds": args.max_folds or None, "processes": args.processes, "budgets": [float(b) for b in args.budgets.split(",")],
                  "cycles": [int(c) for c in args.cycles.split(",")], "strategies": args.strategies.split(","),
                  "pix2pix.epochs": args.epochs, **parse_overrides(args.set)}
     cfg = load_experiment_config(Path(__file__).parents[1] / "experiments" / "ravanbakhsh2018.yaml", overrides)
@@ -83,6 +99,16 @@ def main() -> None:
     disc = curves.get("discriminator", {})
     close = [float(b) for b, d in disc.items() if fsl["average"] is not None and d["average"] is not None
              and d["average"] >= fsl["average"] - 0.02]
+    comps = results.get("comparisons", {})
+    ref = f"discriminator-n{n}"
+
+    def diff(other: str, key: str) -> dict:
+        """Per budget, the comparison's ``diff`` or ``ci``, rounded."""
+        got = comps.get(f"{ref} - {other}-n{n}", {})
+        return {f"{float(b):g}": None if v.get(key) is None else np.round(v[key], 4).tolist() for b, v in got.items()}
+
+    qc = results.get("quality_control", {})
+    qc_all = qc.get(ref, {}).get("all", {})
     recs = [r for lab in results["tracks"].values() for folds in lab.values() for rs in folds.values() for r in rs]
     seconds = sum(r.get("train_seconds", 0.0) for r in recs)
     summary = {
@@ -90,8 +116,18 @@ def main() -> None:
         "n_slices": results["data"]["n_slices"], "n_volumes": results["data"]["n_volumes"], "cycles": n,
         "fsl_dice": fsl, "dice_at_budget": disc,
         **{f"{s}_dice_at_budget": c for s, c in curves.items() if s != "discriminator"},
-        "discriminator_minus_random": {b: round(d["average"] - curves["random"][b]["average"], 4)
-                                       for b, d in disc.items() if "random" in curves},
+        "discriminator_minus_random": diff("random", "diff"),
+        "discriminator_minus_random_ci": diff("random", "ci"),
+        "discriminator_minus_foreground_random": diff("foreground_random", "diff"),
+        "discriminator_minus_foreground_random_ci": diff("foreground_random", "ci"),
+        "verdicts": {other.removesuffix(f"-n{n}"): {f"{float(b):g}": v.get("verdict") for b, v in by.items()}
+                     for key, by in comps.items() if key.startswith(f"{ref} - ")
+                     for other in [key.removeprefix(f"{ref} - ")]},
+        "qc_mae": None if qc_all.get("mae") is None else round(qc_all["mae"], 4),
+        "qc_auroc": None if qc_all.get("auroc") is None else round(qc_all["auroc"], 4),
+        "qc": {lab.removesuffix(f"-n{n}"): {k: (None if by["all"].get(k) is None else round(by["all"][k], 4))
+                                             for k in ("mae", "auroc", "flag_precision", "flag_recall")}
+               for lab, by in qc.items() if "all" in by},
         "budget_to_fsl": min(close) if close else None,
         "pearson_r": results["correlation"]["pearson_r"], "p_value": results["correlation"]["p_value"],
         "pearson_r_fsl": results["correlation_fsl"]["pearson_r"],

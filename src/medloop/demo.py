@@ -10,6 +10,8 @@ fully supervised baselines, results.json and the report; and a reduced collabora
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 from rich.console import Console
@@ -42,8 +44,9 @@ def demo_collaborative(seed: int = 0, quick: bool = False) -> dict:
     return {"method": "ravanbakhsh2018", "name": "ravanbakhsh2018-demo", "seed": seed,
             "data": {"source": "builtin:cardiac-mr", "size": 64, "seed": seed, "crop": 0.5},
             "folds": 5, "max_folds": 1, "budgets": [0.1, 0.5], "cycles": [1],
-            "strategies": ["discriminator", "random"],
-            "pix2pix": {"epochs": 10, "batch_size": 8, "lr": 0.001, "g_channels": [8, 16, 32, 64], "d_features": 8}}
+            "strategies": ["discriminator", "random"], "processes": min(2, os.cpu_count() or 1),
+            "pix2pix": {"epochs": 10, "min_steps": 200, "batch_size": 8, "lr": 0.001, "g_channels": [8, 16, 32, 64],
+                        "d_features": 8}}
 
 
 def demo_experiment(size: int = 64, seed: int = 0, quick: bool = False) -> dict:

@@ -92,6 +92,29 @@ def test_collaborative_resume_after_a_kill_matches(tmp_path):
     assert ref["correlation"]["pearson_r"] == resumed["correlation"]["pearson_r"]
 
 
+def test_protocol_in_two_processes_matches_one(tmp_path):
+    """The units of work run in two spawned processes write what one process computes (one thread each)."""
+    import torch
+
+    cfg = CollaborativeConfig.from_dict({**TINY, "cycles": [1], "strategies": ["discriminator", "foreground_random"]})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = run_collaborative(cfg, tmp_path / "one", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    par = run_collaborative(cfg.replace(processes=2), tmp_path / "two", progress=False)
+
+    def strip(tracks):
+        return {k: {b: {f: [{x: y for x, y in r.items() if not x.endswith("seconds")} for r in recs]
+                        for f, recs in folds.items()} for b, folds in v.items()} for k, v in tracks.items()}
+
+    assert strip(par["tracks"]) == strip(ref["tracks"]) and par["fsl"] == ref["fsl"]
+    assert par["quality_control"] == ref["quality_control"] and par["comparisons"] == ref["comparisons"]
+    with pytest.raises(ConfigError, match="processes"):
+        run_collaborative(cfg.replace(processes=2), tmp_path / "hooked", progress=False, interrupt=lambda p, r: None)
+
+
 def test_cli_end_to_end_with_report(tmp_path):
     import yaml
 

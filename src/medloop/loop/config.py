@@ -315,6 +315,8 @@ class CollaborativeConfig(Config):
             the expert labeled in the same cycle, ``medloop.uncertainty.qc``) is below this are flagged for review.
         n_mc_samples: MC-dropout passes of the MC strategies.
         fsl: also train the fully supervised cGAN per fold.
+        processes: run the protocol's units (per fold: base model, tracks, FSL model) in this many processes of
+            one thread each (on a CPU, N processes train faster than one process with N threads).
         seed, device.
     """
 
@@ -334,6 +336,7 @@ class CollaborativeConfig(Config):
     qc_threshold: float = 0.7
     n_mc_samples: int = 10
     fsl: bool = True
+    processes: int = 1
     seed: int = 0
     device: str = "auto"
 
@@ -366,6 +369,8 @@ class CollaborativeConfig(Config):
             raise ConfigError(f"The 'pseudo_threshold' parameter must be in [0, 1] or null; got {self.pseudo_threshold}")
         if self.n_mc_samples < 1:
             raise ConfigError(f"The 'n_mc_samples' parameter must be >= 1; got {self.n_mc_samples}")
+        if self.processes < 1:
+            raise ConfigError(f"The 'processes' parameter must be >= 1; got {self.processes}")
         if not 0 <= self.qc_threshold <= 1:
             raise ConfigError(f"The 'qc_threshold' parameter must be a Dice in [0, 1]; got {self.qc_threshold}")
 

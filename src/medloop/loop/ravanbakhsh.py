@@ -154,8 +154,8 @@ class Ravanbakhsh(Method):
         trainer = model if model is not None else self._trainer()
         x, y, w = self._training_set(state)
         t0 = time.time()
-        train_pix2pix(trainer, x, y, w, seed_for(self.seed, "round", round_idx, "pix2pix"), self.progress)
-        self._trained = (len(x) * self.p2p.epochs, time.time() - t0)
+        history = train_pix2pix(trainer, x, y, w, seed_for(self.seed, "round", round_idx, "pix2pix"), self.progress)
+        self._trained = (len(x) * len(history), time.time() - t0)
         return trainer
 
     def evaluate(self, state: RunState, model: Pix2PixTrainer, round_idx: int) -> dict:
@@ -365,54 +365,130 @@ def quality_control_summary(per_fold: dict[str, dict[str, dict[str, dict]]], thr
     return out
 
 
+class _Protocol:
+    """The cross-validation protocol's units of work, each computed once into the run folder: per fold the base
+    model, one track per (strategy, cycles, budget), and the fully supervised model. ``unit(key)`` computes (or
+    reads back) one; the tracks and the FSL model of a fold need its base model first."""
+
+    def __init__(self, config: CollaborativeConfig, out: Path, data: CollabData, progress: bool,
+                 interrupt=None, oracle_factory=None):
+        self.config, self.out, self.data, self.progress = config, out, data, progress
+        self.interrupt, self.oracle_factory = interrupt, oracle_factory
+        self.folds = kfold_by_case(data.dataset, k=config.folds, seed=config.seed)[: config.max_folds or None]
+        cases = np.array(data.dataset.case_ids)
+        self.base_cases = [str(stream(config.seed, "fold", f, "base case").choice(sorted(set(cases[tr]))))
+                           for f, (tr, _) in enumerate(self.folds)]
+
+    def keys(self) -> tuple[list[tuple], list[tuple]]:
+        """(base-model units, the units that need them), in the order a single process runs them."""
+        cfg = self.config
+        tracks = [("track", f, j, n, b) for f in range(len(self.folds)) for j in range(len(cfg.strategy_specs))
+                  for n in cfg.cycles for b in cfg.budgets]
+        fsl = [("fsl", f) for f in range(len(self.folds))] if cfg.fsl else []
+        return [("base", f) for f in range(len(self.folds))], tracks + fsl
+
+    def folder(self, f: int, label: str, b: float) -> Path:
+        return self.out / "tracks" / f"fold{f}" / f"{label}-b{int(round(b * 100)):03d}"
+
+    def unit(self, key: tuple) -> Any:
+        kind, f = key[0], key[1]
+        train_idx, test_idx = self.folds[f]
+        cfg, data, base_dir = self.config, self.data, self.out / "baselines"
+        if kind == "base":
+            return once(base_dir / f"fold{f}-base.json", lambda: _base_model(
+                data, train_idx, test_idx, self.base_cases[f], cfg, f, base_dir, self.progress))
+        if kind == "fsl":
+            return once(base_dir / f"fold{f}-fsl.json", lambda: _fsl_model(
+                data, train_idx, test_idx, cfg, f, self.progress))
+        _, _, j, n, b = key
+        spec = cfg.strategy_specs[j]
+        return algorithm1(data, train_idx, test_idx, self.base_cases[f], spec, b, n, cfg,
+                          self.folder(f, f"{spec['label']}-n{n}", b), self.progress, self.interrupt,
+                          self.oracle_factory, base_dir / f"fold{f}-base.pt")
+
+
+_WORKER: dict[str, _Protocol] = {}
+
+
+def _worker_init(config: dict, out: str) -> None:
+    torch.set_num_threads(1)  # one core per process: the processes, not the threads, use the machine
+    cfg = CollaborativeConfig.from_dict(config)
+    _WORKER["protocol"] = _Protocol(cfg, Path(out), load_collab_data(cfg, progress=False), progress=False)
+
+
+def _worker_unit(key: tuple) -> tuple:
+    _WORKER["protocol"].unit(key)
+    return key
+
+
+def _run_parallel(protocol: _Protocol, processes: int, progress: bool) -> None:
+    """Every unit in ``processes`` worker processes (spawned; one thread each), base models first; what they
+    write is what a single process would (each unit is seeded by its own streams), read back afterwards."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from medloop.progress import make_progress
+
+    first, rest = protocol.keys()
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                             initargs=(protocol.config.to_dict(), str(protocol.out))) as pool, \
+            make_progress(transient=not progress) as bar:
+        task = bar.add_task(f"collaborative protocol, {processes} processes", total=len(first) + len(rest),
+                            visible=progress)
+        for stage in (first, rest):
+            for done in as_completed([pool.submit(_worker_unit, key) for key in stage]):
+                done.result()  # a failed unit fails the run (what finished stays in the run folder)
+                bar.update(task, advance=1)
+
+
 def run_collaborative(config: CollaborativeConfig, out: str | Path, resume: bool = False, progress: bool = True,
                       interrupt=None, oracle_factory=None, console=None) -> dict:
-    """Cross-validation by volume of Algorithm 1 and its baselines; writes results.json and the report."""
+    """Cross-validation by volume of Algorithm 1 and its baselines; writes results.json and the report. With
+    ``config.processes`` > 1 the units of work run in that many processes first, then are read back here."""
     from medloop import __version__
     from medloop.report.collaborative import build_collaborative_report, case_comparisons
     from medloop.runinfo import write_run_record
 
     out = Path(out)
     check_resume(out, config, resume)
+    if config.processes > 1 and (interrupt is not None or oracle_factory is not None):
+        raise ConfigError("'processes' > 1 runs the protocol in other processes, where a test hook or a custom "
+                          "oracle cannot follow; set processes: 1")
     data = load_collab_data(config, progress)
     out.mkdir(parents=True, exist_ok=True)
     config.to_yaml(out / "config.yaml")
     write_run_record(out, config.seed, {"experiment": config.to_dict()}, "medloop run")
     started = time.time()
-    folds = kfold_by_case(data.dataset, k=config.folds, seed=config.seed)[: config.max_folds or None]
-    cases = np.array(data.dataset.case_ids)
+    protocol = _Protocol(config, out, data, progress, interrupt, oracle_factory)
+    if config.processes > 1:
+        _run_parallel(protocol, config.processes, progress)
     tracks: dict[str, dict] = {}
     fsl: dict[str, dict] = {}
     corr: dict[str, list[float]] = {"plausibility": [], "dice": []}
     corr_fsl: dict[str, list[float]] = {"plausibility": [], "dice": []}
     qc: dict[str, dict[str, dict]] = {}
-    for f, (train_idx, test_idx) in enumerate(folds):
-        base_case = str(stream(config.seed, "fold", f, "base case").choice(sorted(set(cases[train_idx]))))
-        base_rec = once(out / "baselines" / f"fold{f}-base.json", lambda: _base_model(
-            data, train_idx, test_idx, base_case, config, f, out / "baselines", progress))
-        for spec in config.strategy_specs:
+    for f in range(len(protocol.folds)):
+        base_rec = protocol.unit(("base", f))
+        for j, spec in enumerate(config.strategy_specs):
             for n in config.cycles:
                 for b in config.budgets:
                     label = f"{spec['label']}-n{n}"
                     if console is not None:
                         console.print(f"fold {f}: {spec['label']}, budget {b:.0%}, {n} cycle(s)")
-                    folder = out / "tracks" / f"fold{f}" / f"{label}-b{int(round(b * 100)):03d}"
-                    recs = algorithm1(data, train_idx, test_idx, base_case, spec, b, n, config, folder, progress,
-                                      interrupt, oracle_factory, out / "baselines" / f"fold{f}-base.pt")
+                    recs = protocol.unit(("track", f, j, n, b))
                     tracks.setdefault(label, {}).setdefault(f"{b:.2f}", {})[str(f)] = recs
-                    qc.setdefault(label, {}).setdefault(f"{b:.2f}", {})[str(f)] = _test_qc(folder, base_rec,
-                                                                                          config.qc_threshold)
+                    qc.setdefault(label, {}).setdefault(f"{b:.2f}", {})[str(f)] = _test_qc(
+                        protocol.folder(f, label, b), base_rec, config.qc_threshold)
         corr["plausibility"] += base_rec["plausibility"]
         corr["dice"] += base_rec["dice"]
         if config.fsl:
-            fsl[str(f)] = once(out / "baselines" / f"fold{f}-fsl.json", lambda: _fsl_model(
-                data, train_idx, test_idx, config, f, progress))
+            fsl[str(f)] = protocol.unit(("fsl", f))
             corr_fsl["plausibility"] += fsl[str(f)]["plausibility"]
             corr_fsl["dice"] += fsl[str(f)]["dice"]
     results = {"experiment": config.name, "method": config.method, "medloop_version": __version__,
                "config": config.to_dict(), "class_names": data.names,
                "data": {"root": data.dataset.info.root, "n_slices": len(data.dataset),
-                        "n_volumes": len(set(data.dataset.case_ids)), "folds_run": len(folds)},
+                        "n_volumes": len(set(data.dataset.case_ids)), "folds_run": len(protocol.folds)},
                "tracks": tracks, "fsl": fsl, "correlation": _pearson(corr), "correlation_fsl": _pearson(corr_fsl),
                "quality_control": quality_control_summary(qc, config.qc_threshold),
                "minutes": round((time.time() - started) / 60, 2)}

@@ -40,12 +40,15 @@ __all__ = ["Pix2PixConfig", "Pix2PixTrainer", "train_pix2pix", "class_weights"]
 class Pix2PixConfig(Config):
     """pix2pix for segmentation. ``lambda_sup`` 100 as pix2pix; ``pseudo_weight`` for pseudo-labeled samples;
     ``damage_px``: the largest boundary error (pixels) of the damaged maps a graded D learns from;
+    ``min_steps``: train for more epochs when ``epochs`` would give fewer updates than this (a model trained on one
+    volume, a dozen slices, gets two updates an epoch: 30 epochs leave its discriminator unable to grade);
     ``dropout_layout``: where G's dropout (pix2pix's noise, and its MC dropout) sits: ``decoder`` (pix2pix's own
     choice: dropout in every decoder block; the layout every method-2 result so far was measured with) or ``head``
     (channel dropout before the output, so MC scoring runs G once: about 9x faster at T = 10; method 2's Dice and
     discriminator-Dice correlation with it are not measured yet); ``medloop.models.unet``."""
 
     epochs: int = 30
+    min_steps: int = 0
     batch_size: int = 8
     lr: float = 2e-4
     lambda_sup: float = 100.0
@@ -66,6 +69,8 @@ class Pix2PixConfig(Config):
         for name in ("epochs", "batch_size", "damage_px"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"The '{name}' parameter of Pix2PixConfig must be >= 1; got {getattr(self, name)}")
+        if self.min_steps < 0:
+            raise ConfigError(f"The 'min_steps' parameter of Pix2PixConfig must be >= 0; got {self.min_steps}")
         for name in ("lambda_sup", "adv_weight", "pseudo_weight", "lr"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"The '{name}' parameter of Pix2PixConfig must be >= 0; got {getattr(self, name)}")
@@ -193,10 +198,14 @@ class Pix2PixTrainer:
 
 def train_pix2pix(trainer: Pix2PixTrainer, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                   seed: int, progress: bool = True, epochs: int | None = None) -> list[dict[str, float]]:
-    """``epochs`` (default ``config.epochs``) epochs of alternating updates over the samples (seeded shuffling);
-    the CE class weights come from ``labels``."""
+    """``epochs`` (default ``config.epochs``, more when that gives fewer than ``config.min_steps`` updates) epochs
+    of alternating updates over the samples (seeded shuffling); the CE class weights come from ``labels``. Returns
+    one history entry per epoch run."""
     cfg = trainer.config
     epochs = cfg.epochs if epochs is None else epochs
+    steps = sum(1 for lo in range(0, len(images), cfg.batch_size) if min(cfg.batch_size, len(images) - lo) >= 2)
+    if cfg.min_steps and steps:
+        epochs = max(epochs, -(-cfg.min_steps // steps))
     gen = torch_stream(seed, "pix2pix", "shuffle")
     trainer.seed_dropout(seed)
     trainer.weights = class_weights(labels, trainer.num_classes).to(trainer.device)

@@ -120,3 +120,19 @@ def test_generator_dropout_layout_and_channels_last_discriminator():
     contiguous.load_state_dict(t.D.state_dict())
     onehot = torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float()
     torch.testing.assert_close(t.D.eval()(x, onehot), contiguous.eval()(x, onehot), rtol=1e-4, atol=1e-5)
+
+
+def test_min_steps_lengthens_training_on_a_handful_of_slices():
+    from medloop.training.pix2pix import Pix2PixConfig, Pix2PixTrainer, train_pix2pix
+
+    x, y, w = torch.randn(5, 1, 16, 16), torch.randint(0, 3, (5, 16, 16)), torch.ones(5)
+    small = dict(g_channels=(4, 8), d_features=4, batch_size=4)  # 5 slices: one update an epoch (a batch of 1 is skipped)
+    plain = train_pix2pix(Pix2PixTrainer(1, 3, 16, Pix2PixConfig(epochs=2, **small)), x, y, w, 0, False)
+    assert len(plain) == 2
+    longer = train_pix2pix(Pix2PixTrainer(1, 3, 16, Pix2PixConfig(epochs=2, min_steps=7, **small)), x, y, w, 0, False)
+    assert len(longer) == 7  # 7 updates need 7 epochs
+    many = torch.randn(40, 1, 16, 16), torch.randint(0, 3, (40, 16, 16)), torch.ones(40)
+    assert len(train_pix2pix(Pix2PixTrainer(1, 3, 16, Pix2PixConfig(epochs=2, min_steps=7, **small)), *many, 0,
+                             False)) == 2  # 10 updates an epoch: epochs already give more than min_steps
+    with pytest.raises(Exception, match="min_steps"):
+        Pix2PixConfig(min_steps=-1)
