@@ -28,7 +28,7 @@ from medloop.metrics.bootstrap import (
 )
 from medloop.storage import save_figure
 
-__all__ = ["build_report", "curve", "fraction_reaching", "savings_summary", "stage_table"]
+__all__ = ["build_report", "censored_median", "curve", "fraction_reaching", "savings_summary", "stage_table"]
 
 COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 
@@ -115,6 +115,24 @@ def fraction_reaching(rounds: list[dict], target: float) -> float | None:
     return None
 
 
+def censored_median(reached: dict[str, float | None], limits: dict[str, float]) -> tuple[float | None, bool]:
+    """The Kaplan-Meier median of "labeled fraction at which a seed first reaches the target": a seed that never
+    reaches it is right-censored at its last labeled fraction (``limits``), so seeds that stop short still count
+    (a mean over the seeds that reach it counts only the lucky ones). Returns ``(median, censored)``: when fewer
+    than half the seeds' survival has fallen by the last fraction, ``(the largest limit, True)``: the median lies
+    beyond it."""
+    times = sorted((f if f is not None else limits[s], f is None) for s, f in reached.items())  # events first at ties
+    at_risk, survival = len(times), 1.0
+    for t, censored in times:
+        event = not censored
+        if event:
+            survival *= 1 - 1 / at_risk
+            if survival <= 0.5 + 1e-12:
+                return float(t), False
+        at_risk -= 1
+    return (float(max(limits.values())) if limits else None), True
+
+
 def _reference(results: dict) -> str | None:
     """The label of the random-sampling track, the reference every other strategy is compared with."""
     for spec in results["config"]["strategies"]:
@@ -144,7 +162,9 @@ def savings_summary(results: dict, share: float = 0.98, n_boot: int = 1000, seed
         95% interval (seeds and test images resampled), ``per_seed`` each seed's AUC and interval (test
         images resampled); intervals are None for runs without per-image test probabilities.
         ``to_fsl``: per track, the labeled fraction at which the test AUC first reaches ``share`` x that seed's
-        FSL AUC (``per_seed``, None where never), ``mean`` over the seeds that reached it, ``reached`` "k/n".
+        FSL AUC (``per_seed``, None where never), ``mean`` over the seeds that reached it, ``reached`` "k/n",
+        ``median`` the Kaplan-Meier median with the seeds that never reach it censored (``censored_median``;
+        ``median_censored``: the median lies beyond ``median``, the last fraction).
         ``reference``: the random track's label (None without one). ``strategies``: per other track, ``diff``
         (mean over seeds of its curve area minus random's; curve area = mean test AUC over the labeled fractions
         every track covers), ``ci`` (paired two-level bootstrap 95% interval), ``range``, ``n_seeds``, and
@@ -166,8 +186,10 @@ def savings_summary(results: dict, share: float = 0.98, n_boot: int = 1000, seed
         per_seed = {s: fraction_reaching(rounds, share * fsl_auc[s]) if fsl_auc.get(s) is not None else None
                     for s, rounds in by_seed.items()}
         got = [f for f in per_seed.values() if f is not None]
+        median, censored = censored_median(per_seed, {s: rounds[-1]["fraction"] for s, rounds in by_seed.items()
+                                                      if rounds})
         to_fsl[label] = {"per_seed": per_seed, "mean": float(np.mean(got)) if got else None,
-                         "reached": f"{len(got)}/{len(per_seed)}"}
+                         "reached": f"{len(got)}/{len(per_seed)}", "median": median, "median_censored": censored}
     reference = _reference(results)
     strategies = {}
     for label, by_seed in results["tracks"].items():

@@ -42,6 +42,15 @@ def _ratio(al: float | None, random: float | None) -> float | None:
     return None if al is None or random is None or random <= 0 else round(al / random, 4)
 
 
+def median_ratio(al: dict, random: dict) -> tuple[float | None, str]:
+    """AL's censored median fraction to 98% FSL over random's, and what it is: ``exact`` (both medians
+    observed), ``upper bound`` (random's median lies beyond its last fraction, AL's does not: the ratio is below
+    the value) or ``undefined`` (AL's median not observed)."""
+    if al["median"] is None or al["median_censored"] or not random["median"]:
+        return None, "undefined"
+    return round(al["median"] / random["median"], 4), ("upper bound" if random["median_censored"] else "exact")
+
+
 def regime_summary(results: dict, names: list[str], regime: str, recipe: str, grid: list[float]) -> dict:
     """The JSON line of one regime's run (see the module docstring)."""
     fsl = {s: v["test"]["auc"] for s, v in results["baselines"]["fsl"].items()}
@@ -69,7 +78,11 @@ def regime_summary(results: dict, names: list[str], regime: str, recipe: str, gr
                "curve_area_diff_ci": None if diff.get("ci") is None else [_round(v) for v in diff["ci"]],
                "fraction_to_98pct_fsl": _round(reach["mean"]), "reached_98pct_fsl": reach["reached"],
                "fraction_to_98pct_fsl_per_seed": {s: _round(f) for s, f in reach["per_seed"].items()},
-               "fraction_to_98pct_ratio": _ratio(reach["mean"], reach_random["mean"])}
+               "fraction_to_98pct_ratio": _ratio(reach["mean"], reach_random["mean"]),
+               "fraction_to_98pct_median": _round(reach["median"]),
+               "fraction_to_98pct_median_censored": reach["median_censored"]}
+        row["fraction_to_98pct_median_ratio"], row["fraction_to_98pct_median_ratio_kind"] = median_ratio(reach,
+                                                                                                      reach_random)
         return row
 
     first = one(names[0])
@@ -81,6 +94,10 @@ def regime_summary(results: dict, names: list[str], regime: str, recipe: str, gr
                                 _round(to_fsl["random"]["mean"]) if key == "fraction_to_98pct_fsl"
                                 else to_fsl["random"]["reached"])
     out["fraction_to_98pct_ratio"] = first["fraction_to_98pct_ratio"]
+    out["fraction_to_98pct_median_random"] = _round(to_fsl["random"]["median"])
+    out["fraction_to_98pct_median_random_censored"] = to_fsl["random"]["median_censored"]
+    for key in ("fraction_to_98pct_median", "fraction_to_98pct_median_ratio", "fraction_to_98pct_median_ratio_kind"):
+        out[f"{key}_al" if key == "fraction_to_98pct_median" else key] = first[key]
     out["curve_area_al"] = first["curve_area"]
     out["curve_area_random"] = _round(area_weights(x_rand, lo, hi) @ m_rand)
     out["curve_area_diff"], out["curve_area_diff_ci"] = first["curve_area_diff"], first["curve_area_diff_ci"]

@@ -117,3 +117,20 @@ def test_terminal_summary_gives_the_verdict_and_its_reason():
 def test_report_without_results_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="results.json"):
         build_report(tmp_path)
+
+
+def test_censored_median_counts_the_seeds_that_never_reach():
+    from medloop.report.experiment import censored_median
+    from medloop.report.regimes import median_ratio
+
+    limits = {str(s): 0.1 for s in range(4)}
+    assert censored_median({"0": 0.02, "1": 0.04, "2": 0.06, "3": 0.08}, limits) == (0.04, False)
+    # two seeds never reach it: the mean over the other two (0.03) flatters; the median is 0.04
+    assert censored_median({"0": 0.02, "1": 0.04, "2": None, "3": None}, limits) == (0.04, False)
+    assert censored_median({"0": 0.02, "1": None, "2": None, "3": None}, limits) == (0.1, True)  # beyond the budget
+    # a seed censored early leaves the risk set: 0.02 (1 - 1/4), 0.06 (1 - 1/2) -> 0.375 at 0.06
+    assert censored_median({"0": 0.02, "1": None, "2": 0.06, "3": None}, {**limits, "1": 0.03}) == (0.06, False)
+    al = {"median": 0.05, "median_censored": False}
+    assert median_ratio(al, {"median": 0.1, "median_censored": False}) == (0.5, "exact")
+    assert median_ratio(al, {"median": 0.1, "median_censored": True}) == (0.5, "upper bound")
+    assert median_ratio({"median": 0.1, "median_censored": True}, al) == (None, "undefined")
