@@ -248,20 +248,19 @@ def run(
                                                                     "(classifier.model=vgg16).")] = None,
 ) -> None:
     """Run (or resume) an active-learning experiment; writes results.json and the report."""
+    from medloop import methods
     from medloop.config import parse_overrides
-    from medloop.loop import load_experiment_config, run_any
 
     overrides = parse_overrides(set_)
     if data is not None:
         overrides["data.source"] = data
     if seeds is not None:
         overrides["seeds"] = list(range(seeds))
-    cfg = load_experiment_config(config, overrides)
+    cfg = methods.load_config(config, overrides)
     out = out or Path("runs") / cfg.name
-    results = run_any(cfg, out, resume=resume, console=console)
-    from medloop.report.console import experiment_summary
-
-    console.print(experiment_summary(results))
+    method = methods.get(cfg.method)
+    results = method.run(cfg, out, resume=resume, console=console)
+    console.print(method.summary(results))
     console.print(f"report: {out / 'report.md'} (and report.html); results: {out / 'results.json'}")
 
 
@@ -281,14 +280,14 @@ def serve(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override key=value (dotted keys for sections).")] = None,
 ) -> None:
     """Label with the loop: an annotation server and browser UI; the model retrains after each batch."""
+    from medloop import methods
     from medloop.config import parse_overrides
-    from medloop.loop import load_experiment_config
     from medloop.serve import serve as serve_run
 
     overrides = parse_overrides(set_)
     if data is not None:
         overrides["data.source"] = data
-    cfg = load_experiment_config(config, overrides)
+    cfg = methods.load_config(config, overrides)
 
     def echo(line: str) -> None:
         console.print(line, highlight=False, soft_wrap=True, markup=False)
@@ -303,9 +302,10 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="The --out folder of a `medloop run`.")],
 ) -> None:
     """Rebuild report.md / report.html and the figures from results.json."""
-    from medloop.report import build_any_report
+    from medloop import methods
+    from medloop.report.html import read_results
 
-    path = build_any_report(run_dir)
+    path = methods.get(read_results(run_dir).get("method", methods.DEFAULT)).build_report(run_dir)
     console.print(f"report written to {path} (and report.html)")
 
 

@@ -131,7 +131,7 @@ def run_demo(out: Path, seed: int = 0, size: int = 64, console: Console | None =
         write_json(folder / "splits.json", {k: [ds.sample_ids[i] for i in v] for k, v in split.to_dict().items()}, indent=2)
         config.to_yaml(folder / "data.yaml")
         results[name] = {"summary": summary.to_dict(), "preview": str(preview), "splits": split.to_dict()}
-    from medloop.loop import ExperimentConfig, run_experiment
+    from medloop.methods.mahapatra import ExperimentConfig, run_experiment
     from medloop.report.console import experiment_summary
 
     experiment = ExperimentConfig.from_dict(demo_experiment(min(size, 64), seed, quick))
@@ -140,14 +140,15 @@ def run_demo(out: Path, seed: int = 0, size: int = 64, console: Console | None =
     results["mahapatra2018"] = run_experiment(experiment, al_dir, resume=(al_dir / "config.yaml").exists(),
                                               console=console)
     console.print(experiment_summary(results["mahapatra2018"]))
-    from medloop.loop import CollaborativeConfig, run_collaborative
+    from medloop.methods.ravanbakhsh import CollaborativeConfig, run_collaborative
+    from medloop.report.console import collaborative_summary
 
     collab = CollaborativeConfig.from_dict(demo_collaborative(seed, quick))
     console.print("\n[bold]collaborative segmentation[/bold] (reduced Ravanbakhsh et al. on builtin:cardiac-mr)")
     collab_dir = out / "ravanbakhsh2018"
     results["ravanbakhsh2018"] = run_collaborative(collab, collab_dir, resume=(collab_dir / "config.yaml").exists(),
                                                    console=console)
-    console.print(experiment_summary(results["ravanbakhsh2018"]))
+    console.print(collaborative_summary(results["ravanbakhsh2018"]))
     record = write_run_record(out, seed, {**{k: v.to_dict() for k, v in configs.items()},
                                           "experiment": experiment.to_dict(), "collaborative": collab.to_dict()},
                               "medloop demo")

@@ -3,8 +3,11 @@ ask -> pseudo-label -> record.
 
 A ``Method`` says how: which model it trains (classifier + segmenter, or pix2pix), which inputs it can compute
 for a strategy (MC uncertainty, discriminator scores, synthetic candidates), how many to query, when to stop and
-whether it pseudo-labels the rest. Generative active learning (Mahapatra et al. 2018, ``loop.mahapatra``) and
-collaborative segmentation (Ravanbakhsh et al., ``loop.ravanbakhsh``) are two methods of this one loop.
+whether it pseudo-labels the rest. The methods are plug-ins (``medloop.methods``: generative active learning,
+Mahapatra et al. 2018; collaborative segmentation, Ravanbakhsh et al.); the loop knows none of them by name.
+
+The loop reports what happens to its observers (``Event``): the server follows a served track this way, and tests
+stop a round at a named point (``Interrupt``).
 
 Every random draw of round ``r`` comes from named streams of ``(seed, r)`` and round ``r`` starts from the state
 recorded after round ``r - 1``, so a resumed track reaches exactly the results of an uninterrupted one.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,11 +29,37 @@ from medloop.loop.state import RunState
 from medloop.query import QueryStrategy
 from medloop.seeding import stream
 
-__all__ = ["Method", "Candidates", "QuerySize", "Proposal", "run_track", "Interrupt"]
+__all__ = ["Method", "Candidates", "QuerySize", "Proposal", "run_track", "Event", "Observer", "Interrupt"]
 
 
 class Interrupt(Exception):
-    """Raised by a test hook to simulate a kill at a named point of a round."""
+    """Raised by an observer (a test) to simulate a kill at an event of a round."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """What the loop reports to its observers, in this order each round:
+
+    - ``restored`` (once, when a track resumes): ``model``, the one saved after round ``round_idx``;
+    - ``phase``: ``phase`` is ``"training"``, ``"ranking"`` (candidates, inputs, selection) or
+      ``"pseudo-labeling"``;
+    - ``trained``: ``model``, just trained (the loop goes on training it in place next round);
+    - ``evaluated``: ``record``, the round's metrics (no query yet);
+    - ``selected``: ``ids`` to ask, in selection order, and ``scores``, each one's best candidate score;
+    - ``answered``: ``ids`` answered (the answers are on disk);
+    - ``recorded``: ``record``, the round as ``rounds.jsonl`` holds it.
+    """
+
+    name: str
+    round_idx: int
+    phase: str | None = None
+    model: Any = None
+    record: dict | None = None
+    ids: tuple[str, ...] = ()
+    scores: tuple[float, ...] = ()
+
+
+Observer = Callable[[Event], None]
 
 
 @dataclasses.dataclass
@@ -154,44 +183,58 @@ class Method(ABC):
 
 
 def run_track(method: Method, strategy: QueryStrategy, state: RunState, seed: int,
-              interrupt: Callable[[str, int], None] | None = None) -> list[dict]:
-    """Run (or resume) one track; returns its round records. ``interrupt(point, round_idx)`` is a test hook."""
+              interrupt: Callable[[str, int], None] | None = None, observers: Sequence[Observer] = ()) -> list[dict]:
+    """Run (or resume) one track; returns its round records. Each ``Event`` goes to every observer in turn;
+    ``interrupt(event name, round_idx)`` is one more observer (a test's kill)."""
+    if interrupt is not None:
+        observers = (*observers, lambda event: interrupt(event.name, event.round_idx))
+
+    def emit(name: str, round_idx: int, **data: Any) -> None:
+        event = Event(name, round_idx, **data)
+        for observer in observers:
+            observer(event)
+
     if state.done:
         return state.records
-    hook = interrupt or (lambda point, round_idx: None)
     state.restore(method.initial_ids())
     model = method.restore(state)
+    if model is not None:
+        emit("restored", state.records[-1]["round"], model=model)
     round_idx = state.next_round
     while True:
         t0 = time.time()
+        emit("phase", round_idx, phase="training")
         model = method.train(state, model, round_idx)
+        emit("trained", round_idx, model=model)
         record = {"round": round_idx, **method.evaluate(state, model, round_idx)}
-        hook("trained", round_idx)
+        emit("evaluated", round_idx, record=record)
         record["stop"] = method.stop(state, round_idx, record)
         record.update(queried=[], query_scores=[], n_candidates=0)
         if record["stop"] is None:
-            record.update(_query(method, strategy, state, model, seed, round_idx, hook))
+            record.update(_query(method, strategy, state, model, seed, round_idx, emit))
         method.save(state, model, round_idx)
         state.record({**record, "seconds": round(time.time() - t0, 2)})
-        hook("recorded", round_idx)
+        emit("recorded", round_idx, record=state.records[-1])
         if record["stop"] is not None:
             return state.finish()
         round_idx += 1
 
 
 def _query(method: Method, strategy: QueryStrategy, state: RunState, model: Any, seed: int, round_idx: int,
-           hook: Callable[[str, int], None]) -> dict:
+           emit: Callable[..., None]) -> dict:
     """Candidates -> the inputs the strategy needs -> selection -> the oracle's answers -> pseudo-labels."""
+    emit("phase", round_idx, phase="ranking")
     rng = stream(seed, "round", round_idx, "query")
     candidates = method.candidates(strategy, state, model, round_idx, rng)
     inputs = method.inputs(strategy.needs, model, candidates, round_idx)
     size = method.query_size(state, round_idx)
     chosen, scores = strategy.select(inputs, size.k, rng, size.per_class)
     ids, id_scores, kept = candidates.queries(chosen, scores, size.cap)
-    hook("selected", round_idx)
+    emit("selected", round_idx, ids=tuple(ids), scores=tuple(id_scores))
     answers = state.ask(ids)
-    hook("answered", round_idx)
+    emit("answered", round_idx, ids=tuple(answers))
     state.add_synthetic(round_idx, candidates.joining(kept, scores, answers))
     method.after_query(state, round_idx, candidates, scores)
+    emit("phase", round_idx, phase="pseudo-labeling")
     state.set_pseudo(round_idx, method.pseudo_labels(state, model))
     return {"queried": ids, "query_scores": id_scores, "n_candidates": len(candidates)}

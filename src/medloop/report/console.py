@@ -8,7 +8,7 @@ from rich.table import Table
 from medloop.data.inspect import DatasetSummary
 from medloop.data.layouts.base import BUILTINS, LAYOUTS, Layout
 
-__all__ = ["summary_table", "layout_tables"]
+__all__ = ["summary_table", "layout_tables", "experiment_summary", "collaborative_summary"]
 
 
 def _options_text(cls: type[Layout]) -> str:
@@ -67,25 +67,28 @@ def summary_table(summary: DatasetSummary) -> Table:
     return t
 
 
+def collaborative_summary(results: dict) -> Table:
+    """Terminal summary of a collaborative-segmentation experiment: the mean test Dice per budget and the
+    discriminator-Dice correlation."""
+    from medloop.report.collaborative import dice_table
+
+    header, rows = dice_table(results)
+    table = Table(title=f"{escape(results['experiment'])}: test Dice (mean over folds)")
+    keep = [0] + [i for i, h in enumerate(header) if h.endswith(": average")]
+    for i in keep:
+        table.add_column(escape(header[i]), justify="right")
+    for row in rows:
+        table.add_row(*[str(row[0])] + ["n/a" if row[i] is None else f"{row[i]:.3f}" for i in keep[1:]])
+    r = results["correlation"]["pearson_r"]
+    table.caption = "discriminator-Dice Pearson r " + ("n/a" if r is None else f"{r:.3f} (p {results['correlation']['p_value']:.2g})")
+    return table
+
+
 def experiment_summary(results: dict) -> Table:
-    """Terminal summary of an experiment: per strategy, test AUC (mean over seeds) at the first round reaching
-    each recorded stage (with the fraction actually labeled) and at the last round, FSL's with its 95% interval,
-    and the savings verdict against random (the report's, with its curve-area interval); for collaborative
-    segmentation, the mean Dice per budget."""
-    if results.get("method") == "ravanbakhsh2018":
-        from medloop.report.collaborative import dice_table
-
-        header, rows = dice_table(results)
-        table = Table(title=f"{escape(results['experiment'])}: test Dice (mean over folds)")
-        keep = [0] + [i for i, h in enumerate(header) if h.endswith(": average")]
-        for i in keep:
-            table.add_column(escape(header[i]), justify="right")
-        for row in rows:
-            table.add_row(*[str(row[0])] + ["n/a" if row[i] is None else f"{row[i]:.3f}" for i in keep[1:]])
-        r = results["correlation"]["pearson_r"]
-        table.caption = "discriminator-Dice Pearson r " + ("n/a" if r is None else f"{r:.3f} (p {results['correlation']['p_value']:.2g})")
-        return table
-
+    """Terminal summary of a generative active-learning experiment: per strategy, test AUC (mean over seeds) at
+    the first round reaching each recorded stage (with the fraction actually labeled) and at the last round,
+    FSL's with its 95% interval, and the savings verdict against random (the report's, with its curve-area
+    interval)."""
     import numpy as np
 
     from medloop.report.experiment import savings_summary
