@@ -112,3 +112,26 @@ def test_pseudo_labels_cover_the_rest_and_give_way_to_expert_labels(tmp_path):
     assert method.trained_on == [2, 12, 12]  # expert + pseudo-labeled cover the pool after round 0
     reopened = RunState(tmp_path, oracle()).restore(IDS[:2])
     assert set(reopened.pseudo) == set(IDS) - set(reopened.labeled) and len(reopened.labeled) == 8
+
+
+def test_observers_hear_each_round_in_order_and_a_resume_restores_the_saved_model(tmp_path):
+    heard = []
+
+    def kill_after_round_1(event):
+        heard.append(event)
+        if event.name == "recorded" and event.round_idx == 1:
+            raise Interrupt("kill")
+
+    with pytest.raises(Interrupt):
+        run_track(Toy(), build_strategy("entropy"), RunState(tmp_path, oracle()), seed=0, observers=[kill_after_round_1])
+    names = [e.phase if e.name == "phase" else e.name for e in heard]
+    one_round = ["training", "trained", "evaluated", "ranking", "selected", "answered", "pseudo-labeling", "recorded"]
+    assert names == one_round * 2 and [e.round_idx for e in heard] == [0] * 8 + [1] * 8
+    selected = [e for e in heard if e.name == "selected"]
+    assert [list(e.ids) for e in selected] == [["s11", "s10", "s09"], ["s08", "s07", "s06"]]
+    assert selected[0].scores == (11.0, 10.0, 9.0)  # each id's score, as the record keeps it
+    assert [e.model for e in heard if e.name == "trained"] == [2, 5]
+    heard.clear()
+    recs = run_track(Toy(), build_strategy("entropy"), RunState(tmp_path, oracle()), seed=0, observers=[heard.append])
+    assert heard[0].name == "restored" and (heard[0].round_idx, heard[0].model) == (1, 5)
+    assert [e.round_idx for e in heard if e.name == "recorded"] == [2] and recs[-1]["stop"] == "max_rounds"
