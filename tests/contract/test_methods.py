@@ -22,7 +22,7 @@ from medloop.seeding import stream
 from medloop.uncertainty.measures import MEASURES
 
 # what a strategy reads of each input (``medloop.query.strategies``); ``synthetic`` changes the candidates instead
-COLUMNS = {"mc": tuple(MEASURES), "discriminator": ("discriminator",),
+COLUMNS = {"mc": tuple(MEASURES), "discriminator": ("discriminator",), "foreground": ("foreground",),
            "embeddings": ("embeddings", "labeled_embeddings", "labeled_labels"), "synthetic": ()}
 PER_LABELED = {"labeled_embeddings", "labeled_labels"}  # one row per labeled image, not per candidate
 
