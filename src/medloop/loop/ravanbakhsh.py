@@ -2,6 +2,7 @@
 the plug-in ``medloop.methods.ravanbakhsh`` (nothing in medloop imports this module)."""
 
 from medloop.methods.ravanbakhsh.method import CollabData, Ravanbakhsh, load_collab_data, query_counts
-from medloop.methods.ravanbakhsh.protocol import algorithm1, run_collaborative
+from medloop.methods.ravanbakhsh.protocol import algorithm1, quality_control_summary, run_collaborative
 
-__all__ = ["CollabData", "Ravanbakhsh", "algorithm1", "load_collab_data", "query_counts", "run_collaborative"]
+__all__ = ["CollabData", "Ravanbakhsh", "algorithm1", "load_collab_data", "quality_control_summary", "query_counts",
+           "run_collaborative"]

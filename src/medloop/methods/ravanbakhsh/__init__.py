@@ -8,13 +8,13 @@ human-machine collaborative learning", MIDL 2018): Algorithm 1, a pix2pix whose 
 from medloop.methods.base import MethodSpec
 from medloop.methods.ravanbakhsh.config import CollaborativeConfig
 from medloop.methods.ravanbakhsh.method import CollabData, Ravanbakhsh, load_collab_data, query_counts
-from medloop.methods.ravanbakhsh.protocol import algorithm1, run_collaborative
+from medloop.methods.ravanbakhsh.protocol import algorithm1, quality_control_summary, run_collaborative
 from medloop.methods.ravanbakhsh.serve import plan
 from medloop.report.collaborative import build_collaborative_report
 from medloop.report.console import collaborative_summary
 
 __all__ = ["SPEC", "CollabData", "CollaborativeConfig", "Ravanbakhsh", "algorithm1", "load_collab_data", "plan",
-           "query_counts", "run_collaborative"]
+           "quality_control_summary", "query_counts", "run_collaborative"]
 
 # a tiny experiment on the cardiac phantom, for the contract suite (tests/contract)
 EXAMPLE = {
