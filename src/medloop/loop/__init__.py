@@ -4,7 +4,8 @@ reports, the run state and its folder, and oracles. The methods themselves are p
 import importlib
 
 from medloop.loop.oracle import Answer, AnswerLog, GroundTruthOracle, Oracle, OracleTimeout, PersistentOracle, collect
-from medloop.loop.round import Candidates, Event, Interrupt, Method, Observer, Proposal, QuerySize, run_track
+from medloop.loop.round import (Candidates, Event, Interrupt, Method, Observer, Proposal, QuerySize, ReviewItem,
+                                run_track)
 from medloop.loop.state import RunState
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "PersistentOracle",
     "Proposal",
     "QuerySize",
+    "ReviewItem",
     "RunState",
     "collect",
     "run_track",

@@ -50,6 +50,12 @@ class Oracle(ABC):
     def poll(self) -> dict[str, Answer]:
         """Answers available now (each answer is returned once)."""
 
+    def reviewed(self) -> list[str]:
+        """Ids the oracle holds answers for that the loop did not ask about: an expert's corrections of
+        pseudo-labels (the annotation server's review list). Asked for before each ranking
+        (``RunState.take_reviews``), they are answered at once. Default: none."""
+        return []
+
 
 def collect(oracle: Oracle, sample_ids: list[str], timeout: float | None = None, interval: float = 1.0) -> dict[str, Answer]:
     """Submit ``sample_ids`` and wait until every one is answered (or ``timeout`` seconds pass)."""
@@ -173,3 +179,6 @@ class PersistentOracle(Oracle):
         ready = {s: self.log.get(s) for s in self._pending if s in self.log}
         self._pending -= set(ready)
         return ready
+
+    def reviewed(self) -> list[str]:
+        return self.inner.reviewed()

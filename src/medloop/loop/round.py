@@ -29,7 +29,8 @@ from medloop.loop.state import RunState
 from medloop.query import QueryStrategy
 from medloop.seeding import stream
 
-__all__ = ["Method", "Candidates", "QuerySize", "Proposal", "run_track", "Event", "Observer", "Interrupt"]
+__all__ = ["Method", "Candidates", "QuerySize", "Proposal", "ReviewItem", "run_track", "Event", "Observer",
+           "Interrupt"]
 
 
 class Interrupt(Exception):
@@ -131,6 +132,21 @@ class Proposal:
     uncertainty: np.ndarray | None = None
 
 
+@dataclasses.dataclass
+class ReviewItem:
+    """A pseudo-label that a method's quality control flags for an expert to review.
+
+    ``proposal`` is what the annotator corrects: its mask is the pseudo-label itself (the map the next training
+    uses unless the expert corrects it), its uncertainty the model's, where it has one.
+    """
+
+    sample_id: str
+    predicted_dice: float
+    threshold: float
+    round_idx: int  # the cycle that gave the pseudo-label
+    proposal: Proposal
+
+
 class Method(ABC):
     """One configuration of the loop for one track (see the module docstring)."""
 
@@ -178,6 +194,12 @@ class Method(ABC):
         """Optional: the model's proposal for each pool image an annotator is asked about (``{}``: none)."""
         return {}
 
+    def review_items(self, state: RunState, model: Any) -> list[ReviewItem]:
+        """Optional: the pseudo-labels of the latest recorded cycle that the method's quality control flags,
+        lowest predicted quality first (``[]``: none, or this method has no quality control). An expert's
+        correction of one comes back through ``Oracle.reviewed``."""
+        return []
+
     @abstractmethod
     def save(self, state: RunState, model: Any, round_idx: int) -> None: ...
 
@@ -209,7 +231,7 @@ def run_track(method: Method, strategy: QueryStrategy, state: RunState, seed: in
         record = {"round": round_idx, **method.evaluate(state, model, round_idx)}
         emit("evaluated", round_idx, record=record)
         record["stop"] = method.stop(state, round_idx, record)
-        record.update(queried=[], query_scores=[], n_candidates=0)
+        record.update(reviewed=[], queried=[], query_scores=[], n_candidates=0)
         if record["stop"] is None:
             record.update(_query(method, strategy, state, model, seed, round_idx, emit))
         method.save(state, model, round_idx)
@@ -222,8 +244,12 @@ def run_track(method: Method, strategy: QueryStrategy, state: RunState, seed: in
 
 def _query(method: Method, strategy: QueryStrategy, state: RunState, model: Any, seed: int, round_idx: int,
            emit: Callable[..., None]) -> dict:
-    """Candidates -> the inputs the strategy needs -> selection -> the oracle's answers -> pseudo-labels."""
+    """Reviews -> candidates -> the inputs the strategy needs -> selection -> the oracle's answers -> pseudo-labels.
+
+    Reviews (an expert's corrections of pseudo-labels, ``RunState.take_reviews``) are not charged to the query
+    size: they are expert labels beyond the budget, and they leave the pool before it is ranked."""
     emit("phase", round_idx, phase="ranking")
+    reviewed = state.take_reviews()  # corrected pseudo-labels are labeled now: no strategy asks for them
     rng = stream(seed, "round", round_idx, "query")
     candidates = method.candidates(strategy, state, model, round_idx, rng)
     inputs = method.inputs(strategy.needs, model, candidates, round_idx)
@@ -237,4 +263,4 @@ def _query(method: Method, strategy: QueryStrategy, state: RunState, model: Any,
     method.after_query(state, round_idx, candidates, scores)
     emit("phase", round_idx, phase="pseudo-labeling")
     state.set_pseudo(round_idx, method.pseudo_labels(state, model))
-    return {"queried": ids, "query_scores": id_scores, "n_candidates": len(candidates)}
+    return {"reviewed": reviewed, "queried": ids, "query_scores": id_scores, "n_candidates": len(candidates)}

@@ -10,6 +10,9 @@ Folder layout::
     synthetic/round_NNN.pt synthetic samples that joined the training set in round NNN (generative AL)
     done.json              the track finished
 
+An expert's corrections of pseudo-labels (``Oracle.reviewed``) join the labeled set before a round ranks the
+pool; the round's record lists them (``reviewed``) beside its queries (``queried``).
+
 A round is recorded only after its answers, pseudo-labels, synthetic samples and model are on disk, so a
 resumed track replays the records (answers come from the log, never asked twice) and redoes the round that
 was in progress at the kill with the same random streams.
@@ -67,6 +70,7 @@ class RunState:
         """Ask for the initial set, then replay the completed rounds (answers from the log, never asked again)."""
         self.ask(initial)
         for rec in self.records:
+            self.ask(rec.get("reviewed", []))  # in the order they joined: reviews before the round's ranking
             self.ask(rec["queried"])
             path = self._path("synthetic", rec["round"], ".pt")
             if path.exists():
@@ -89,6 +93,15 @@ class RunState:
         for s in sample_ids:
             self.pseudo.pop(s, None)  # an expert label replaces a pseudo-label
         return answers
+
+    def take_reviews(self) -> list[str]:
+        """The expert's corrections of pseudo-labels (``Oracle.reviewed``) not labeled yet: asked for like a
+        query (persisted in the answer log), they join the labeled set in place of their pseudo-labels. Returns
+        their ids (the round record lists them, so a resumed track replays them)."""
+        labeled = set(self.labeled)
+        ids = [s for s in dict.fromkeys(self.oracle.reviewed()) if s not in labeled]
+        self.ask(ids)
+        return ids
 
     def add_synthetic(self, round_idx: int, samples: list[Sample]) -> None:
         if samples:

@@ -11,6 +11,12 @@ the same one); each read is stored durably before it is acknowledged, and the R-
 trains on. A kill between the last read and the consensus loses nothing: the consensus is made on the next start. Everything an annotator can lose is on disk: after a kill, the persisted queue is open
 again at once (leases are not kept: they only coordinate), acknowledged answers are served to the loop when it
 asks again, and an answer sent twice is recognised and not stored twice.
+
+Reviews: the runner offers the pseudo-labels the method's quality control flags (``offer_review``); an
+annotator's correction of one (an image outside the queue) is stored durably as its final label, marked
+``info.review``, before it is acknowledged, from one annotator whatever the reads per image, with no lease (the
+first correction stored is final). ``reviewed()`` hands the corrected ids to the loop, which asks for them before
+its next ranking (``loop.state.RunState.take_reviews``).
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ class HumanOracle(Oracle):
         self._wanted: set[str] = set()  # asked by the loop in this process, not yet polled
         self._leases: dict[str, dict[str, float]] = {}  # id -> {client: expiry}
         self._skipped: dict[str, list[str]] = {}  # client -> ids it skipped, oldest first
+        self._review: dict[str, dict] = {}  # flagged pseudo-label id -> {predicted_dice, threshold, round}, in order
         for line in read_jsonl(self.queue_path):
             for rank, sid in enumerate(line["ids"]):
                 if sid in datastore and datastore.answer(sid) is None:
@@ -107,7 +114,7 @@ class HumanOracle(Oracle):
         new = [s for s in ids if self.datastore.answer(s) is None]
         batch = self.prepare(new) if new and self.prepare is not None else Batch()
         with self._lock:
-            if self._restored:
+            if self._restored and new:  # (a batch of reviewed ids only is answered: nothing to queue)
                 asked = set(ids)
                 stale = [s for s in self._queue if s not in asked]
                 for s in stale:  # the resumed loop asks another batch: items it no longer wants leave the queue
@@ -134,6 +141,16 @@ class HumanOracle(Oracle):
         with self._lock:
             self._wanted.difference_update(out)
         return out
+
+    def reviewed(self) -> list[str]:
+        """Ids whose final label is an annotator's correction of a flagged pseudo-label, in the order stored."""
+        return [s for s, rec in self.datastore.answers.items() if rec["info"].get("review")]
+
+    def offer_review(self, items: dict[str, dict]) -> None:
+        """The pseudo-labels open for review now: id -> ``{predicted_dice, threshold, round}``, in the order
+        shown (replaces the earlier offer; ``{}``: none)."""
+        with self._lock:
+            self._review = dict(items)
 
     # ------------------------------------------------------------------------------------- the annotators' side
 
@@ -173,7 +190,10 @@ class HumanOracle(Oracle):
         digest = label_digest(mask, label)
         with self._lock:
             now = self._expire()
-            earlier = self._earlier(self.datastore.check(sample_id), client)
+            if self.datastore.check(sample_id) not in self._queue and (
+                    sample_id in self._review or _is_review(self.datastore.answer(sample_id))):
+                return self._review_answer(sample_id, mask, label, client, digest)
+            earlier = self._earlier(sample_id, client)
             if earlier is not None:
                 if earlier["digest"] == digest:
                     return earlier, False
@@ -195,6 +215,17 @@ class HumanOracle(Oracle):
             self._leases.pop(sample_id, None)
             return record, True
 
+    def reviews(self) -> list[dict]:
+        """The flagged pseudo-labels on offer, in order, without those the loop has queued since (they are in the
+        queue) or that were labeled there; ``reviewed``: a correction is stored."""
+        with self._lock:
+            out = []
+            for sid, meta in self._review.items():
+                answer = self.datastore.answer(sid)
+                if sid not in self._queue and (answer is None or _is_review(answer)):
+                    out.append({"id": sid, **meta, "reviewed": answer is not None})
+            return out
+
     def reads_of(self, sample_id: str) -> int:
         """How many reads of an image are in: all of them once it has its answer, else those acknowledged."""
         if self.datastore.answer(sample_id) is not None:
@@ -208,6 +239,20 @@ class HumanOracle(Oracle):
             return [self._view(s, client, now) for s in self._queue]
 
     # ------------------------------------------------------------------------------------------------ inside
+
+    def _review_answer(self, sample_id: str, mask: np.ndarray, label: int | None, client: str,
+                       digest: str) -> tuple[dict, bool]:
+        """Store a correction of a flagged pseudo-label (see the module docstring); the same one sent again
+        returns ``(the first record, False)``, another one for an image with a final label is refused (409)."""
+        earlier = self.datastore.answer(sample_id)
+        if earlier is not None:
+            if earlier["digest"] == digest:
+                return earlier, False
+            who = earlier["info"].get("client_id") or "annotators"
+            raise RequestError(f"image '{sample_id}' already has a final label (from {who}); acknowledged labels are "
+                               "final and are not replaced", 409)
+        return self.datastore.record_final(sample_id, mask, label,
+                                           {"client_id": client, "review": dict(self._review[sample_id])}), True
 
     def _earlier(self, sample_id: str, client: str) -> dict | None:
         """What ``client`` sending ``sample_id``'s label again would repeat: the image's answer (one reader per
@@ -308,3 +353,7 @@ class HumanOracle(Oracle):
             view.update(reads=self.reads_per_image - self._reads_left(sample_id), reads_per_image=self.reads_per_image,
                         read_by_you=client is not None and self._read_by(sample_id, client), readers=sorted(holders))
         return view
+
+
+def _is_review(answer: dict | None) -> bool:
+    return answer is not None and bool(answer["info"].get("review"))

@@ -10,7 +10,10 @@ The track folder is the one ``medloop run`` would write for that track (``tracks
 the usual ``config.yaml`` / ``run.json``. With several reads per image, ``agreement.md`` and ``agreement.json``
 (``report.agreement``) follow the readers' agreement after each retraining and when the server stops. The runner
 follows the loop through its events (``loop.round.Event``): the phase, the model after each retraining, the
-round's metrics, and the selection's scores, shown with each queued item.
+round's metrics, and the selection's scores, shown with each queued item. After each recorded round it asks the
+method which pseudo-labels its quality control flags (``Method.review_items``) and opens them for review: each
+one's pseudo-label is written as its proposal (``labels/original``), and a correction reaches the loop through
+the oracle (``HumanOracle.reviewed``) before the next ranking.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 from medloop import methods
 from medloop.errors import ConfigError
-from medloop.loop import Event, Proposal, RunState, run_track
+from medloop.loop import Event, Proposal, ReviewItem, RunState, run_track
 from medloop.loop.rundir import check_resume
 from medloop.methods.base import Plan
 from medloop.serve.datastore import Datastore, remove_partial_writes
@@ -100,6 +103,7 @@ class Runner:
         self._scores: dict[str, float] = {}  # the last selection's score of each id it asks for
         self._infer_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._state: RunState | None = None  # the loop's; read only from the loop's thread (its events)
         self.started = time.time()
 
     @property
@@ -118,7 +122,7 @@ class Runner:
     def _run(self) -> None:
         plan = self.plan
         try:
-            state = RunState(plan.folder, self.oracle, plan.timeout)
+            state = self._state = RunState(plan.folder, self.oracle, plan.timeout)
             with self._lock:
                 for rec in state.records:
                     self.metrics[rec["round"]] = self.plan.headline(rec)
@@ -127,6 +131,7 @@ class Runner:
                 if model is not None:
                     self._trained(model, state.records[-1]["round"])
             run_track(plan.method, plan.strategy, state, plan.seed, observers=[self._observe])
+            self.oracle.offer_review({})  # no round is left to train on a correction
             self.write_agreement()
             self._phase("finished", self.round_idx)
         except Exception as exc:  # the server stays up and shows it; the run resumes after a fix
@@ -142,10 +147,14 @@ class Runner:
             self._phase(event.phase, event.round_idx)
         elif event.name in ("restored", "trained"):
             self._trained(event.model, event.round_idx)
+            if event.name == "restored":
+                self._offer_reviews()
         elif event.name == "evaluated":
             self._evaluated(event.round_idx, event.record)
         elif event.name == "selected":
             self._scores = {i: s for i, s in zip(event.ids, event.scores) if math.isfinite(s)}
+        elif event.name == "recorded":
+            self._offer_reviews()
 
     def _phase(self, phase: str, round_idx: int) -> None:
         self.phase, self.round_idx = phase, round_idx
@@ -173,6 +182,28 @@ class Runner:
                                                         for s, p in proposals.items()})
         self._phase("waiting for labels", self.round_idx)
         return Batch(self.round_idx if self._snapshot is not None else None, scores)  # None: the initial set
+
+    def _offer_reviews(self) -> None:
+        """The latest recorded cycle's flagged pseudo-labels (the method's), open for review (loop thread)."""
+        if self._state is None or self._snapshot is None:
+            return
+        model_round, model = self._snapshot
+        with self._infer_lock:  # /infer may be sampling the same copy
+            items = self.plan.method.review_items(self._state, model)
+        self.offer_review(items, model_round)
+
+    def offer_review(self, items: list[ReviewItem], model_round: int | None) -> None:
+        """Open ``items`` for review: each one's proposal (its pseudo-label) into the datastore, then the oracle's
+        offer (which replaces the earlier one), lowest predicted Dice first."""
+        items = sorted(items, key=lambda it: it.predicted_dice)
+        info = {it.sample_id: {"predicted_dice": round(float(it.predicted_dice), 4),
+                               "threshold": float(it.threshold), "round": int(it.round_idx)} for it in items}
+        unlabeled = [it for it in items if self.datastore.answer(it.sample_id) is None]
+        if unlabeled:
+            self.datastore.record_proposals({it.sample_id: it.proposal for it in unlabeled},
+                                            {it.sample_id: {"model_round": model_round, "score": None,
+                                                            "review": info[it.sample_id]} for it in unlabeled})
+        self.oracle.offer_review(info)
 
     def _proposal_info(self, proposal: Proposal, model_round: int, score: float | None) -> dict:
         info: dict[str, Any] = {"model_round": model_round, "score": score}
@@ -211,11 +242,18 @@ class Runner:
                                    self.reads_per_image, CONSENSUS_RULE)
 
     def status(self, client: str | None = None) -> dict:
-        """Progress for the UI: phase, round, labeled / budget, reads, the model's metrics per round, the queue."""
-        done = self.datastore.status()["completed"]
+        """Progress for the UI: phase, round, labeled (queried) / budget, corrections of pseudo-labels (beyond the
+        budget), reads, the model's metrics per round, the queue and the pseudo-labels flagged for review."""
+        reviewed = len(self.oracle.reviewed())
         with self._lock:
             metrics = [{"round": r, **m} for r, m in sorted(self.metrics.items())]
         return {"run_id": self.run_id, "name": self.config.name, **self.plan.track, "phase": self.phase,
-                "round": self.round_idx, "model_round": self.model_round, "labeled": done, "budget": self.plan.budget,
-                "reads_per_image": self.reads_per_image, "reads": self.datastore.read_count, "error": self.error,
-                "metrics": metrics, "queue": self.oracle.queue(client)}
+                "round": self.round_idx, "model_round": self.model_round, "labeled": self.labeled_count(reviewed),
+                "reviewed": reviewed, "budget": self.plan.budget, "reads_per_image": self.reads_per_image,
+                "reads": self.datastore.read_count, "error": self.error, "metrics": metrics,
+                "queue": self.oracle.queue(client), "review": self.oracle.reviews()}
+
+    def labeled_count(self, reviewed: int | None = None) -> int:
+        """Images with a final label from the queue (what the budget counts): corrections of pseudo-labels left out."""
+        reviewed = len(self.oracle.reviewed()) if reviewed is None else reviewed
+        return self.datastore.status()["completed"] - reviewed

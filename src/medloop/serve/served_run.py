@@ -155,7 +155,8 @@ class ServedRun:
     def save_label(self, image: str, tag: str, data: bytes, filename: str, params_text: str | None) -> dict:
         """Check and store an expert's label: the file (PNG, NIfTI or NRRD), ``params.label_info`` naming its
         values, the image class (``params.class``, or a segment named after the class); acknowledged once durable.
-        With several reads per image it is ``params.client_id``'s read; ``reads`` says how many are in."""
+        With several reads per image it is ``params.client_id``'s read; ``reads`` says how many are in. For an
+        image on the review list (``review``) it is a correction of its pseudo-label (``review: true``)."""
         sample_id = self.datastore.check(image)
         if tag not in ("", "final"):
             raise RequestError(f"only tag 'final' (the expert's label) can be uploaded; got '{tag[:40]}' "
@@ -172,10 +173,12 @@ class ServedRun:
         mask, named_classes = self._to_run_values(upload.mask, names, filename or "label")
         label = self._image_class(params, named_classes)
         record, created = self.oracle.answer(sample_id, mask, label, client_id(params.get("client_id")))
+        review = bool(record.get("info", {}).get("review"))  # (a read has no info)
         return clean({"image": sample_id, "label": sample_id, "tag": "final", "acknowledged": True,
-                      "duplicate": not created, "class": record["class"],
-                      "reads": self.oracle.reads_of(sample_id), "reads_per_image": self.oracle.reads_per_image,
-                      "labeled": self.datastore.status()["completed"], "budget": self.plan.budget})
+                      "duplicate": not created, "class": record["class"], "review": review,
+                      "reads": 1 if review else self.oracle.reads_of(sample_id),
+                      "reads_per_image": self.oracle.reads_per_image, "labeled": self.runner.labeled_count(),
+                      "reviewed": len(self.oracle.reviewed()), "budget": self.plan.budget})
 
     def _to_run_values(self, mask: np.ndarray, names: dict[int, str], filename: str) -> tuple[np.ndarray, set[int]]:
         """The upload's values as the run's: named values by name, a segment named after an image class to 0
@@ -257,6 +260,14 @@ class ServedRun:
     def status(self, client: str | None) -> dict:
         return clean(self.runner.status(client_id(client)))
 
+    def review(self) -> dict:
+        """The pseudo-labels of the latest cycle that the method's quality control flags, lowest predicted Dice
+        first: each with its ``id``, ``predicted_dice``, ``threshold``, ``round`` (the cycle that gave it) and
+        whether a correction is stored (``reviewed``). Empty before the first cycle's pseudo-labels, after the
+        run, and for a method without quality control. Open one with ``GET /api/item`` (its proposal is the
+        pseudo-label) and correct it with ``PUT /datastore/label``."""
+        return clean({"items": self.oracle.reviews(), "reviewed": len(self.oracle.reviewed())})
+
     def agreement(self) -> dict:
         """The readers' agreement so far: per annotator, per pair, the images with the most disagreement."""
         return clean({"reads_per_image": self.oracle.reads_per_image, **self.runner.agreement()})
@@ -289,7 +300,8 @@ class ServedRun:
             "uncertainty": b64(uncertainty), "no_uncertainty": why_none,
             "final": b64(store.label(sample_id, "final")) if answer is not None else None,
             "class": answer["class"] if answer is not None else None, "probs": info.get("probs"),
-            "score": info.get("score"), "model_round": info.get("model_round")})
+            "score": info.get("score"), "model_round": info.get("model_round"),
+            "review": info.get("review") if answer is None or answer["info"].get("review") else None})
 
 
 def _label_info(value: Any) -> dict[int, str] | None:

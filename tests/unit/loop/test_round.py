@@ -135,3 +135,46 @@ def test_observers_hear_each_round_in_order_and_a_resume_restores_the_saved_mode
     recs = run_track(Toy(), build_strategy("entropy"), RunState(tmp_path, oracle()), seed=0, observers=[heard.append])
     assert heard[0].name == "restored" and (heard[0].round_idx, heard[0].model) == (1, 5)
     assert [e.round_idx for e in heard if e.name == "recorded"] == [2] and recs[-1]["stop"] == "max_rounds"
+
+
+class Reviewing(GroundTruthOracle):
+    """Ground truth, plus the ids an expert has corrected without being asked (``reviewed``)."""
+
+    def __init__(self, corrected: list[str] = ()):
+        super().__init__({s: (i % 2, None) for i, s in enumerate(IDS)}, with_masks=False)
+        self.corrected = list(corrected)
+
+    def reviewed(self):
+        return list(self.corrected)
+
+
+def test_corrected_pseudo_labels_join_the_labeled_set_before_the_next_ranking_and_replay_on_resume(tmp_path):
+    first = Reviewing()
+
+    def correct_after_round_0(event):  # s03 holds a pseudo-label after round 0; an expert corrects it
+        if event.name == "recorded" and event.round_idx == 0:
+            first.corrected.append("s03")
+
+    recs = run_track(Toy(rounds=2, pseudo=True), build_strategy("random"), RunState(tmp_path / "ref", first), seed=1,
+                     observers=[correct_after_round_0])
+    assert [r["reviewed"] for r in recs] == [[], ["s03"], []]
+    assert "s03" not in recs[1]["queried"] and len(recs[1]["queried"]) == 3  # not charged to the query size
+    assert [r["n_labeled"] for r in recs] == [2, 5, 9] and recs[2]["n_pseudo"] == 3
+    state = RunState(tmp_path / "ref", Reviewing()).restore(IDS[:2])
+    order = IDS[:2] + recs[0]["queried"] + ["s03"] + recs[1]["queried"]
+    assert state.labeled == order and "s03" not in state.pseudo  # replayed in the order they joined
+
+    def kill(event):
+        correct_after_round_0(event)
+        if event.name == "answered" and event.round_idx == 1:
+            raise Interrupt("kill")
+
+    first = Reviewing()
+    with pytest.raises(Interrupt):
+        run_track(Toy(rounds=2, pseudo=True), build_strategy("random"), RunState(tmp_path / "run", first), seed=1,
+                  observers=[kill])
+    second = Reviewing(["s03"])
+    resumed = run_track(Toy(rounds=2, pseudo=True), build_strategy("random"), RunState(tmp_path / "run", second),
+                        seed=1)
+    strip = [[{k: v for k, v in r.items() if k != "seconds"} for r in rs] for rs in (recs, resumed)]
+    assert strip[0] == strip[1] and second.asked == []  # the correction came from the answer log

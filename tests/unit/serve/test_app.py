@@ -130,8 +130,8 @@ def test_monai_label_subset(client, runner):
     r = put(client, nxt["id"], png(mask), {"class": "nodule", "client_id": "a"})
     assert r.status_code == 200, r.text
     assert r.json() == {"image": nxt["id"], "label": nxt["id"], "tag": "final", "acknowledged": True,
-                        "duplicate": False, "class": 1, "reads": 1, "reads_per_image": 1, "labeled": 1,
-                        "budget": runner.plan.budget}
+                        "duplicate": False, "class": 1, "review": False, "reads": 1, "reads_per_image": 1,
+                        "labeled": 1, "reviewed": 0, "budget": runner.plan.budget}
     back = client.get(f"/datastore/label?label={nxt['id']}&tag=final", headers=AUTH)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(back.content))), mask)
     assert client.get("/datastore/?output=train", headers=AUTH).json()[0]["label"].endswith(".png")

@@ -14,6 +14,7 @@ Any strategy whose inputs exist runs here too: ``random``, and the MC-dropout me
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import torch
 
 from medloop.data import MedDataset, load_dataset
 from medloop.errors import ConfigError, DataError
-from medloop.loop.round import Candidates, Method, Proposal, QuerySize
+from medloop.loop.round import Candidates, Method, Proposal, QuerySize, ReviewItem
 from medloop.loop.state import RunState
 from medloop.methods.ravanbakhsh.config import CollaborativeConfig
 from medloop.metrics import mask_dice, plain, segmentation_metrics
@@ -249,6 +250,26 @@ class Ravanbakhsh(Method):
         images = self.data.images[[self.pos[s] for s in sample_ids]]
         _, plausibility, pred = discriminator_scores(model.G, model.D, images)
         return {s: Proposal(pred[j].numpy(), None, (1.0 - plausibility[j]).numpy()) for j, s in enumerate(sample_ids)}
+
+    def review_items(self, state: RunState, model: Pix2PixTrainer) -> list[ReviewItem]:
+        """The pseudo-labels flagged by the latest recorded cycle's quality control (``qc/round_NNN.json``), lowest
+        predicted Dice first, each with its pseudo-label as the proposal and the discriminator's implausibility
+        map (from ``model``) as its uncertainty."""
+        for rec in reversed(state.records):
+            path = state.folder / "qc" / f"round_{rec['round']:03d}.json"
+            if path.exists():
+                qc = json.loads(path.read_text())
+                break
+        else:
+            return []
+        labeled = set(state.labeled)
+        flagged = sorted((s for s in qc["flagged"] if s in state.pseudo and s not in labeled),
+                         key=lambda s: (qc["predicted_dice"][s], self.pos[s]))
+        if not flagged:
+            return []
+        maps = self.proposals(model, flagged)
+        return [ReviewItem(s, qc["predicted_dice"][s], qc["threshold"], rec["round"],
+                           Proposal(state.pseudo[s], None, maps[s].uncertainty)) for s in flagged]
 
     def save(self, state: RunState, model: Pix2PixTrainer, round_idx: int) -> None:
         state.save_model(round_idx, model.state_dict())

@@ -1,5 +1,5 @@
-"""The browser UI: its page, its ES modules, and its own endpoints (status, readers' agreement, an item's arrays,
-lease, release)."""
+"""The browser UI: its page, its ES modules, and its own endpoints (status, readers' agreement, the pseudo-labels
+flagged for review, an item's arrays, lease, release)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,12 @@ def status(client_id: str | None = None, run: ServedRun = Depends(served)) -> di
 def agreement(run: ServedRun = Depends(served)) -> dict:
     """With several reads per image: agreement per annotator and pair, the images with the most disagreement."""
     return run.agreement()
+
+
+@router.get("/api/review")
+def review(run: ServedRun = Depends(served)) -> dict:
+    """The pseudo-labels the method's quality control flags, lowest predicted Dice first (``ServedRun.review``)."""
+    return run.review()
 
 
 @router.get("/api/item")
