@@ -1,7 +1,8 @@
 """The annotation UI in a real browser (headless Chromium through selenium): open it with the token, see the
 uncertainty on its fixed scale and why a control is off, set the class, paint a stroke (and undo another), submit
 (the browser's own PNG encoding), and find the mask on disk; two annotators (two browser windows, two client ids)
-read the same image, and both see their agreement."""
+read the same image, and both see their agreement; the review list of flagged pseudo-labels, one opened with its
+pseudo-label as the proposal and submitted as a correction."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medloop.loop import ExperimentConfig, Proposal
+from medloop.loop import ExperimentConfig, Proposal, ReviewItem
 from medloop.serve import Runner, create_app
 from tests.serve_support import CHEST, TOKEN, LiveServer, wait_for
 
@@ -194,3 +195,50 @@ def test_two_annotators_read_the_same_image_and_see_their_agreement(tmp_path):
     assert np.array_equal(consensus, ((masks[0] == 1) & (masks[1] == 1)).astype(np.uint8))
     for r in reads:
         assert (runner.datastore.folder / r["file"]).is_file() and r["file"].startswith("labels/reads/annotator-")
+
+
+def test_the_review_list_opens_a_flagged_pseudo_label_as_the_proposal(served):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    runner, server = served
+    initial = runner.plan.method.initial_ids()
+    wait_for(lambda: runner.oracle.queue(), what="the initial queue")
+    pool = [s for s in runner.plan.images.sample_ids if s not in initial]
+    shape = runner.datastore.shape(pool[0])
+    # what a method's quality control hands the runner (collaborative segmentation's: test_serve_review), unsorted
+    runner.offer_review([ReviewItem(pool[0], 0.55, 0.7, 0, Proposal(np.zeros(shape, np.uint8))),
+                         ReviewItem(pool[1], 0.31, 0.7, 0, Proposal(np.ones(shape, np.uint8)))], 0)
+    driver = chromium()
+    try:
+        driver.get(f"{server.url}/?token={TOKEN}")
+        wait_for(lambda: driver.find_element(By.ID, "item-title").text == initial[0], timeout=30,
+                 what="the first image of the queue")
+        title = driver.find_element(By.ID, "review-title").text
+        assert title == "Review: flagged pseudo-labels (predicted Dice < 0.7)"
+        rows = driver.find_elements(By.CSS_SELECTOR, "#review li")
+        assert [r.get_attribute("data-image") for r in rows] == [pool[1], pool[0]]  # lowest predicted Dice first
+        assert "0.31" in rows[0].text
+        rows[0].click()
+        wait_for(lambda: driver.find_element(By.ID, "item-title").text == pool[1], timeout=10, what="the review item")
+        assert "predicted Dice 0.31 < 0.7" in driver.find_element(By.ID, "item-meta").text
+        assert "Flagged pseudo-label" in driver.find_element(By.ID, "message").text
+        with_mask = centre_pixel(driver)  # the pseudo-label (all 1) is loaded as the proposal: the mask shows
+        ActionChains(driver).send_keys("m").perform()
+        assert centre_pixel(driver) != with_mask
+        ActionChains(driver).send_keys("m").key_down(Keys.SHIFT).send_keys("1").key_up(Keys.SHIFT).perform()
+        ActionChains(driver).send_keys(Keys.ENTER).perform()  # accept it as it is (class normal)
+        wait_for(lambda: runner.datastore.answer(pool[1]), timeout=20, what="the correction")
+        wait_for(lambda: "✓" in driver.find_element(By.CSS_SELECTOR, f"#review li[data-image='{pool[1]}']").text,
+                 timeout=10, what="the corrected item ticked")
+        wait_for(lambda: driver.find_element(By.ID, "item-title").text == initial[0], timeout=10,
+                 what="back to the queue")
+        logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+    assert not logs, logs
+    answer = runner.datastore.answer(pool[1])
+    assert answer["info"]["review"] == {"predicted_dice": 0.31, "threshold": 0.7, "round": 0}
+    assert answer["class"] == 0 and runner.datastore.label(pool[1], "final").all()
+    assert runner.oracle.reviewed() == [pool[1]] and runner.datastore.answer(initial[0]) is None

@@ -265,7 +265,8 @@ class ServedRun:
         first: each with its ``id``, ``predicted_dice``, ``threshold``, ``round`` (the cycle that gave it) and
         whether a correction is stored (``reviewed``). Empty before the first cycle's pseudo-labels, after the
         run, and for a method without quality control. Open one with ``GET /api/item`` (its proposal is the
-        pseudo-label) and correct it with ``PUT /datastore/label``."""
+        pseudo-label) and correct it with ``PUT /datastore/label``. Corrections are expert labels beyond the
+        query budget: ``reviewed`` counts them, and the status's ``labeled`` leaves them out."""
         return clean({"items": self.oracle.reviews(), "reviewed": len(self.oracle.reviewed())})
 
     def agreement(self) -> dict:

@@ -7,6 +7,9 @@ plausible first); query the top k/n from the oracle (they join S_true); pseudo-l
 with G (S_pseudo); repeat. After the n-th query cycle a final G, D is trained on the last S and evaluated (Dice
 per class) on the test volumes, which are never trained on.
 
+With a human oracle (``medloop serve``) the expert can also correct the pseudo-labels that quality control flags
+(``review_items``): a corrected slice joins S_true before the next ranking, beyond the k queries.
+
 Any strategy whose inputs exist runs here too: ``random``, and the MC-dropout measures of G (``entropy``,
 ``bald``, ``margin``, ...) beside ``discriminator``. The cross-validation protocol is in ``protocol``.
 """

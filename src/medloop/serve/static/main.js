@@ -1,11 +1,13 @@
-// medloop annotation UI: the queue in the strategy's order, an image with the model's proposal and uncertainty,
-// the label-map editor, the image class where the method has one, submit / skip, progress and metrics.
+// medloop annotation UI: the queue in the strategy's order, the pseudo-labels flagged for review, an image with the
+// model's proposal and uncertainty, the label-map editor, the image class where the method has one, submit / skip,
+// progress and metrics.
 // ES modules, no build step: api.js (the server), editor.js (the canvas), panels.js (the page around it).
 
 import { api, loadItem, query } from "./api.js";
 import { Editor, drawLegend } from "./editor.js";
 import {
-  $, explain, markActive, renderAgreement, renderLabelButtons, renderQueue, renderSide, renderStatus, say, waitingText,
+  $, explain, markActive, renderAgreement, renderLabelButtons, renderQueue, renderReview, renderSide, renderStatus, say,
+  waitingText,
 } from "./panels.js";
 
 const NOT_SIGNED_IN = "Not signed in: open the URL with the token that `medloop serve` printed.";
@@ -36,6 +38,21 @@ class Annotator {
     }
   }
 
+  // A flagged pseudo-label: no lease (it is outside the queue); its proposal is the pseudo-label itself.
+  async openReview(id) {
+    if (this.busy) return;
+    try {
+      this.show(await loadItem(id));
+      const r = this.item.review;
+      say(r ? `Flagged pseudo-label (predicted Dice ${Number(r.predicted_dice).toFixed(2)} < ${r.threshold}): `
+        + "correct it where it is wrong, then submit (Enter); the next training uses your map in its place."
+        : "This image is no longer on the review list.", !r);
+      $("canvas").focus();
+    } catch (e) {
+      say(e.message, true);
+    }
+  }
+
   show(item) {
     this.item = item;
     this.cls = null;
@@ -43,7 +60,13 @@ class Annotator {
     if (!item) $("placeholder").textContent = waitingText(this.status);
     this.editor.open(item);
     this.renderSide();
-    renderQueue(this.status, item && item.id, (id) => this.openItem(id));
+    this.renderLists();
+  }
+
+  renderLists() {
+    const current = this.item && this.item.id;
+    renderQueue(this.status, current, (id) => this.openItem(id));
+    renderReview(this.status, current, (id) => this.openReview(id));
   }
 
   async openNext() {
@@ -75,8 +98,9 @@ class Annotator {
       if (this.classNames.length) params.class = this.cls;
       form.append("params", JSON.stringify(params));
       const res = await api(`/datastore/label?${query({ image: it.id, tag: "final" })}`, { method: "PUT", body: form });
-      const reads = res.reads_per_image > 1 ? `read ${res.reads} of ${res.reads_per_image}; ` : "";
-      say(`Saved ${it.id} (${reads}${res.labeled} / ${res.budget} labeled).`);
+      const reads = res.reads_per_image > 1 && !res.review ? `read ${res.reads} of ${res.reads_per_image}; ` : "";
+      say(res.review ? `Saved your correction of ${it.id}: the next training uses it in place of the pseudo-label.`
+        : `Saved ${it.id} (${reads}${res.labeled} / ${res.budget} labeled).`);
       this.show(null);
     } catch (e) {
       say(e.message, true);
@@ -92,7 +116,7 @@ class Annotator {
     const it = this.item;
     if (!it || this.busy) return;
     try {
-      await api(`/api/release?${query({ image: it.id, client_id: this.client })}`, { method: "POST" });
+      if (!it.review) await api(`/api/release?${query({ image: it.id, client_id: this.client })}`, { method: "POST" });
     } catch (e) { say(e.message, true); }
     this.show(null);
     await this.openNext();
@@ -102,7 +126,7 @@ class Annotator {
     try {
       this.status = await api(`/api/status?${query({ client_id: this.client })}`);
       renderStatus(this.status);
-      renderQueue(this.status, this.item && this.item.id, (id) => this.openItem(id));
+      this.renderLists();
       if (!this.item) $("placeholder").textContent = waitingText(this.status);
       if (this.status.reads_per_image > 1 && this.status.labeled !== this.agreedAt) {
         renderAgreement(await api("/api/agreement"));
@@ -115,7 +139,7 @@ class Annotator {
   }
 
   keepLease() {
-    if (!this.item) return;
+    if (!this.item || this.item.review) return;  // a review item has no lease
     api(`/api/lease?${query({ image: this.item.id, client_id: this.client })}`, { method: "POST" })
       .catch((e) => say(e.message, true));
   }

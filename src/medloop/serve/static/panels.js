@@ -55,8 +55,10 @@ export function markActive(selector, isActive) {
 export function renderSide({ item, classNames, chosen, onClass }) {
   $("item-title").textContent = item ? item.id : "No image";
   const known = (v) => v !== null && v !== undefined;
+  const review = item && item.review;
   $("item-meta").textContent = item
-    ? [known(item.model_round) ? `model of round ${item.model_round}` : "no model yet",
+    ? [review ? `pseudo-label of cycle ${review.round}: predicted Dice ${fmtDice(review.predicted_dice)} < ${review.threshold}`
+       : known(item.model_round) ? `model of round ${item.model_round}` : "no model yet",
        known(item.score) ? `score ${Number(item.score).toPrecision(3)}` : ""].filter(Boolean).join(" · ")
     : "";
   $("class-box").hidden = !classNames.length;
@@ -109,13 +111,46 @@ export function renderQueue(status, current, onOpen) {
   $("queue-empty").textContent = status.queue.length ? "" : waitingText(status);
 }
 
+const fmtDice = (v) => Number(v).toFixed(2);
+
+// The pseudo-labels the method's quality control flags (lowest predicted Dice first, as the server sends them);
+// hidden while there are none (and always for a method without quality control). A corrected one stays, ticked.
+export function renderReview(status, current, onOpen) {
+  const items = status ? status.review || [] : [];
+  $("review-box").hidden = !items.length;
+  const list = $("review");
+  list.textContent = "";
+  if (!items.length) return;
+  $("review-title").textContent = `Review: flagged pseudo-labels (predicted Dice < ${items[0].threshold})`;
+  for (const r of items) {
+    const li = document.createElement("li");
+    li.dataset.image = r.id;
+    const name = document.createElement("span");
+    name.textContent = r.id;
+    const dice = document.createElement("span");
+    dice.className = "score";
+    dice.textContent = (r.reviewed ? "✓ " : "") + fmtDice(r.predicted_dice);
+    li.append(name, dice);
+    li.title = `predicted Dice ${fmtDice(r.predicted_dice)} (pseudo-label of cycle ${r.round})`;
+    if (current && r.id === current) li.classList.add("current");
+    if (r.reviewed) {
+      li.classList.add("taken");
+      li.title = "corrected: stored, and used by the next training";
+    } else {
+      li.addEventListener("click", () => onOpen(r.id));
+    }
+    list.appendChild(li);
+  }
+}
+
 export function renderStatus(status) {
   $("run-name").textContent = `${status.name} · ${status.method} · ${status.strategy}`;
   const phase = $("phase");
   phase.textContent = status.phase;
   phase.className = "badge " + status.phase.split(" ")[0];
   $("progress-bar").style.width = `${Math.min(100, (100 * status.labeled) / Math.max(1, status.budget))}%`;
-  $("progress-text").textContent = `${status.labeled} / ${status.budget} labeled`;
+  $("progress-text").textContent = `${status.labeled} / ${status.budget} labeled`
+    + (status.reviewed ? ` · ${status.reviewed} reviewed` : "");
   $("round-text").textContent = `round ${status.round}`;
   const rows = status.metrics;
   const head = $("metrics").querySelector("thead"), body = $("metrics").querySelector("tbody");
