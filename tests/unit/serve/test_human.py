@@ -279,3 +279,31 @@ def test_reads_per_image_must_be_an_integer_of_at_least_one(tmp_path, bad):
     with pytest.raises(ConfigError, match=r"'reads_per_image' setting \(medloop serve --reads-per-image\) must be an "
                                           r"integer >= 1.*use 1 for one annotator"):
         HumanOracle(open_store(tmp_path / "ds"), reads_per_image=bad)
+
+
+@pytest.mark.parametrize("reads_per_image", [1, 2])
+def test_a_correction_of_a_flagged_pseudo_label_is_stored_once_and_handed_to_the_loop_when_asked(tmp_path, clock,
+                                                                                                 reads_per_image):
+    store = open_store(tmp_path / "ds")
+    o = HumanOracle(store, lease_seconds=30, clock=clock, reads_per_image=reads_per_image)
+    o.submit(["img-1"])
+    flagged = {s: {"predicted_dice": d, "threshold": 0.7, "round": 0} for s, d in [("img-3", 0.2), ("img-1", 0.4),
+                                                                                  ("img-5", 0.6)]}
+    o.offer_review(flagged)
+    assert [r["id"] for r in o.reviews()] == ["img-3", "img-5"]  # img-1 is queued: labeled there
+    with pytest.raises(RequestError, match="not in the annotation queue"):
+        o.answer("img-4", mask(), None, "a")  # neither asked for nor flagged
+    record, created = o.answer("img-3", mask(2), None, "a")
+    assert created and record["info"]["review"] == flagged["img-3"] and record["info"]["client_id"] == "a"
+    assert o.answer("img-3", mask(2), None, "b") == (record, False)  # the same correction again
+    with pytest.raises(RequestError, match="already has a final label") as refused:
+        o.answer("img-3", mask(1), None, "b")
+    assert refused.value.status == 409
+    assert [(r["id"], r["reviewed"]) for r in o.reviews()] == [("img-3", True), ("img-5", False)]
+    assert o.reviewed() == ["img-3"] and o.queue()[0]["id"] == "img-1"
+    reopened = HumanOracle(open_store(tmp_path / "ds"), lease_seconds=30, clock=clock, reads_per_image=reads_per_image)
+    assert reopened.reviewed() == ["img-3"]  # durable: answers.jsonl
+    persistent = PersistentOracle(reopened, AnswerLog(tmp_path / "track"))
+    got = collect(persistent, persistent.reviewed(), timeout=1, interval=0.01)
+    assert np.array_equal(got["img-3"].mask, mask(2))
+    assert [q["id"] for q in reopened.queue()] == ["img-1"]  # asking for a correction leaves the restored queue
