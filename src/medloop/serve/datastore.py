@@ -3,12 +3,14 @@
     datastore/
       images/<name>.png             the images an annotator may be asked about (the run's working size, 8 bit)
       labels/final/<name>.png       the expert's label maps (pixel value = mask label index)
-      labels/original/<name>.png    the model's proposals (same values)
+      labels/original/<name>.png    the model's proposals (same values; for a pseudo-label flagged for review,
+                                    the pseudo-label)
       uncertainty/<name>.png        the model's uncertainty maps (0..255 for 0..1; higher = less sure)
       labels/reads/<reader>/<name>.png  with several readers per image: each annotator's own label maps
       datastore.json                the index: MONAI Label's ``{name, description, images_dir, labels_dir,
                                     objects: {id: {image: {ext, info}, labels: {tag: {ext, info}}}}}``
-      answers.jsonl                 every expert label, appended and fsynced before it is acknowledged
+      answers.jsonl                 every expert label, appended and fsynced before it is acknowledged (a
+                                    correction of a flagged pseudo-label carries ``info.review``)
       reads.jsonl                   with several readers per image: every read, appended and fsynced before it
                                     is acknowledged (``answers.jsonl`` then holds the consensus of the reads)
 
