@@ -21,7 +21,8 @@ and every budget: the mean absolute error of the predicted Dice, and its AUROC f
 ``pearson_r``: per-slice discriminator plausibility vs Dice of the base model (one volume) on the test patients;
 ``pearson_r_fsl``: the same for the fully supervised model. ``budget_to_fsl``: the smallest budget whose average
 Dice (discriminator queries) is within 0.02 of FSL's (null if none). ``slices_per_s``: pix2pix training
-throughput (slices x epochs per second of training) over the active-learning cycles.
+throughput of one process (slices x epochs per second of training) over the active-learning cycles;
+``slices_per_s_wall``: the same slices over the benchmark's wall time (every process, and everything else).
 
 On ACDC, ``--patients N`` uses the first N patients (sorted; both frames of a patient are one case, so
 cross-validation by case keeps a patient on one side). Runs ``experiments/ravanbakhsh2018.yaml`` with the
@@ -133,6 +134,8 @@ def main() -> None:
         "pearson_r_fsl": results["correlation_fsl"]["pearson_r"],
         "n_slices_correlation": results["correlation"]["n_slices"],
         "slices_per_s": round(sum(r.get("slices_trained", 0) for r in recs) / seconds, 1) if seconds else None,
+        "slices_per_s_wall": round(sum(r.get("slices_trained", 0) for r in recs) / (time.time() - started), 1),
+        "processes": args.processes,
         "minutes": round((time.time() - started) / 60, 2),
     }
     if tmp is not None:
