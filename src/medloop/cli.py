@@ -193,6 +193,12 @@ def score(
     max_maps: Annotated[int, typer.Option(help="Uncertainty-map PNGs for the most uncertain images (segmentation).")] = 24,
     seed: Annotated[int, typer.Option(help="Seed of the MC dropout masks.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    engine: Annotated[str, typer.Option(help="local: this process (CSV). ray: a Ray cluster, streaming to Parquet "
+                                             "with a global top-k and resuming by model version "
+                                             "(pip install medloop[ray]).")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (--engine ray; default: a local "
+                                                        "Ray on this machine).")] = None,
+    top_k: Annotated[int, typer.Option(help="Most uncertain images listed in topk.csv (--engine ray).")] = 100,
 ) -> None:
     """Per-image uncertainties (all measures) as CSV; uncertainty maps for segmentation."""
     from medloop.config import DataConfig, parse_overrides
@@ -200,7 +206,11 @@ def score(
 
     data_cfg = DataConfig.from_dict({"source": data, "layout": layout, "seed": seed, "options": parse_overrides(option)})
     path = score_job(checkpoint, data_cfg, out, n_mc_samples=mc_samples, batch_size=batch_size, seed=seed,
-                     max_maps=max_maps, device=device)
+                     max_maps=max_maps, device=device, engine=engine, address=address, top_k=top_k)
+    if engine == "ray":
+        console.print(f"scores written to {out / 'scores'} (Parquet); top {top_k} in {path}; summary in "
+                      f"{out / 'summary.json'}")
+        return
     console.print(f"scores written to {path}" + (f"; maps in {out / 'maps'}" if (out / "maps").is_dir() else ""))
 
 

@@ -160,14 +160,38 @@ def _save_maps(path: Path, image: np.ndarray, pred: np.ndarray, maps: dict[str, 
 
 
 def score_job(checkpoint: str | Path, data: DataConfig, out: str | Path, n_mc_samples: int = 20, batch_size: int = 32,
-              seed: int = 0, max_maps: int = 24, device: str = "auto", progress: bool = True) -> Path:
+              seed: int = 0, max_maps: int = 24, device: str = "auto", progress: bool = True, engine: str = "local",
+              address: str | None = None, top_k: int = 100) -> Path:
     """Score a pool with every uncertainty measure; write ``scores.csv`` (and ``maps/`` for segmentation).
 
     The pool is read at the checkpoint's working size and channels. For segmentation, the ``max_maps``
     images with the highest mean combined uncertainty get a PNG (image, prediction, epistemic, aleatoric,
-    combined maps); only those maps are kept in memory while streaming.
+    combined maps); only those maps are kept in memory while streaming. Dropout masks are seeded per image id,
+    so the scores do not depend on the batch size or the engine.
+
+    ``engine="ray"`` scores on a Ray cluster (``address``, or a local one) into Parquet instead
+    (``medloop.engine.ray.score_ray``: ``scores/<model version>/*.parquet`` and the ``top_k`` in ``topk.csv``,
+    which is returned); it needs ``pip install medloop[ray]``.
     """
+    from medloop.engine import check_engine
+
+    check_engine(engine, address)
     out = Path(out)
+    if engine == "ray":
+        if device not in ("auto", "cpu"):
+            raise ConfigError(f"--device {device} does not apply with --engine ray: each worker scores on its CPU")
+        if top_k < 1:
+            raise ConfigError(f"--top-k must be >= 1; got {top_k}")
+        from medloop.engine import ScoreSpec
+        from medloop.engine.ray import score_ray
+
+        spec = ScoreSpec.for_checkpoint(checkpoint, data, n_mc_samples=n_mc_samples, batch_size=batch_size, seed=seed)
+        summary = score_ray(spec, out, address=address, k=top_k, progress=progress)
+        write_json(out / "summary.json", summary, indent=2)
+        write_run_record(out, seed, {"data": spec.data.to_dict(), "checkpoint": str(checkpoint),
+                                     "n_mc_samples": n_mc_samples, "batch_size": batch_size, "engine": "ray",
+                                     "address": address, "top_k": top_k}, "medloop score")
+        return Path(summary["topk_csv"])
     model, record = load_checkpoint(checkpoint)
     trained = record.get("data_config", {})
     data = data.replace(size=trained.get("size", data.size), channels=trained.get("channels", data.channels),
@@ -186,7 +210,8 @@ def score_job(checkpoint: str | Path, data: DataConfig, out: str | Path, n_mc_sa
                 heapq.heapreplace(heap, item)
 
     scores = score_pool(model, ds, n_mc_samples=n_mc_samples, batch_size=batch_size, seed=seed,
-                        device=resolve_device(device), on_maps=keep_maps if max_maps > 0 else None, progress=progress)
+                        device=resolve_device(device), on_maps=keep_maps if max_maps > 0 else None, progress=progress,
+                        seeding="sample")
     out.mkdir(parents=True, exist_ok=True)
     rows = scores.rows()
     rank_key = "combined" if "combined" in scores.columns else "combined_mean"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-__all__ = ["seed_for", "stream", "torch_stream", "torch_init"]
+__all__ = ["seed_for", "seeds_for", "stream", "torch_stream", "torch_init"]
 
 Key = int | str
 
@@ -38,6 +38,11 @@ def _entropy(seed: int, names: tuple[Key, ...]) -> list[int]:
 def seed_for(seed: int, *names: Key) -> int:
     """An integer seed (in [0, 2**31 - 1)) for the stream ``(seed, *names)``, e.g. for a config's ``seed``."""
     return int(np.random.SeedSequence(_entropy(seed, names)).generate_state(1)[0] % (2**31 - 1))
+
+
+def seeds_for(seed: int, *names: Key, n: int) -> np.ndarray:
+    """``n`` 64-bit seeds ``[n]`` (uint64) for the stream ``(seed, *names)``: one SeedSequence for many generators."""
+    return np.random.SeedSequence(_entropy(seed, names)).generate_state(n, np.uint64)
 
 
 def stream(seed: int, *names: Key) -> np.random.Generator:

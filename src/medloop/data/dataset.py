@@ -19,7 +19,8 @@ from medloop.data.record import DatasetInfo, Entry, RawItem, Sample
 from medloop.errors import ConfigError, DataError
 from medloop.progress import track
 
-__all__ = ["MedDataset", "load_dataset", "resolve_layout", "collate_samples", "prepare_item", "PERCENTILES"]
+__all__ = ["MedDataset", "load_dataset", "resolve_layout", "scan_entries", "read_entry", "collate_samples", "prepare_item",
+           "PERCENTILES"]
 
 log = logging.getLogger("medloop.data")
 
@@ -339,6 +340,46 @@ def collate_samples(samples: Sequence[Sample]) -> dict[str, Any]:
     }
 
 
+def scan_entries(layout: Layout, config: DataConfig, handle: Callable[[DataError], None]) -> list[Entry]:
+    """The entries of ``layout``'s scan, without reading pixels; scan errors and duplicate ids go to ``handle``
+    (which raises or records them). Raises when nothing is found at all."""
+    entries: list[Entry] = []
+    seen: dict[str, Entry] = {}
+    skipped = 0
+    for item in layout.scan():
+        if isinstance(item, DataError):
+            skipped += 1
+            handle(item)
+            continue
+        if item.entry_id in seen:
+            skipped += 1
+            handle(
+                DataError(
+                    f"duplicate case id '{item.entry_id}' (also {seen[item.entry_id].where}); rename one of the files "
+                    "or remove it",
+                    item.where,
+                    "duplicate",
+                )
+            )
+            continue
+        seen[item.entry_id] = item
+        entries.append(item)
+    if not entries and not skipped:
+        raise DataError(f"no images found for layout '{layout.name}'; expected:\n{layout.tree}", config.source, "empty")
+    return entries
+
+
+def read_entry(layout: Layout, entry: Entry, config: DataConfig) -> list[Sample]:
+    """Read, validate and prepare one entry (one sample, or one per slice); any failure is a DataError naming it."""
+    try:
+        raw = layout.load(entry, config.size)
+    except DataError:
+        raise
+    except Exception as exc:  # never a bare traceback on user data
+        raise DataError(f"cannot read ({type(exc).__name__}: {exc})", entry.where, "corrupt") from exc
+    return prepare_item(raw, entry, layout, config)
+
+
 def load_dataset(config: DataConfig | str | None = None, *, progress: bool = True, **fields: Any) -> MedDataset:
     """Open a data source and prepare its samples.
 
@@ -366,35 +407,10 @@ def load_dataset(config: DataConfig | str | None = None, *, progress: bool = Tru
         skipped.append(err)
         log.warning("skipped %s", err)
 
-    entries: list[Entry] = []
-    seen: dict[str, Entry] = {}
-    for item in layout.scan():
-        if isinstance(item, DataError):
-            handle(item)
-            continue
-        if item.entry_id in seen:
-            handle(
-                DataError(
-                    f"duplicate case id '{item.entry_id}' (also {seen[item.entry_id].where}); rename one of the files "
-                    "or remove it",
-                    item.where,
-                    "duplicate",
-                )
-            )
-            continue
-        seen[item.entry_id] = item
-        entries.append(item)
-    if not entries and not skipped:
-        raise DataError(f"no images found for layout '{layout.name}'; expected:\n{layout.tree}", config.source, "empty")
+    entries = scan_entries(layout, config, handle)
 
     def read(entry: Entry) -> list[Sample]:
-        try:
-            raw = layout.load(entry, config.size)
-        except DataError:
-            raise
-        except Exception as exc:  # never a bare traceback on user data
-            raise DataError(f"cannot read ({type(exc).__name__}: {exc})", entry.where, "corrupt") from exc
-        return prepare_item(raw, entry, layout, config)
+        return read_entry(layout, entry, config)
 
     refs: list[_Ref] = []
     cache: dict[tuple[int, int | None], Sample] | None = {} if config.cache else None

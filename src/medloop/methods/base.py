@@ -19,8 +19,8 @@ from medloop.errors import ConfigError
 from medloop.loop.round import Candidates, Method, Proposal, QuerySize
 from medloop.query import QueryStrategy, build_strategy
 
-__all__ = ["Candidates", "HINT_KEYS", "Method", "MethodSpec", "Plan", "Proposal", "QuerySize", "finite",
-           "strategy_specs"]
+__all__ = ["Candidates", "HINT_KEYS", "Method", "MethodSpec", "Plan", "Proposal", "QuerySize", "check_engine_keys",
+           "finite", "strategy_specs"]
 
 # what an annotator is told, in the method's words: the task, with the model's proposal loaded, what the
 # uncertainty map means, and why there is none for an image the model has seen
@@ -96,6 +96,18 @@ class Plan:
 def finite(value: Any) -> float | None:
     """A metric for the UI: the number, or ``None`` where it is missing or not finite."""
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def check_engine_keys(engine: str, address: str | None) -> None:
+    """A method's ``engine`` / ``engine_address``: ``local`` only, since a loop scores its pool in process between
+    retraining rounds; ``ray`` is refused with where it does apply."""
+    from medloop.engine import check_engine
+
+    check_engine(engine, address, where="engine")
+    if engine == "ray":
+        raise ConfigError("The 'engine' parameter 'ray' does not apply to experiments: a loop scores its pool in "
+                          "process between retraining rounds. Score a large pool on Ray with `medloop score --engine "
+                          "ray`, and set engine: local (or drop it) here")
 
 
 def strategy_specs(entries: tuple, provides: frozenset[str], method: str) -> list[dict]:

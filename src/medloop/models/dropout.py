@@ -4,25 +4,34 @@ Kendall & Gal (2017) estimate epistemic uncertainty with dropout kept on at test
 stochastic pass ``t`` draws its masks from its own ``torch.Generator``, layer after layer. A batched run
 (the deterministic trunk once, the stochastic head on ``T`` stacked copies) therefore draws exactly the
 masks that ``T`` separate full passes draw, whatever the number of dropout layers: same seed, same samples.
+
+A pass may also hold one generator per sample (``mc_sample_generators``): each image's masks then depend on
+the seed and the image's id only, not on which batch or worker it landed in, so a pool scored in batches of
+any size, in any order, on any number of workers gives the same samples.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
-from medloop.seeding import torch_stream
+from medloop.seeding import seeds_for, torch_stream
 
-__all__ = ["MCDropout", "mc_sampling", "mc_generators", "patch_dropout", "mc_dropout_layers"]
+__all__ = ["MCDropout", "mc_sampling", "mc_generators", "mc_sample_generators", "patch_dropout",
+           "mc_dropout_layers"]
+
+# One pass's masks: one generator for the whole batch, or one per sample (in batch order).
+PassGenerators = torch.Generator | Sequence[torch.Generator]
 
 
 @dataclasses.dataclass
 class _MCState:
-    generators: Sequence[torch.Generator]  # one per MC sample in the batch, t-major order
+    generators: Sequence[PassGenerators]  # one entry per MC sample in the batch, t-major order
 
 
 class MCDropout(nn.Module):
@@ -46,6 +55,13 @@ class MCDropout(nn.Module):
         keep = torch.full(tuple(shape), 1.0 - self.p, dtype=like.dtype, device=like.device)
         return torch.bernoulli(keep, generator=generator) / (1.0 - self.p)
 
+    def _pass_mask(self, n: int, shape: Sequence[int], gens: PassGenerators, like: torch.Tensor) -> torch.Tensor:
+        if isinstance(gens, torch.Generator):
+            return self._mask((n, *shape), gens, like)
+        if len(gens) != n:
+            raise ValueError(f"per-sample MC generators: {len(gens)} for a batch of {n} samples")
+        return torch.cat([self._mask((1, *shape), g, like) for g in gens])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0:
             return x
@@ -54,7 +70,7 @@ class MCDropout(nn.Module):
             if x.shape[0] % len(gens):
                 raise ValueError(f"MC batch of {x.shape[0]} is not a multiple of {len(gens)} samples")
             n = x.shape[0] // len(gens)
-            mask = torch.cat([self._mask((n, *x.shape[1:]), g, x) for g in gens])
+            mask = torch.cat([self._pass_mask(n, x.shape[1:], g, x) for g in gens])
             if self.record:
                 self.last_mask = mask.detach().clone()
             return x * mask
@@ -85,9 +101,26 @@ def mc_generators(seed: int, n_samples: int, offset: int = 0, device: str | torc
     return [torch_stream(seed, "mc", offset, t, device=device) for t in range(n_samples)]
 
 
+def _sample_key(sample_id: str) -> int:
+    """A 64-bit integer for a sample id (BLAKE2b): ids of a million-image pool do not collide, as CRC-32's would."""
+    return int.from_bytes(hashlib.blake2b(sample_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def mc_sample_generators(seed: int, sample_ids: Sequence[str], n_samples: int,
+                         device: str | torch.device = "cpu") -> list[list[torch.Generator]]:
+    """Per-sample generators ``[T][N]``: pass ``t`` of sample ``i`` draws from the ``t``-th seed of the stream
+    ``(seed, "mc-sample", key(id_i))``, whatever the batch around it."""
+    out: list[list[torch.Generator]] = [[] for _ in range(n_samples)]
+    for sample_id in sample_ids:
+        for t, s in enumerate(seeds_for(seed, "mc-sample", _sample_key(sample_id), n=n_samples)):
+            out[t].append(torch.Generator(device=device).manual_seed(int(s)))
+    return out
+
+
 @contextlib.contextmanager
-def mc_sampling(model: nn.Module, generators: Sequence[torch.Generator]) -> Iterator[None]:
-    """Within the block, the model's MCDropout layers sample masks from ``generators`` (one per pass)."""
+def mc_sampling(model: nn.Module, generators: Sequence[PassGenerators]) -> Iterator[None]:
+    """Within the block, the model's MCDropout layers sample masks from ``generators`` (one entry per pass: a
+    generator, or one generator per sample of the batch)."""
     layers = mc_dropout_layers(model)
     state = _MCState(list(generators))
     for layer in layers:

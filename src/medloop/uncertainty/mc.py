@@ -16,11 +16,18 @@ import torch
 from torch import nn
 
 from medloop.data.dataset import MedDataset, collate_samples
-from medloop.models.dropout import mc_dropout_layers, mc_generators, mc_sampling
+from medloop.models.dropout import (
+    PassGenerators,
+    mc_dropout_layers,
+    mc_generators,
+    mc_sample_generators,
+    mc_sampling,
+)
 from medloop.progress import track
 from medloop.uncertainty.measures import REDUCTIONS, all_measures, reduce_map
 
-__all__ = ["mc_forward", "naive_mc_forward", "score_pool", "score_features", "PoolScores"]
+__all__ = ["SEEDINGS", "mc_forward", "naive_mc_forward", "score_pool", "score_batch", "batch_generators",
+           "score_features", "PoolScores"]
 
 
 def _repeat(feats: Any, times: int) -> Any:
@@ -36,19 +43,20 @@ def _split(out: torch.Tensor | None, times: int) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def mc_forward(model: nn.Module, x: torch.Tensor, generators: Sequence[torch.Generator],
-               max_head_batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def mc_forward(model: nn.Module, x: torch.Tensor, generators: Sequence[PassGenerators],
+               max_head_batch: int | None = None, features: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """T = len(generators) MC-dropout samples of ``model`` on ``x``, trunk computed once.
 
     Args:
         max_head_batch: at most this many stacked copies per head call (bounds memory for dense heads
             such as a UNet decoder); the samples do not change with it.
+        features: ``model.forward_features(x)`` when the caller has it already (it also wants the embedding).
 
     Returns:
         ``mc_logits [N, T, C, ...]`` and ``mc_log_var`` (same shape) or None.
     """
     model.eval()
-    feats = model.forward_features(x)
+    feats = model.forward_features(x) if features is None else features
     n = x.shape[0]
     per_call = len(generators) if max_head_batch is None else max(1, max_head_batch // max(n, 1))
     logits, log_vars = [], []
@@ -134,6 +142,50 @@ def score_features(head: nn.Module, feats: np.ndarray, n_mc_samples: int = 20, b
     return {k: np.concatenate(v) for k, v in columns.items()}
 
 
+SEEDINGS = ("batch", "sample")
+
+
+def batch_generators(seed: int, n_mc_samples: int, seeding: str, start: int, sample_ids: Sequence[str],
+                     device: torch.device | str = "cpu") -> list:
+    """The MC generators of one batch: ``batch`` seeds by the batch's first position in the pool (one generator per
+    pass), ``sample`` by each sample's id (one per pass and sample: the same masks in any batch, on any worker)."""
+    if seeding == "sample":
+        return mc_sample_generators(seed, sample_ids, n_mc_samples, device=device)
+    return mc_generators(seed, n_mc_samples, offset=start, device=device)
+
+
+@torch.no_grad()
+def score_batch(model: nn.Module, x: torch.Tensor, generators: Sequence, reductions: Sequence[str] = REDUCTIONS,
+                q: float = 0.05, max_head_batch: int | None = 64, features: Any = None
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, torch.Tensor]:
+    """One batch's per-sample columns (see ``score_pool``), and for segmentation the measure maps and mean
+    probabilities (``None, mean_probs`` for classification). ``features``: as for ``mc_forward``."""
+    mc_logits, mc_log_var = mc_forward(model, x, generators, max_head_batch=max_head_batch, features=features)
+    batch_cols: dict[str, torch.Tensor] = {}
+    if mc_logits.dim() == 3:  # classification: one number per image already
+        mc_probs = mc_logits.softmax(2)
+        mean_probs = mc_probs.mean(1)
+        batch_cols.update(_class_columns(all_measures(mc_probs, mc_log_var), mean_probs))
+        return batch_cols, None, mean_probs
+    maps, mean_probs = _pixel_maps(mc_logits, mc_log_var)
+    # "argmax > 0" without argmax, which is ~100x slower over the class dim on CPU (ties go to background)
+    foreground = mean_probs[:, 1:].amax(1) > mean_probs[:, 0]
+    for name, umap in maps.items():
+        for how in reductions:
+            batch_cols[f"{name}_{how}"] = reduce_map(umap, how, foreground, q)
+    batch_cols["foreground_fraction"] = foreground.flatten(1).float().mean(1)
+    return batch_cols, maps, mean_probs
+
+
+def check_mc_args(n_mc_samples: int, seeding: str, where: str) -> None:
+    if n_mc_samples < 1:
+        raise ValueError(f"The 'n_mc_samples' parameter of {where} must be >= 1 (MC-dropout passes); got "
+                         f"{n_mc_samples} instead")
+    if seeding not in SEEDINGS:
+        raise ValueError(f"The 'seeding' parameter of {where} must be one of {', '.join(SEEDINGS)}; got {seeding!r} "
+                         "instead")
+
+
 @torch.no_grad()
 def score_pool(
     model: nn.Module,
@@ -147,46 +199,35 @@ def score_pool(
     max_head_batch: int | None = 64,
     on_maps: Callable[[list[int], dict[str, torch.Tensor], torch.Tensor], None] | None = None,
     progress: bool = True,
+    seeding: str = "batch",
 ) -> PoolScores:
     """Score every sample of ``dataset`` with every uncertainty measure, streaming in batches.
 
     Memory does not grow with the pool: each batch's MC outputs are reduced to per-sample numbers
     (and, for segmentation, handed to ``on_maps(indices, maps, mean_probs)`` to be written) before the
-    next batch. Masks for batch ``b`` come from generators seeded by ``(seed, first index of b, t)``.
+    next batch. Under ``seeding="batch"`` masks for batch ``b`` come from generators seeded by
+    ``(seed, first index of b, t)``; under ``seeding="sample"`` each sample's from ``(seed, its sample id, t)``, so
+    the scores do not depend on the batch size or on which worker scored the sample (``medloop.engine``).
 
     Columns: every measure (classification), or ``{measure}_{reduction}`` (segmentation), plus the
     predicted class and its mean probability (classification) or the predicted foreground fraction.
     """
-    if n_mc_samples < 1:
-        raise ValueError(f"n_mc_samples must be >= 1; got {n_mc_samples}")
+    check_mc_args(n_mc_samples, seeding, "score_pool")
     if not mc_dropout_layers(model):
         import warnings
 
         warnings.warn("no MCDropout layer found: MC sampling is deterministic", stacklevel=2)
     model.eval().to(device)
     columns: dict[str, list[np.ndarray]] = {}
+    sample_ids = dataset.sample_ids
     starts = range(0, len(dataset), batch_size)
     for start in track(starts, f"MC scoring (T={n_mc_samples})", enabled=progress):
         idx = list(range(start, min(start + batch_size, len(dataset))))
         x = collate_samples([dataset[i] for i in idx])["image"].to(device)
-        gens = mc_generators(seed, n_mc_samples, offset=start, device=x.device)
-        mc_logits, mc_log_var = mc_forward(model, x, gens, max_head_batch=max_head_batch)
-        batch_cols: dict[str, torch.Tensor] = {}
-        if mc_logits.dim() == 3:  # classification: one number per image already
-            mc_probs = mc_logits.softmax(2)
-            maps = all_measures(mc_probs, mc_log_var)
-            mean_probs = mc_probs.mean(1)
-            batch_cols.update(_class_columns(maps, mean_probs))
-        else:
-            maps, mean_probs = _pixel_maps(mc_logits, mc_log_var)
-            # "argmax > 0" without argmax, which is ~100x slower over the class dim on CPU (ties go to background)
-            foreground = mean_probs[:, 1:].amax(1) > mean_probs[:, 0]
-            for name, umap in maps.items():
-                for how in reductions:
-                    batch_cols[f"{name}_{how}"] = reduce_map(umap, how, foreground, q)
-            batch_cols["foreground_fraction"] = foreground.flatten(1).float().mean(1)
-            if on_maps is not None:
-                on_maps(idx, {k: v.cpu() for k, v in maps.items()}, mean_probs.cpu())
+        gens = batch_generators(seed, n_mc_samples, seeding, start, [sample_ids[i] for i in idx], device=x.device)
+        batch_cols, maps, mean_probs = score_batch(model, x, gens, reductions, q, max_head_batch)
+        if maps is not None and on_maps is not None:
+            on_maps(idx, {k: v.cpu() for k, v in maps.items()}, mean_probs.cpu())
         for key, value in batch_cols.items():
             columns.setdefault(key, []).append(value.cpu().numpy())
     return PoolScores(dataset.sample_ids, dataset.case_ids, {k: np.concatenate(v) for k, v in columns.items()})

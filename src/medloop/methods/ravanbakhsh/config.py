@@ -9,7 +9,7 @@ from typing import Any
 
 from medloop.config import Config, DataConfig
 from medloop.errors import ConfigError
-from medloop.methods.base import strategy_specs
+from medloop.methods.base import check_engine_keys, strategy_specs
 
 __all__ = ["CollaborativeConfig"]
 
@@ -38,6 +38,7 @@ class CollaborativeConfig(Config):
         processes: run the protocol's units (per fold: base model, tracks, FSL model) in this many processes of
             one thread each (on a CPU, N processes train faster than one process with N threads).
         seed, device.
+        engine, engine_address: ``local`` only, as in ``ExperimentConfig``.
     """
 
     method: typing.Literal["ravanbakhsh2018"] = "ravanbakhsh2018"
@@ -59,6 +60,8 @@ class CollaborativeConfig(Config):
     processes: int = 1
     seed: int = 0
     device: str = "auto"
+    engine: str = "local"
+    engine_address: str | None = None
 
     PROVIDES = frozenset({"mc", "discriminator", "foreground"})
 
@@ -67,6 +70,7 @@ class CollaborativeConfig(Config):
         from medloop.uncertainty.discriminator import SLICE_REDUCTIONS
 
         DataConfig.from_dict(self.data, where="data")
+        check_engine_keys(self.engine, self.engine_address)
         Pix2PixConfig.from_dict(self.pix2pix, where="pix2pix")
         if self.folds < 2:
             raise ConfigError(f"The 'folds' parameter must be >= 2 (cross-validation by volume); got {self.folds}")

@@ -1,0 +1,221 @@
+"""The Ray engine: a pool scored by a Ray Data pipeline, streamed from the dataset's files to Parquet.
+
+The driver scans the layout (ids and paths, no pixels) and hands the entries to Ray Data; ``map_batches`` runs
+``_RayScorer``, a stateful class, so each worker of an actor pool sized to the cluster's CPUs loads the model
+once and reads, validates and decodes its images itself with medloop's readers. Every batch becomes rows of
+Parquet (``sample_id``, ``case_id``, ``entry_id``, every score column, ``embedding`` as a list of float16) in
+``out/scores/<model version>-<params>/``; a global top-k is then computed over the files in bounded memory.
+
+Resuming: the folder name holds the checkpoint's hash and a digest of what else the scores depend on, so a
+retrained model writes a new folder. A rerun with the same model scores only the entries that no readable file
+of its folder holds: none after a finished run, the rest after a kill (a torn file is deleted and its entries
+scored again), the new ones after files were added to the pool.
+
+Ray is imported only here, and only when a job runs; ``pip install medloop[ray]`` installs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+import os
+import pickle
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medloop.data.dataset import resolve_layout, scan_entries
+from medloop.engine.pool import BatchScorer, ScoreSpec, merge_top_k, rank_column
+from medloop.errors import ConfigError, DataError, MedloopError
+from medloop.storage import write_json, write_text
+
+__all__ = ["require_ray", "ray_session", "score_ray", "parquet_top_k", "INSTALL_HINT"]
+
+log = logging.getLogger("medloop.engine")
+
+INSTALL_HINT = "pip install medloop[ray]"
+ROWS_PER_FILE = 4096  # entries per input block, so per Parquet file: what a kill can lose
+
+
+def require_ray():
+    """The ``ray`` module, or a ConfigError saying how to install it."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # nothing leaves the machine
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"--engine ray needs Ray Data, which is not installed here; install it with "
+                          f"`{INSTALL_HINT}` (or use the default --engine local)") from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+    """Ray, connected: to ``address`` (a running cluster), else to the session already open in this process,
+    else to a local cluster started here (and shut down on exit). No dashboard, no usage statistics."""
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+class _RayScorer:
+    """``map_batches``' stateful callable: the model is loaded once per worker (actor), not once per batch."""
+
+    def __init__(self, spec: ScoreSpec, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.scorer = BatchScorer(spec)
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        entries = [pickle.loads(blob) for blob in batch["entry"]]
+        return to_arrow(self.scorer(entries))
+
+
+def to_arrow(columns: dict[str, np.ndarray]):
+    """Scorer columns as an Arrow table: ids as strings, scores as float32, ``embedding`` as a float16 list."""
+    import pyarrow as pa
+
+    fields = {}
+    for name, value in columns.items():
+        if name == "embedding":
+            flat = pa.array(np.ascontiguousarray(value, dtype=np.float16).reshape(-1), type=pa.float16())
+            fields[name] = pa.FixedSizeListArray.from_arrays(flat, value.shape[1])
+        elif value.dtype == object:
+            fields[name] = pa.array(value.tolist(), type=pa.string())
+        else:
+            fields[name] = pa.array(value)
+    return pa.table(fields)
+
+
+def _parquet_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.parquet"))
+
+
+def finished_entries(folder: Path) -> set[str]:
+    """Entry ids held by the readable Parquet files of ``folder``; unreadable (torn) files are deleted."""
+    import pyarrow.parquet as pq
+
+    done: set[str] = set()
+    for path in _parquet_files(folder):
+        try:
+            done.update(pq.read_table(path, columns=["entry_id"]).column("entry_id").to_pylist())
+        except Exception:  # a file torn by a kill: its entries are scored again
+            log.warning("deleting unreadable %s (scored again)", path)
+            path.unlink()
+    return done
+
+
+def parquet_top_k(folder: str | Path, k: int, rank_by: str | None = None,
+                  batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray, str]:
+    """The ``k`` highest-ranked ``(sample_id, score)`` over every Parquet file of ``folder``, reading two columns
+    in batches (memory: ``batch_rows + k`` rows); ties as ``merge_top_k``. Returns ids, scores, the column."""
+    import pyarrow.parquet as pq
+
+    files = _parquet_files(Path(folder))
+    if not files:
+        raise DataError("no Parquet files: nothing was scored", folder, "empty")
+    column = rank_column(pq.read_schema(files[0]).names, rank_by)
+    ids, scores = np.array([], dtype=object), np.array([])
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["sample_id", column]):
+            ids, scores = merge_top_k(ids, scores, np.asarray(batch.column(0).to_pylist(), dtype=object),
+                                      batch.column(1).to_numpy(zero_copy_only=False), k)
+    return ids, scores, column
+
+
+def _user_error(exc: BaseException) -> MedloopError | None:
+    """The DataError / ConfigError a worker raised, out of Ray's wrappers."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MedloopError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: int = 100,
+              rank_by: str | None = None, workers: int | None = None, num_cpus: int | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Score ``spec``'s pool on Ray into ``out/scores/<version>/``, then its top ``k`` into ``out/topk.csv``.
+
+    Args:
+        address: a running cluster (``ray://host:10001``, ``host:6379``, ``auto``); ``None``: the Ray session
+            already open in this process, or a local one started for the job.
+        workers: actors in the pool (default: the cluster's CPUs, one each).
+        num_cpus: CPUs of a local cluster started here (default: all).
+    Returns a summary: rows, entries scored now and reused, seconds, throughput, the folder, the top-k.
+    """
+    require_ray()  # before any work: a missing install is said at once
+    out = Path(out)
+    folder = out / "scores" / spec.version()
+    started = time.perf_counter()
+    layout = resolve_layout(spec.data)
+    skipped: list[DataError] = []
+
+    def handle(err: DataError) -> None:
+        if spec.data.on_error == "raise":
+            raise err
+        skipped.append(err)
+
+    entries = scan_entries(layout, spec.data, handle)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "_params.json", {"checkpoint": str(spec.checkpoint), "version": spec.version(),
+                                         **spec.params()}, indent=2)
+    finished = finished_entries(folder)
+    todo = [e for e in entries if e.entry_id not in finished]
+    n_workers = 0
+    if todo:
+        with ray_session(address, num_cpus) as ray:
+            n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            ray.data.DataContext.get_current().enable_progress_bars = progress
+            if not progress:
+                logging.getLogger("ray.data").setLevel(logging.WARNING)
+            n_blocks = max(min(len(todo), 2 * n_workers), math.ceil(len(todo) / ROWS_PER_FILE))
+            items = [{"entry": pickle.dumps(e)} for e in todo]
+            dataset = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
+                _RayScorer, fn_constructor_kwargs={"spec": spec}, batch_size=spec.batch_size,
+                batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=1)
+            del items
+            try:
+                # writing is light: it must not wait for a CPU that the scoring actors hold
+                dataset.write_parquet(str(folder), ray_remote_args={"num_cpus": 0})
+            except Exception as exc:
+                user = _user_error(exc)
+                if user is not None:
+                    raise user from None
+                raise
+    rows = sum(_rows(p) for p in _parquet_files(folder))
+    write_json(folder / "_SUCCESS.json", {"version": spec.version(), "rows": rows, "entries": len(entries),
+                                          "scan_skipped": [str(e) for e in skipped]}, indent=2)
+    ids, scores, column = parquet_top_k(folder, k, rank_by)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["rank", "sample_id", column])
+    writer.writerows([rank, sid, f"{score:.8g}"] for rank, (sid, score) in enumerate(zip(ids, scores), start=1))
+    topk_path = write_text(out / "topk.csv", text.getvalue())
+    seconds = time.perf_counter() - started
+    return {"folder": str(folder), "version": spec.version(), "rows": rows, "entries": len(entries),
+            "entries_reused": len(entries) - len(todo), "entries_scored": len(todo), "workers": n_workers,
+            "seconds": round(seconds, 2), "images_per_s": round(len(todo) / max(seconds, 1e-9), 2),
+            "rank_by": column, "top_k": [str(i) for i in ids], "topk_csv": str(topk_path)}
+
+
+def _rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
