@@ -230,6 +230,10 @@ def generate(
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Layout option key=value.")] = None,
     batch_size: Annotated[int, typer.Option(help="Variants rendered per batch.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed of training and of the perturbations.")] = 0,
+    engine: Annotated[str, typer.Option(help="local: render in this process. ray: render on a Ray cluster's actors "
+                                             "(the output folder must be shared; pip install medloop[ray]).")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (--engine ray; default: a local "
+                                                        "Ray on this machine).")] = None,
 ) -> None:
     """Synthesize realistic variants of each image by deforming its lung mask (Mahapatra et al. 2018)."""
     from medloop.config import DataConfig, parse_overrides
@@ -241,7 +245,8 @@ def generate(
     data_cfg = DataConfig.from_dict({"source": data, "layout": layout, "size": size, "seed": seed,
                                      "options": parse_overrides(option)})
     summary = generate_job(data_cfg, out, per_image=per_image, cgan=cgan, checkpoint=checkpoint, segmenter=segmenter,
-                           seg_epochs=seg_epochs, limit=limit, batch_size=batch_size, seed=seed)
+                           seg_epochs=seg_epochs, limit=limit, batch_size=batch_size, seed=seed, engine=engine,
+                           address=address)
     console.print(f"{summary['variants']} variants of {summary['sources']} images in {summary['seconds']} s "
                   f"({summary['images_per_s']} images/s); generator {summary['generator']}")
     console.print(f"written to {out}/: images/, masks/, labels.csv, manifest.jsonl, gallery.png, generator.pt, run.json")

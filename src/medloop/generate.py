@@ -31,7 +31,7 @@ from medloop.synth.generator import GeneratedVariant, MaskConditionedSampler
 from medloop.training import fit, load_checkpoint, predict
 from medloop.training.cgan import CGANConfig, check_vgg_source, fit_generator
 
-__all__ = ["generate_job", "save_gallery", "lung_masks_for"]
+__all__ = ["generate_job", "save_gallery", "lung_masks_for", "render_source", "read_variants"]
 
 
 def _safe(name: str) -> str:
@@ -114,16 +114,61 @@ def save_gallery(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray, list[
     plt.close(fig)
 
 
+def render_source(sampler: MaskConditionedSampler, sample: Any, mask: np.ndarray, mask_source: str,
+                  class_names: list[str], out: Path, per_image: int, seed: int, batch_size: int
+                  ) -> tuple[list[list[Any]], list[str], list[GeneratedVariant]]:
+    """Render and write one source's variants; returns its ``labels.csv`` rows, manifest lines and variants."""
+    rng = stream(seed, "generate", "variants", sample.sample_id)
+    variants = sampler.variants(sample.image.numpy(), mask.astype(np.int64), per_image, rng, batch_size)
+    label = sample.label
+    label_text = "" if label is None else (class_names[label] if label < len(class_names) else str(label))
+    rows, lines = [], []
+    for j, v in enumerate(variants):
+        vid = f"{_safe(sample.sample_id)}-v{j:03d}"
+        _png16(out / "images" / f"{vid}.png", v.image[0])
+        _save_png(out / "masks" / f"{vid}.png", (v.mask > 0).astype(np.uint8) * 255)
+        rows.append([f"images/{vid}.png", f"masks/{vid}.png", label_text, sample.case_id, sample.sample_id,
+                     mask_source])
+        lines.append(json.dumps({"id": vid, "source_sample": sample.sample_id, "case_id": sample.case_id,
+                                 "label": label, "class": label_text or None, "mask_source": mask_source,
+                                 "ops": v.ops}) + "\n")
+    return rows, lines, variants
+
+
+def read_variants(out: Path, lines: list[str]) -> list[GeneratedVariant]:
+    """Variants back from their PNGs and manifest lines (for the gallery of a run rendered elsewhere)."""
+    variants = []
+    for line in lines:
+        record = json.loads(line)
+        image = np.asarray(Image.open(out / "images" / f"{record['id']}.png"), dtype=np.float32) / 65535
+        mask = (np.asarray(Image.open(out / "masks" / f"{record['id']}.png")) > 0).astype(np.int64)
+        variants.append(GeneratedVariant(image[None], mask, image[None], mask, record["ops"]))
+    return variants
+
+
 def generate_job(data: DataConfig, out: str | Path, per_image: int = 200, cgan: CGANConfig | None = None,
                  checkpoint: str | Path | None = None, segmenter: str | Path | None = None, seg_epochs: int = 15,
                  limit: int | None = None, batch_size: int = 32, gallery_rows: int = 4, seed: int = 0,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, engine: str = "local", address: str | None = None) -> dict[str, Any]:
     """Train (or load from ``checkpoint``) the generator on ``data``, write ``per_image`` variants per image.
+
+    Each source's variants draw from the stream ``(seed, "generate", "variants", source id)``, so they do not
+    depend on the other sources or on which worker renders them.
 
     Args:
         limit: only the first ``limit`` images get variants (all images still train the generator).
+        engine: ``local`` (this process) or ``ray``: the variants are rendered by an actor pool on a Ray cluster
+            (``address``, or a local one; ``pip install medloop[ray]``), each actor loading ``generator.pt`` once
+            and writing its PNGs into ``out``, which every node must see. The generator trains here either way.
     Returns a summary: counts, throughput (variants/s), where things were written.
     """
+    from medloop.engine import check_engine
+
+    check_engine(engine, address)
+    if engine == "ray":
+        from medloop.engine.ray import require_ray
+
+        require_ray()  # before the generator trains
     out = Path(out)
     cgan = cgan or CGANConfig(seed=seed)
     if per_image < 1:
@@ -153,7 +198,6 @@ def generate_job(data: DataConfig, out: str | Path, per_image: int = 200, cgan: 
         sampler, _ = fit_generator(images, lung, cgan, ds.labels[manual], progress=progress)
         trained = f"trained on {len(manual)} images with manual masks"
     sampler.save(out / "generator.pt")
-    rng = stream(seed, "generate", "variants")
     class_names = list(ds.info.class_names)
     n_sources = len(ds) if limit is None else min(limit, len(ds))
     gallery: list = []
@@ -163,27 +207,31 @@ def generate_job(data: DataConfig, out: str | Path, per_image: int = 200, cgan: 
     writer.writerow(["image", "mask", "label", "case_id", "source_sample", "mask_source"])
     manifest: list[str] = []
     started = time.perf_counter()
-    with make_progress(transient=not progress) as bar:
-        task = bar.add_task("generating", total=n_sources * per_image, visible=progress)
-        for i in range(n_sources):
-            sample = ds[i]
-            variants = sampler.variants(sample.image.numpy(), masks[i].astype(np.int64), per_image, rng, batch_size)
-            label = sample.label
-            label_text = "" if label is None else (class_names[label] if label < len(class_names) else str(label))
-            for j, v in enumerate(variants):
-                vid = f"{_safe(sample.sample_id)}-v{j:03d}"
-                _png16(out / "images" / f"{vid}.png", v.image[0])
-                _save_png(out / "masks" / f"{vid}.png", (v.mask > 0).astype(np.uint8) * 255)
-                writer.writerow([f"images/{vid}.png", f"masks/{vid}.png", label_text, sample.case_id,
-                                 sample.sample_id, mask_sources[i]])
-                manifest.append(json.dumps({"id": vid, "source_sample": sample.sample_id, "case_id": sample.case_id,
-                                            "label": label, "class": label_text or None,
-                                            "mask_source": mask_sources[i], "ops": v.ops}) + "\n")
-            written += len(variants)
-            if len(gallery) < gallery_rows:
-                gallery.append((sample.sample_id, sample.image[0].numpy(), masks[i], variants[:6]))
-            rate = written / max(time.perf_counter() - started, 1e-9)
-            bar.update(task, advance=len(variants), description=f"generating ({rate:.1f} images/s)")
+    if engine == "ray":
+        from medloop.engine.ray import generate_ray
+
+        results = generate_ray(ds, masks, mask_sources, n_sources, out, per_image=per_image, batch_size=batch_size,
+                               seed=seed, address=address, progress=progress)
+        for rows, lines in results:
+            writer.writerows(rows)
+            manifest.extend(lines)
+            written += len(rows)
+        gallery = [(ds[i].sample_id, ds[i].image[0].numpy(), masks[i], read_variants(out, lines[:6]))
+                   for i, (_, lines) in enumerate(results[:gallery_rows])]
+    else:
+        with make_progress(transient=not progress) as bar:
+            task = bar.add_task("generating", total=n_sources * per_image, visible=progress)
+            for i in range(n_sources):
+                sample = ds[i]
+                rows, lines, variants = render_source(sampler, sample, masks[i], mask_sources[i], class_names, out,
+                                                      per_image, seed, batch_size)
+                writer.writerows(rows)
+                manifest.extend(lines)
+                written += len(variants)
+                if len(gallery) < gallery_rows:
+                    gallery.append((sample.sample_id, sample.image[0].numpy(), masks[i], variants[:6]))
+                rate = written / max(time.perf_counter() - started, 1e-9)
+                bar.update(task, advance=len(variants), description=f"generating ({rate:.1f} images/s)")
     seconds = time.perf_counter() - started
     # the dataset's index files last: a folder with labels.csv has all its images
     write_text(out / "manifest.jsonl", "".join(manifest))
@@ -196,7 +244,9 @@ def generate_job(data: DataConfig, out: str | Path, per_image: int = 200, cgan: 
                "out": str(out), **seg_info,
                "content_vgg": sampler.record.get("content_vgg"), "autoencoder": sampler.record.get("autoencoder")}
     write_json(out / "summary.json", summary, indent=2)
+    summary["engine"] = engine
     write_run_record(out, seed, {"data": data.to_dict(), "cgan": cgan.to_dict(), "per_image": per_image,
+                                 "engine": engine, "address": address,
                                  "checkpoint": str(checkpoint) if checkpoint else None,
                                  "segmenter": str(segmenter) if segmenter else None, "limit": limit,
                                  "content_vgg": summary["content_vgg"]}, "medloop generate")

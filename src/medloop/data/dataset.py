@@ -272,6 +272,10 @@ class MedDataset(torch.utils.data.Dataset):
         for i in range(len(self)):
             yield self[i]
 
+    def entry_of(self, index: int) -> Entry:
+        """The entry sample ``index`` is read from (``read_entry`` reads it again, elsewhere)."""
+        return self.entries[self._refs[index].entry_pos]
+
     @property
     def case_ids(self) -> list[str]:
         return [r.case_id for r in self._refs]

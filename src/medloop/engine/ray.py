@@ -35,7 +35,7 @@ from medloop.engine.pool import BatchScorer, ScoreSpec, merge_top_k, rank_column
 from medloop.errors import ConfigError, DataError, MedloopError
 from medloop.storage import write_json, write_text
 
-__all__ = ["require_ray", "ray_session", "score_ray", "parquet_top_k", "INSTALL_HINT"]
+__all__ = ["require_ray", "ray_session", "score_ray", "parquet_top_k", "generate_ray", "INSTALL_HINT"]
 
 log = logging.getLogger("medloop.engine")
 
@@ -219,3 +219,73 @@ def _rows(path: Path) -> int:
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(path).metadata.num_rows
+
+
+class _RayRenderer:
+    """``map_batches``' stateful callable for ``medloop generate``: the generator is loaded once per actor; each
+    source is read again from its entry, rendered, and its PNGs written into the (shared) output folder."""
+
+    def __init__(self, generator: str, data: Any, out: str, class_names: list[str], per_image: int, seed: int,
+                 batch_size: int, threads: int = 1):
+        import torch
+
+        from medloop.synth.generator import MaskConditionedSampler
+
+        torch.set_num_threads(threads)
+        self.sampler = MaskConditionedSampler.load(generator)
+        self.layout = resolve_layout(data)
+        self.data, self.out, self.class_names = data, Path(out), class_names
+        self.per_image, self.seed, self.batch_size = per_image, seed, batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import json
+
+        from medloop.data.dataset import read_entry
+        from medloop.generate import render_source
+
+        rows_out, lines_out = [], []
+        for blob, packed, shape, mask_source in zip(batch["entry"], batch["mask"], batch["shape"],
+                                                    batch["mask_source"]):
+            sample = read_entry(self.layout, pickle.loads(blob), self.data)[0]
+            h, w = (int(v) for v in shape)
+            mask = np.unpackbits(np.frombuffer(packed, np.uint8))[:h * w].reshape(h, w).astype(bool)
+            rows, lines, _ = render_source(self.sampler, sample, mask, str(mask_source), self.class_names, self.out,
+                                           self.per_image, self.seed, self.batch_size)
+            rows_out.append(json.dumps(rows))
+            lines_out.append(json.dumps(lines))
+        return {"index": batch["index"], "rows": np.array(rows_out, dtype=object),
+                "lines": np.array(lines_out, dtype=object)}
+
+
+def generate_ray(ds: Any, masks: list[np.ndarray], mask_sources: list[str], n_sources: int, out: str | Path,
+                 per_image: int, batch_size: int, seed: int, address: str | None = None, workers: int | None = None,
+                 progress: bool = True) -> list[tuple[list[list[Any]], list[str]]]:
+    """Render the variants of ``ds``'s first ``n_sources`` images on Ray (``out/generator.pt`` must exist); the
+    PNGs are written by the actors. Returns each source's ``labels.csv`` rows and manifest lines, in order: the
+    same as ``medloop.generate.render_source`` gives in process (each source has its own random stream)."""
+    import json
+
+    out = Path(out)
+    items = [{"index": i, "entry": pickle.dumps(ds.entry_of(i)), "mask": np.packbits(masks[i].astype(bool)).tobytes(),
+              "shape": list(masks[i].shape), "mask_source": mask_sources[i]} for i in range(n_sources)]
+    results: dict[int, tuple[list, list]] = {}
+    with ray_session(address) as ray:
+        n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        ray.data.DataContext.get_current().enable_progress_bars = progress
+        if not progress:
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        dataset = ray.data.from_items(items, override_num_blocks=max(1, min(n_sources, 4 * n_workers))).map_batches(
+            _RayRenderer, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_workers),
+            num_cpus=1, fn_constructor_kwargs={
+                "generator": str(out / "generator.pt"), "data": ds.config, "out": str(out),
+                "class_names": list(ds.info.class_names), "per_image": per_image, "seed": seed,
+                "batch_size": batch_size})
+        try:
+            for row in dataset.iter_rows():
+                results[int(row["index"])] = (json.loads(row["rows"]), json.loads(row["lines"]))
+        except Exception as exc:
+            user = _user_error(exc)
+            if user is not None:
+                raise user from None
+            raise
+    return [results[i] for i in range(n_sources)]
