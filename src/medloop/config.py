@@ -205,6 +205,8 @@ class TrainConfig(Config):
         loss_samples: logit samples of the attenuated classification loss.
         val_fraction, test_fraction: split by case for ``medloop train``.
         device: ``auto``, ``cpu`` or ``cuda``.
+        workers: data-parallel training processes (PyTorch DDP over gloo, one thread each, on this machine's
+            CPUs); each trains on its share of every batch of ``batch_size`` and the gradients are averaged.
     """
 
     task: typing.Literal["classify", "segment"] = "classify"
@@ -225,14 +227,21 @@ class TrainConfig(Config):
     test_fraction: float = 0.15
     seed: int = 0
     device: str = "auto"
+    workers: int = 1
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "loss_samples"):
+        for name in ("epochs", "batch_size", "loss_samples", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"The '{name}' parameter of TrainConfig must be >= 1; got {getattr(self, name)} instead")
         if self.lr <= 0:
             raise ConfigError(f"The 'lr' parameter of TrainConfig must be > 0; got {self.lr} instead")
         AugmentConfig.from_dict(self.augment, where="augment")
+        if self.workers > 1 and self.device not in ("auto", "cpu"):
+            raise ConfigError(f"The 'workers' parameter of TrainConfig ({self.workers}) trains on CPU processes (DDP over "
+                              f"gloo); got device {self.device!r}: set device: cpu, or workers: 1 on a GPU")
+        if self.workers > self.batch_size:
+            raise ConfigError(f"The 'workers' parameter of TrainConfig must be at most batch_size ({self.batch_size}): "
+                              f"each worker takes a share of every batch; got {self.workers} instead")
 
     @property
     def augmentation(self) -> "AugmentConfig":

@@ -38,6 +38,19 @@ class FitResult:
     best_metric: float
     stopped_early: bool
     monitor: str
+    workers: int = 1  # processes that trained (DDP world size)
+
+
+def _rank_world() -> tuple[int, int]:
+    """This process's rank and the world size of the DDP group it trains in (``0, 1`` outside one)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _rank_names(rank: int) -> tuple:
+    """Stream-name suffix of a rank: rank 0 draws what a one-process run draws, the others their own streams."""
+    return () if rank == 0 else ("rank", rank)
 
 
 def trainable_subset(dataset: MedDataset, task: str) -> MedDataset:
@@ -76,8 +89,17 @@ def _set_mode(model: nn.Module, fine_tune: str) -> None:
 
 def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, config: TrainConfig,
         progress: bool = True) -> FitResult:
-    """Train ``model`` in place; returns the history and the restored best epoch."""
-    device = resolve_device(config.device)
+    """Train ``model`` in place; returns the history and the restored best epoch.
+
+    With ``config.workers > 1`` the training runs in that many processes (``medloop.training.distributed``); inside
+    one of them (a DDP group is initialised) each rank trains on its share of every batch.
+    """
+    rank, world = _rank_world()
+    if config.workers > 1 and world == 1:
+        from medloop.training.distributed import fit_distributed
+
+        return fit_distributed(model, train_ds, val_ds, config, progress=progress)
+    device = resolve_device(config.device) if world == 1 else torch.device("cpu")
     model.to(device)
     task = config.task
     train_ds = trainable_subset(train_ds, task)
@@ -101,29 +123,41 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     shuffle_gen = torch_stream(config.seed, "fit", "shuffle")
-    loss_gen = torch_stream(config.seed, "fit", "loss", device=device)
+    suffix = _rank_names(rank)
+    loss_gen = torch_stream(config.seed, "fit", "loss", *suffix, device=device)
     for i, layer in enumerate(mc_dropout_layers(model)):
-        layer.generator = torch_stream(config.seed, "fit", "dropout", i, device=device)
+        layer.generator = torch_stream(config.seed, "fit", "dropout", i, *suffix, device=device)
     size = tuple(train_ds[0].image.shape[-2:])
-    transform = build_augmentation(config.augmentation, size, seed_for(config.seed, "fit", "augment"))
+    transform = build_augmentation(config.augmentation, size, seed_for(config.seed, "fit", "augment", *suffix))
+    view = TrainingView(train_ds, transform)
+    sampler, batch_size, n_local = None, config.batch_size, len(train_ds)
+    if world > 1:  # every rank shuffles alike (one seed) and takes every world-th sample: its share of each batch
+        sampler = torch.utils.data.DistributedSampler(view, num_replicas=world, rank=rank, shuffle=True,
+                                                      seed=seed_for(config.seed, "fit", "shuffle"))
+        batch_size, n_local = math.ceil(config.batch_size / world), len(sampler)
     # a last batch of one sample breaks batch norm in training mode: drop it (it is reshuffled next epoch)
-    loader = torch.utils.data.DataLoader(TrainingView(train_ds, transform), batch_size=config.batch_size,
-                                         shuffle=True, generator=shuffle_gen, num_workers=0,
-                                         drop_last=len(train_ds) % config.batch_size == 1 and len(train_ds) > 1)
+    loader = torch.utils.data.DataLoader(view, batch_size=batch_size, shuffle=sampler is None,
+                                         sampler=sampler, generator=shuffle_gen if sampler is None else None,
+                                         num_workers=0, drop_last=n_local % batch_size == 1 and n_local > 1)
+    net = model
+    if world > 1:  # gradients averaged over the ranks after each backward pass
+        net = nn.parallel.DistributedDataParallel(model)  # buffers (batch norm) from rank 0 at each forward
     scheduler = None
     if config.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs * len(loader), 1))
     monitor = "auc" if task == "classify" else "dice_mean"
     best, best_epoch, best_state, stale, history = -math.inf, -1, None, 0, []
     stopped = False
-    with make_progress(transient=not progress) as bar:
-        task_id = bar.add_task(f"training {type(model).__name__}", total=config.epochs, visible=progress)
+    with make_progress(transient=not progress or rank > 0) as bar:
+        task_id = bar.add_task(f"training {type(model).__name__}", total=config.epochs, visible=progress and rank == 0)
         for epoch in range(config.epochs):
             _set_mode(model, config.fine_tune)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             total, count, epoch_lr = 0.0, 0, opt.param_groups[0]["lr"]
             for batch in loader:
                 x = batch["image"].to(device)
-                logits, log_var = model(x)
+                logits, log_var = net(x)
                 if task == "classify":
                     loss = heteroscedastic_ce(logits, log_var, batch["label"].to(device), config.loss_samples, weight, loss_gen)
                 else:
@@ -132,6 +166,9 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
                 total += float(loss.detach()) * len(x)
                 count += len(x)
             record = {"epoch": epoch, "train_loss": total / max(count, 1), "lr": epoch_lr}
+            if world > 1:  # rank 0's batch-norm statistics for all: every rank then validates the same model
+                for buffer in model.buffers():
+                    torch.distributed.broadcast(buffer, 0)
             if val_ds is not None:
                 metrics = evaluate(model, val_ds, task, batch_size=config.batch_size, device=device)
                 value = metrics[monitor]
@@ -156,7 +193,7 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    return FitResult(history, best_epoch, float(best), stopped, monitor)
+    return FitResult(history, best_epoch, float(best), stopped, monitor, world)
 
 
 @torch.no_grad()
