@@ -43,6 +43,7 @@ def _worker(rank: int, world: int, rendezvous: str, model: nn.Module, train: lis
         out = fit(model, train_ds, val_ds, dataclasses.replace(config, device="cpu"), progress=False)
         if rank == 0:
             torch.save({"state_dict": model.state_dict(), "fit": dataclasses.asdict(out)}, result)
+        torch.distributed.barrier()  # no rank leaves while another still talks to it
     finally:
         torch.distributed.destroy_process_group()
 
