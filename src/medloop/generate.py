@@ -243,8 +243,8 @@ def generate_job(data: DataConfig, out: str | Path, per_image: int = 200, cgan: 
                          "predicted": mask_sources[:n_sources].count("predicted")},
                "out": str(out), **seg_info,
                "content_vgg": sampler.record.get("content_vgg"), "autoencoder": sampler.record.get("autoencoder")}
-    write_json(out / "summary.json", summary, indent=2)
     summary["engine"] = engine
+    write_json(out / "summary.json", summary, indent=2)
     write_run_record(out, seed, {"data": data.to_dict(), "cgan": cgan.to_dict(), "per_image": per_image,
                                  "engine": engine, "address": address,
                                  "checkpoint": str(checkpoint) if checkpoint else None,
