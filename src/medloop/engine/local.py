@@ -9,9 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from medloop.data.dataset import resolve_layout, scan_entries
-from medloop.engine.pool import BatchScorer, ScoreSpec
-from medloop.errors import DataError
+from medloop.engine.pool import BatchScorer, ScoreSpec, scan_pool
 from medloop.progress import track
 
 __all__ = ["score_local"]
@@ -23,15 +21,7 @@ def score_local(spec: ScoreSpec, progress: bool = True) -> dict[str, Any]:
     Returns the columns of ``BatchScorer`` for the whole pool (ids, scores, ``embedding [N, F]`` float16), in
     the layout's order, and ``skipped`` (the DataErrors of entries left out under ``on_error: skip``).
     """
-    layout = resolve_layout(spec.data)
-    skipped: list[DataError] = []
-
-    def handle(err: DataError) -> None:
-        if spec.data.on_error == "raise":
-            raise err
-        skipped.append(err)
-
-    entries = scan_entries(layout, spec.data, handle)
+    entries, skipped = scan_pool(spec)
     scorer = BatchScorer(spec)
     parts: dict[str, list[np.ndarray]] = {}
     starts = range(0, len(entries), spec.batch_size)

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from medloop.config import DataConfig
-from medloop.data.dataset import collate_samples, read_entry, resolve_layout
+from medloop.data.dataset import collate_samples, read_entry, resolve_layout, scan_entries
 from medloop.data.record import Entry, Sample
 from medloop.errors import ConfigError, DataError
 from medloop.uncertainty.mc import REDUCTIONS, batch_generators, check_mc_args, score_batch
 
-__all__ = ["ScoreSpec", "BatchScorer", "model_version", "rank_column", "merge_top_k", "top_k", "ID_COLUMNS"]
+__all__ = ["ScoreSpec", "BatchScorer", "scan_pool", "model_version", "rank_column", "merge_top_k", "top_k",
+           "ID_COLUMNS"]
 
 log = logging.getLogger("medloop.engine")
 
@@ -85,6 +86,19 @@ class ScoreSpec:
         model and parameters finds it and a retrained model never mixes with it."""
         params = hashlib.sha256(json.dumps(self.params(), sort_keys=True, default=str).encode()).hexdigest()[:8]
         return f"{model_version(self.checkpoint)}-{params}"
+
+
+def scan_pool(spec: ScoreSpec) -> tuple[list[Entry], list[DataError]]:
+    """The entries of ``spec``'s pool (ids and paths, no pixels) and the DataErrors of those left out by the scan
+    under ``on_error: skip``; under ``raise`` the first one is raised."""
+    skipped: list[DataError] = []
+
+    def handle(err: DataError) -> None:
+        if spec.data.on_error == "raise":
+            raise err
+        skipped.append(err)
+
+    return scan_entries(resolve_layout(spec.data), spec.data, handle), skipped
 
 
 class BatchScorer:

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from medloop.data.dataset import resolve_layout, scan_entries
-from medloop.engine.pool import BatchScorer, ScoreSpec, merge_top_k, rank_column
+from medloop.data.dataset import resolve_layout
+from medloop.engine.pool import BatchScorer, ScoreSpec, merge_top_k, rank_column, scan_pool
 from medloop.errors import ConfigError, DataError, MedloopError
 from medloop.storage import write_json, write_text
 
@@ -164,15 +164,7 @@ def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: i
     out = Path(out)
     folder = out / "scores" / spec.version()
     started = time.perf_counter()
-    layout = resolve_layout(spec.data)
-    skipped: list[DataError] = []
-
-    def handle(err: DataError) -> None:
-        if spec.data.on_error == "raise":
-            raise err
-        skipped.append(err)
-
-    entries = scan_entries(layout, spec.data, handle)
+    entries, skipped = scan_pool(spec)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "_params.json", {"checkpoint": str(spec.checkpoint), "version": spec.version(),
                                          **spec.params()}, indent=2)
