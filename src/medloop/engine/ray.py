@@ -213,6 +213,19 @@ def _rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
+def read_sample(layout: Any, entry: Any, data: Any, sample_id: str) -> Any:
+    """Sample ``sample_id`` read again from its entry: an entry of a volume holds one sample per slice."""
+    from medloop.data.dataset import read_entry
+
+    samples = read_entry(layout, entry, data)
+    found = next((s for s in samples if s.sample_id == sample_id), None)
+    if found is None:
+        raise DataError(f"sample '{sample_id}' is not in its entry any more (it holds "
+                        f"{[s.sample_id for s in samples][:3]}); the data changed while it was read", entry.where,
+                        "changed")
+    return found
+
+
 class _RayRenderer:
     """``map_batches``' stateful callable for ``medloop generate``: the generator is loaded once per actor; each
     source is read again from its entry, rendered, and its PNGs written into the (shared) output folder."""
@@ -232,13 +245,12 @@ class _RayRenderer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import json
 
-        from medloop.data.dataset import read_entry
         from medloop.generate import render_source
 
         rows_out, lines_out = [], []
-        for blob, packed, shape, mask_source in zip(batch["entry"], batch["mask"], batch["shape"],
-                                                    batch["mask_source"]):
-            sample = read_entry(self.layout, pickle.loads(blob), self.data)[0]
+        for blob, sample_id, packed, shape, mask_source in zip(batch["entry"], batch["sample_id"], batch["mask"],
+                                                               batch["shape"], batch["mask_source"]):
+            sample = read_sample(self.layout, pickle.loads(blob), self.data, str(sample_id))
             h, w = (int(v) for v in shape)
             mask = np.unpackbits(np.frombuffer(packed, np.uint8))[:h * w].reshape(h, w).astype(bool)
             rows, lines, _ = render_source(self.sampler, sample, mask, str(mask_source), self.class_names, self.out,
@@ -258,8 +270,9 @@ def generate_ray(ds: Any, masks: list[np.ndarray], mask_sources: list[str], n_so
     import json
 
     out = Path(out)
-    items = [{"index": i, "entry": pickle.dumps(ds.entry_of(i)), "mask": np.packbits(masks[i].astype(bool)).tobytes(),
-              "shape": list(masks[i].shape), "mask_source": mask_sources[i]} for i in range(n_sources)]
+    items = [{"index": i, "entry": pickle.dumps(ds.entry_of(i)), "sample_id": ds.sample_ids[i],
+              "mask": np.packbits(masks[i].astype(bool)).tobytes(), "shape": list(masks[i].shape),
+              "mask_source": mask_sources[i]} for i in range(n_sources)]
     results: dict[int, tuple[list, list]] = {}
     with ray_session(address) as ray:
         n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))

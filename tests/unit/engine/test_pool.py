@@ -12,7 +12,7 @@ import pytest
 from medloop.data import load_dataset
 from medloop.engine import ScoreSpec, check_engine, merge_top_k, top_k
 from medloop.engine.local import score_local
-from medloop.errors import ConfigError
+from medloop.errors import ConfigError, DataError
 from medloop.training import load_checkpoint
 from medloop.uncertainty import score_pool
 
@@ -90,3 +90,18 @@ def test_nothing_imports_ray_unless_asked():
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_source_read_again_on_a_worker_is_its_own_slice_of_a_volume():
+    from medloop.data.dataset import resolve_layout
+    from medloop.engine.ray import read_sample  # plain Python: imports no Ray
+
+    ds = load_dataset("builtin:cardiac-mr", size=32, options={"n_volumes": 2, "min_slices": 3, "max_slices": 3},
+                      progress=False)
+    layout = resolve_layout(ds.config)
+    for i in range(len(ds)):  # every slice of a volume shares the volume's entry
+        again = read_sample(layout, ds.entry_of(i), ds.config, ds.sample_ids[i])
+        assert again.sample_id == ds[i].sample_id and again.slice_index == ds[i].slice_index
+        assert np.array_equal(again.image.numpy(), ds[i].image.numpy())
+    with pytest.raises(DataError, match="'cmr-01:z09' is not in its entry"):
+        read_sample(layout, ds.entry_of(0), ds.config, "cmr-01:z09")
