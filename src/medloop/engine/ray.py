@@ -58,9 +58,16 @@ def require_ray():
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
     """Ray, connected: to ``address`` (a running cluster), else to the session already open in this process,
-    else to a local cluster started here (and shut down on exit). No dashboard, no usage statistics."""
+    else to a local cluster started here (and shut down on exit). No dashboard, no usage statistics.
+    ``num_cpus`` sizes that local cluster only: with ``address`` or an open session it is refused, not ignored."""
+    if num_cpus is not None and address:
+        raise ConfigError(f"num_cpus ({num_cpus}) sizes a local Ray started here; the cluster at {address!r} has its "
+                          "own CPUs: leave num_cpus out, or the address")
     ray = require_ray()
     if ray.is_initialized():
+        if num_cpus is not None or address:
+            raise ConfigError(f"Ray is already running in this process, so num_cpus ({num_cpus}) / address "
+                              f"({address!r}) cannot apply: leave them out to use it, or ray.shutdown() first")
         yield ray
         return
     ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False, log_to_driver=False,

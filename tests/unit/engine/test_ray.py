@@ -100,3 +100,18 @@ def test_generate_on_ray_writes_what_the_local_engine_writes(local_ray, tmp_path
         b = np.asarray(Image.open(tmp_path / "ray" / "images" / png.name), dtype=np.int64)
         assert np.abs(a - b).max() <= 2  # 16-bit PNGs: rounding of the same render at most
     assert (tmp_path / "ray" / "gallery.png").is_file()
+
+
+def test_ray_settings_that_cannot_apply_are_refused(local_ray):
+    from medloop.engine.ray import ray_session
+    from medloop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="num_cpus \\(2\\) sizes a local Ray.*'auto' has its own CPUs"):
+        with ray_session("auto", num_cpus=2):
+            pass
+    with pytest.raises(ConfigError, match="already running in this process.*num_cpus \\(4\\)"):
+        with ray_session(num_cpus=4):  # the module's Ray has 2 CPUs: 4 would be silently ignored
+            pass
+    with ray_session() as ray:  # the open session, as it is
+        assert ray.cluster_resources()["CPU"] == 2
+    assert local_ray.is_initialized()  # not shut down by a session it did not start
