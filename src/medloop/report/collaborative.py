@@ -36,7 +36,8 @@ def _case_dice(test: dict) -> dict[str, float]:
 
 
 def case_comparisons(results: dict, reference: str | None = None, seed: int = 0, n_boot: int = 10000) -> dict:
-    """``reference`` (default: the first strategy, the method's own) minus each other strategy at every budget:
+    """``reference`` (default: the first strategy, the method's own) minus each other strategy at every budget and
+    the same number of cycles:
     the mean over test cases (patients, every fold's) of the paired difference of their average Dice after the
     last cycle, a bootstrap 95% interval over the cases, a bootstrap p-value adjusted for every comparison made
     (Holm), and the verdict: ``better`` / ``worse`` only when Holm rejects "no difference" and the interval
@@ -47,9 +48,11 @@ def case_comparisons(results: dict, reference: str | None = None, seed: int = 0,
     labels = list(tracks)
     if not labels:
         return {}
-    reference = reference or labels[0]
+    strategy = (reference or labels[0]).rpartition("-n")[0]  # tracks are "<strategy>-n<cycles>"
+    pairs = [(f"{strategy}-n{n}", lab) for lab in labels for head, _, n in [lab.rpartition("-n")]
+             if head != strategy and f"{strategy}-n{n}" in tracks]  # like with like: the same number of cycles
     out: dict[str, dict] = {}
-    for other in (lab for lab in labels if lab != reference):
+    for reference, other in pairs:
         for b in sorted(set(tracks[reference]) & set(tracks[other]), key=float):
             diffs = []
             for fold in sorted(set(tracks[reference][b]) & set(tracks[other][b])):

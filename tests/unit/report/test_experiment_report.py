@@ -134,3 +134,20 @@ def test_censored_median_counts_the_seeds_that_never_reach():
     assert median_ratio(al, {"median": 0.1, "median_censored": False}) == (0.5, "exact")
     assert median_ratio(al, {"median": 0.1, "median_censored": True}) == (0.5, "upper bound")
     assert median_ratio({"median": 0.1, "median_censored": True}, al) == (None, "undefined")
+
+
+def test_collaborative_comparisons_pair_tracks_with_the_same_number_of_cycles():
+    from medloop.report.collaborative import case_comparisons
+
+    def rec(dice):  # one fold, four test patients
+        return [{"test": {"by_case": {f"p{i}": {"myo": d, "bp": None} for i, d in enumerate(dice)}}}]
+
+    tracks = {"discriminator-n1": {"0.30": {"0": rec([0.8, 0.7, 0.9, 0.6])}},
+              "random-n1": {"0.30": {"0": rec([0.7, 0.6, 0.8, 0.5])}},
+              "discriminator-n3": {"0.30": {"0": rec([0.5, 0.5, 0.5, 0.5])}},
+              "random-n3": {"0.30": {"0": rec([0.5, 0.6, 0.5, 0.6])}}}
+    out = case_comparisons({"tracks": tracks}, n_boot=500)
+    assert set(out) == {"discriminator-n1 - random-n1", "discriminator-n3 - random-n3"}
+    one = out["discriminator-n1 - random-n1"]["0.30"]
+    assert one["diff"] == pytest.approx(0.1) and one["n"] == 4 and one["ci"] == pytest.approx([0.1, 0.1])
+    assert out["discriminator-n3 - random-n3"]["0.30"]["diff"] == pytest.approx(-0.05)

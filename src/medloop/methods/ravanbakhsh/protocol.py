@@ -101,7 +101,7 @@ def _pearson(corr: dict[str, list[float]]) -> dict[str, Any]:
     return out
 
 
-def _test_qc(track: Path, base_rec: dict, threshold: float) -> dict[str, list[float]] | None:
+def _test_qc(track: Path, base_rec: dict) -> dict[str, list[float]] | None:
     """The base model's test slices, their Dice predicted by the track's first calibration (fitted on the slices
     the expert labeled in its first cycle, before any model trained on them) and their true Dice."""
     path = track / "qc" / "round_000.json"
@@ -250,7 +250,7 @@ def run_collaborative(config: CollaborativeConfig, out: str | Path, resume: bool
                     recs = protocol.unit(("track", f, j, n, b))
                     tracks.setdefault(label, {}).setdefault(f"{b:.2f}", {})[str(f)] = recs
                     qc.setdefault(label, {}).setdefault(f"{b:.2f}", {})[str(f)] = _test_qc(
-                        protocol.folder(f, label, b), base_rec, config.qc_threshold)
+                        protocol.folder(f, label, b), base_rec)
         corr["plausibility"] += base_rec["plausibility"]
         corr["dice"] += base_rec["dice"]
         if config.fsl:
