@@ -169,3 +169,9 @@ def test_experiment_files_pick_their_config_class(tmp_path):
     path.write_text("method: foo\n")
     with pytest.raises(ConfigError, match="unknown method 'foo'"):
         load_experiment_config(path)
+
+
+def test_reads_per_image_is_refused_by_the_simulated_protocol(tmp_path):
+    cfg = CollaborativeConfig.from_dict({**TINY, "reads_per_image": 2})
+    with pytest.raises(ConfigError, match="reads_per_image: 1"):
+        run_collaborative(cfg, tmp_path / "run", progress=False)

@@ -98,6 +98,22 @@ def finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def check_reads_per_image_key(value: object) -> None:
+    """The experiment key ``reads_per_image``: an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"The 'reads_per_image' parameter must be an integer >= 1, the number of different "
+                          f"annotators who label each image under `medloop serve`; got {value!r}")
+
+
+def refuse_simulated_reads(config: Any) -> None:
+    """``medloop run`` answers from the ground truth, one read per image: refuse ``reads_per_image`` > 1 there."""
+    if config.reads_per_image > 1:
+        raise ConfigError(f"'reads_per_image: {config.reads_per_image}' asks for {config.reads_per_image} human readers "
+                          "per image and their consensus, which `medloop serve` collects; `medloop run` answers from "
+                          "the ground truth, which reads each image once: serve this experiment, or set "
+                          "reads_per_image: 1")
+
+
 def check_engine_keys(engine: str, address: str | None) -> None:
     """A method's ``engine`` / ``engine_address``: ``local`` only, since a loop scores its pool in process between
     retraining rounds; ``ray`` is refused with where it does apply."""

@@ -56,7 +56,8 @@ class Runner:
 
     Refuses a folder that holds a ``medloop run`` experiment, a served run without ``resume``, a run with
     another config (``loop.rundir.check_resume``) or other reads per image. ``reads_per_image``: how many
-    different annotators label each image (``None``: what the resumed run was started with, else 1). ``clock``:
+    different annotators label each image (``None``: what the resumed run was started with, else the experiment's
+    ``reads_per_image``). ``clock``:
     the leases' monotonic seconds (tests move it to expire leases).
     """
 
@@ -84,7 +85,8 @@ class Runner:
                                   f"resume with --reads-per-image {reads_per_image} (its queue and answers count "
                                   f"{self.reads_per_image}): leave the option out, or serve into another --out")
         else:
-            self.run_id, self.reads_per_image = uuid.uuid4().hex, 1 if reads_per_image is None else reads_per_image
+            self.run_id = uuid.uuid4().hex
+            self.reads_per_image = config.reads_per_image if reads_per_image is None else reads_per_image
             config.to_yaml(self.out / "config.yaml")
             write_run_record(self.out, self.plan.seed, {"experiment": config.to_dict()}, "medloop serve")
             write_json(marker, {"run_id": self.run_id, "name": config.name, **self.plan.track,

@@ -446,3 +446,17 @@ def test_two_annotators_read_the_same_image_and_see_their_agreement(tmp_path):
     assert [a["annotator"] for a in agreement["annotators"]] == ["a", "b"]
     assert agreement["annotators"][0]["dice"]["lung"] == pytest.approx(2 * 16 / (64 + 16))
     assert agreement["most_disagreement"][0]["image"] == sid
+
+
+def test_reads_per_image_is_an_experiment_key_that_serve_honours_and_run_refuses(tmp_path):
+    from medloop.errors import ConfigError
+    from medloop.loop import run_experiment
+
+    config = ExperimentConfig.from_dict({**CHEST, "reads_per_image": 2})
+    assert Runner(config, tmp_path / "served").reads_per_image == 2  # the experiment asks for two readers
+    assert Runner(config, tmp_path / "cli", reads_per_image=3).reads_per_image == 3  # the CLI option wins
+    with pytest.raises(ConfigError, match="medloop serve"):
+        run_experiment(config, tmp_path / "run", progress=False)  # the ground truth reads each image once
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="reads_per_image"):
+        ExperimentConfig.from_dict({**CHEST, "reads_per_image": 0})

@@ -9,7 +9,7 @@ from typing import Any
 
 from medloop.config import Config, DataConfig, TrainConfig
 from medloop.errors import ConfigError
-from medloop.methods.base import check_engine_keys, strategy_specs
+from medloop.methods.base import check_engine_keys, check_reads_per_image_key, strategy_specs
 
 __all__ = ["ExperimentConfig", "RENAMED"]
 
@@ -96,6 +96,8 @@ class ExperimentConfig(Config):
         random_subset_fraction, random_subset_draws: fully supervised training on random subsets.
         oracle_timeout: seconds to wait for a (human) oracle per round (``null``: forever).
         device: ``auto``, ``cpu`` or ``cuda``.
+        reads_per_image: different annotators who label each image under ``medloop serve`` (their consensus is
+            what the model trains on; ``medloop serve --reads-per-image`` overrides it); ``medloop run`` refuses > 1.
         engine, engine_address: ``local`` only (named so that ``engine: ray`` is refused with what to do instead:
             ``medloop score --engine ray`` scores a large pool on a cluster).
     """
@@ -132,6 +134,7 @@ class ExperimentConfig(Config):
     random_subset_draws: int = 10
     oracle_timeout: float | None = None
     device: str = "auto"
+    reads_per_image: int = 1
     engine: str = "local"
     engine_address: str | None = None
 
@@ -148,6 +151,7 @@ class ExperimentConfig(Config):
 
         DataConfig.from_dict(self.data, where="data")
         check_engine_keys(self.engine, self.engine_address)
+        check_reads_per_image_key(self.reads_per_image)
         cls = TrainConfig.from_dict({"task": "classify", **self.classifier}, where="classifier")
         if cls.task != "classify":
             raise ConfigError(f"The 'classifier.task' parameter must be 'classify'; got {cls.task!r}")

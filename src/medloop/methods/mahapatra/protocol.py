@@ -25,6 +25,7 @@ from medloop.errors import ConfigError
 from medloop.loop.round import run_track
 from medloop.loop.rundir import check_resume, once
 from medloop.loop.state import RunState
+from medloop.methods.base import refuse_simulated_reads
 from medloop.methods.mahapatra.config import ExperimentConfig
 from medloop.methods.mahapatra.method import (Context, Mahapatra, _classify, _classify_features, prepare,
                                               train_classifier, train_head, train_segmenter)
@@ -138,6 +139,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, resume: bool = Fal
     from medloop.runinfo import write_run_record
 
     out = Path(out)
+    refuse_simulated_reads(config)
     check_resume(out, config, resume)
     ctx = prepare(config, progress=progress, oracle_factory=oracle_factory)
     ctx.workdir = out

@@ -9,7 +9,7 @@ from typing import Any
 
 from medloop.config import Config, DataConfig
 from medloop.errors import ConfigError
-from medloop.methods.base import check_engine_keys, strategy_specs
+from medloop.methods.base import check_engine_keys, check_reads_per_image_key, strategy_specs
 
 __all__ = ["CollaborativeConfig"]
 
@@ -38,6 +38,8 @@ class CollaborativeConfig(Config):
         processes: run the protocol's units (per fold: base model, tracks, FSL model) in this many processes of
             one thread each (on a CPU, N processes train faster than one process with N threads).
         seed, device.
+        reads_per_image: different annotators who label each image under ``medloop serve`` (their consensus is
+            what the model trains on; ``medloop serve --reads-per-image`` overrides it); ``medloop run`` refuses > 1.
         engine, engine_address: ``local`` only, as in ``ExperimentConfig``.
     """
 
@@ -60,6 +62,7 @@ class CollaborativeConfig(Config):
     processes: int = 1
     seed: int = 0
     device: str = "auto"
+    reads_per_image: int = 1
     engine: str = "local"
     engine_address: str | None = None
 
@@ -71,6 +74,7 @@ class CollaborativeConfig(Config):
 
         DataConfig.from_dict(self.data, where="data")
         check_engine_keys(self.engine, self.engine_address)
+        check_reads_per_image_key(self.reads_per_image)
         Pix2PixConfig.from_dict(self.pix2pix, where="pix2pix")
         if self.folds < 2:
             raise ConfigError(f"The 'folds' parameter must be >= 2 (cross-validation by volume); got {self.folds}")

@@ -19,6 +19,7 @@ from medloop.loop.oracle import GroundTruthOracle
 from medloop.loop.round import run_track
 from medloop.loop.rundir import check_resume, once
 from medloop.loop.state import RunState
+from medloop.methods.base import refuse_simulated_reads
 from medloop.methods.ravanbakhsh.config import CollaborativeConfig
 from medloop.methods.ravanbakhsh.method import CollabData, Ravanbakhsh, _test_metrics, load_collab_data
 from medloop.query import build_strategy
@@ -222,6 +223,7 @@ def run_collaborative(config: CollaborativeConfig, out: str | Path, resume: bool
     from medloop.runinfo import write_run_record
 
     out = Path(out)
+    refuse_simulated_reads(config)
     check_resume(out, config, resume)
     if config.processes > 1 and (interrupt is not None or oracle_factory is not None or observers):
         raise ConfigError("'processes' > 1 runs the protocol in other processes, where a test hook, an observer or "
