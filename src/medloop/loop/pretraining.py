@@ -31,7 +31,10 @@ def selfsup_key(config, seed: int, in_channels: int) -> dict:
     from medloop import __version__
 
     cls = config.classifier_config
-    key = {"data": config.data_config.to_dict(), "val_fraction": config.val_fraction,
+    data = config.data_config.to_dict()
+    if not str(data["source"]).startswith("builtin:"):  # one folder, one key: however the path was written
+        data["source"] = str(Path(data["source"]).expanduser().resolve())
+    key = {"data": data, "val_fraction": config.val_fraction,
            "test_fraction": config.test_fraction, "seed": seed, "model": cls.model, "model_params": cls.model_params,
            "in_channels": in_channels, "selfsup": config.selfsup_config.to_dict(), "medloop": __version__}
     if config.pool_positive_share is not None:  # a screening pool holds other images than the split's pool

@@ -85,3 +85,16 @@ def test_config_is_checked():
         SelfSupConfig(crop_scale=1.5)
     with pytest.raises(ConfigError, match="temperature"):
         SelfSupConfig(temperature=0)
+
+
+def test_the_checkpoint_key_names_a_folder_however_its_path_is_written(tmp_path, monkeypatch):
+    from medloop.loop import ExperimentConfig
+    from medloop.loop.pretraining import selfsup_key
+
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    relative = ExperimentConfig.from_dict({"data": {"source": "data"}})
+    absolute = ExperimentConfig.from_dict({"data": {"source": str(tmp_path / "data")}})
+    other = ExperimentConfig.from_dict({"data": {"source": str(tmp_path / "other")}})
+    assert selfsup_key(relative, 0, 1) == selfsup_key(absolute, 0, 1) != selfsup_key(other, 0, 1)
+    assert selfsup_key(ExperimentConfig.from_dict({}), 0, 1)["data"]["source"] == "builtin:chest-xray"
