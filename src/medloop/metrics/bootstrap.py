@@ -184,13 +184,15 @@ def curve_area_diff_ci(al_tracks: Mapping[str, Sequence[dict]], random_tracks: M
             "n_boot": n_boot}
 
 
-def paired_mean_diff(diffs: Sequence[float], n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> dict:
+def paired_mean_diff(diffs: Sequence[float], n_boot: int = 10000, seed: int = 0, level: float = 0.95,
+                     min_units: int = 5) -> dict:
     """The mean of paired differences (one per unit, e.g. a test patient's Dice under two models) with a percentile
     bootstrap interval over the units and a two-sided bootstrap p-value for "no difference"
-    (``2 * min(P(mean* <= 0), P(mean* >= 0))``, at least ``1 / n_boot``)."""
+    (``2 * min(P(mean* <= 0), P(mean* >= 0))``, at least ``1 / n_boot``). With fewer than ``min_units`` units a
+    bootstrap has a handful of distinct resamples and its interval means nothing: no interval, no p-value."""
     d = np.asarray(diffs, dtype=np.float64)
     d = d[np.isfinite(d)]
-    if len(d) < 2:
+    if len(d) < max(2, min_units):
         return {"diff": float(d.mean()) if len(d) else None, "ci": None, "p_value": None, "n": int(len(d))}
     means = d[stream(seed, "paired bootstrap").integers(len(d), size=(n_boot, len(d)))].mean(1)
     tail = (1 - level) / 2 * 100

@@ -62,6 +62,10 @@ def case_comparisons(results: dict, reference: str | None = None, seed: int = 0,
                 a, o = _case_dice(ra[-1]["test"]), _case_dice(rb[-1]["test"])
                 diffs += [a[c] - o[c] for c in sorted(set(a) & set(o))]
             out.setdefault(f"{reference} - {other}", {})[b] = paired_mean_diff(diffs, n_boot, seed)
+    for by in out.values():
+        for v in by.values():
+            if v["p_value"] is None:
+                v["verdict"] = f"too few test patients ({v['n']}) for an interval"
     flat = [(k, b) for k, by in out.items() for b, v in by.items() if v["p_value"] is not None]
     adjusted, _ = holm([out[k][b]["p_value"] for k, b in flat]) if flat else ([], None)
     for (k, b), p in zip(flat, adjusted):

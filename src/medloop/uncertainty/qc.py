@@ -36,7 +36,9 @@ def slice_dice(pred: torch.Tensor, masks: torch.Tensor, num_classes: int) -> np.
 @dataclasses.dataclass(frozen=True)
 class DiceCalibration:
     """``dice ~ intercept + slope * plausibility``, fitted on ``n`` expert-labeled slices whose plausibility spans
-    ``[lo, hi]``; with fewer than 3 slices or a constant plausibility the slope is 0 (the mean Dice)."""
+    ``[lo, hi]``; with fewer than 3 slices, a constant plausibility, or a fit that says a more plausible map is a
+    worse one (slope < 0: a handful of slices, all at one end), the slope is 0 and every slice gets their mean
+    Dice."""
 
     slope: float
     intercept: float
@@ -53,6 +55,8 @@ class DiceCalibration:
         if len(x) < 3 or np.ptp(x) == 0:
             return cls(0.0, float(y.mean()), len(x), float(x.min()), float(x.max()))
         slope, intercept = np.polyfit(x, y, 1)
+        if slope < 0:
+            return cls(0.0, float(y.mean()), len(x), float(x.min()), float(x.max()))
         return cls(float(slope), float(intercept), len(x), float(x.min()), float(x.max()))
 
     def predict(self, plausibility: Sequence[float]) -> np.ndarray:

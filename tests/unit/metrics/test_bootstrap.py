@@ -154,5 +154,8 @@ def test_paired_mean_diff_resolves_a_consistent_shift_and_not_noise():
     assert shifted["ci"][0] <= shifted["diff"] <= shifted["ci"][1]
     noise = paired_mean_diff(rng.normal(0, 0.05, 20) - 0.0, n_boot=2000, seed=1)
     assert noise["ci"][0] < 0 < noise["ci"][1] or noise["p_value"] >= 0.01
-    assert paired_mean_diff([0.1, 0.2, 0.3], n_boot=500, seed=3) == paired_mean_diff([0.1, 0.2, 0.3], n_boot=500, seed=3)
+    same = [0.1, 0.2, 0.3, 0.1, 0.2]
+    assert paired_mean_diff(same, n_boot=500, seed=3) == paired_mean_diff(same, n_boot=500, seed=3)
     assert paired_mean_diff([0.1], n_boot=500)["ci"] is None
+    few = paired_mean_diff([0.1, 0.11], n_boot=500)  # two patients: no interval worth the name
+    assert few["ci"] is None and few["p_value"] is None and few["diff"] == pytest.approx(0.105)

@@ -139,15 +139,19 @@ def test_censored_median_counts_the_seeds_that_never_reach():
 def test_collaborative_comparisons_pair_tracks_with_the_same_number_of_cycles():
     from medloop.report.collaborative import case_comparisons
 
-    def rec(dice):  # one fold, four test patients
+    def rec(dice):  # one fold, five test patients
         return [{"test": {"by_case": {f"p{i}": {"myo": d, "bp": None} for i, d in enumerate(dice)}}}]
 
-    tracks = {"discriminator-n1": {"0.30": {"0": rec([0.8, 0.7, 0.9, 0.6])}},
-              "random-n1": {"0.30": {"0": rec([0.7, 0.6, 0.8, 0.5])}},
-              "discriminator-n3": {"0.30": {"0": rec([0.5, 0.5, 0.5, 0.5])}},
-              "random-n3": {"0.30": {"0": rec([0.5, 0.6, 0.5, 0.6])}}}
+    tracks = {"discriminator-n1": {"0.30": {"0": rec([0.8, 0.7, 0.9, 0.6, 0.8])}},
+              "random-n1": {"0.30": {"0": rec([0.7, 0.6, 0.8, 0.5, 0.7])}},
+              "discriminator-n3": {"0.30": {"0": rec([0.5, 0.5, 0.5, 0.5, 0.5])}},
+              "random-n3": {"0.30": {"0": rec([0.5, 0.6, 0.5, 0.6, 0.55])}}}
     out = case_comparisons({"tracks": tracks}, n_boot=500)
     assert set(out) == {"discriminator-n1 - random-n1", "discriminator-n3 - random-n3"}
     one = out["discriminator-n1 - random-n1"]["0.30"]
-    assert one["diff"] == pytest.approx(0.1) and one["n"] == 4 and one["ci"] == pytest.approx([0.1, 0.1])
+    assert one["diff"] == pytest.approx(0.1) and one["n"] == 5 and one["ci"] == pytest.approx([0.1, 0.1])
+    assert one["verdict"] == "better"
     assert out["discriminator-n3 - random-n3"]["0.30"]["diff"] == pytest.approx(-0.05)
+    two = case_comparisons({"tracks": {k: {"0.30": {"0": [{"test": {"by_case": dict(list(
+        v["0.30"]["0"][0]["test"]["by_case"].items())[:2])}}]}} for k, v in tracks.items()}}, n_boot=500)
+    assert two["discriminator-n1 - random-n1"]["0.30"]["verdict"].startswith("too few test patients")

@@ -46,3 +46,8 @@ def test_slice_dice_averages_the_structures_present():
     pred[1, 2:] = 0  # slice 1: class 1 right, class 2 missed
     d = slice_dice(pred, truth, 3)
     assert d.tolist() == pytest.approx([1.0, 0.5, 1.0])  # slice 2: both empty
+
+
+def test_a_fit_that_ranks_plausible_maps_worse_is_not_trusted():
+    cal = DiceCalibration.fit([0.3, 0.35, 0.4, 0.45], [0.6, 0.5, 0.3, 0.2])  # a handful of slices at the low end
+    assert cal.slope == 0 and cal.predict([0.2, 0.9]).tolist() == pytest.approx([0.4, 0.4])
