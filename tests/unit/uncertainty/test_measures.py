@@ -85,3 +85,13 @@ def test_reductions():
     assert top[0] > top[1]  # a region beats a single noisy pixel
     with pytest.raises(ValueError, match="unknown reduction 'median'"):
         reduce_map(umap, "median")
+
+
+def test_variation_ratio_counts_argmax_votes_including_ties_and_maps():
+    gen = torch.Generator().manual_seed(0)
+    p = torch.rand(3, 7, 4, 5, 6, generator=gen).softmax(2)  # [N, T, C, H, W]
+    p[:, :3, :, 0, 0] = 0.25  # three passes tie every class at one pixel: argmax votes for class 0
+    votes = p.argmax(2)
+    reference = 1 - torch.nn.functional.one_hot(votes, 4).sum(1).amax(-1).float() / 7
+    assert torch.equal(variation_ratio(p), reference)
+    assert variation_ratio(p).shape == (3, 5, 6)
