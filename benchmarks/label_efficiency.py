@@ -28,7 +28,11 @@ Final line(s) JSON, one per regime:
 ``*_auc_at``: mean test AUC over seeds at the first round reaching each labeled fraction (``--at``);
 ``fraction_to_98pct_fsl_*``: the mean (over the seeds that reach it) labeled fraction at which the test AUC first
 reaches 98% of the seed's FSL AUC, ``reached_98pct_fsl_*`` how many seeds do, ``fraction_to_98pct_ratio`` AL
-over random (null unless both reach it); ``curve_area_*``: the mean AUC-vs-fraction curve's area over the common
+over random (null unless both reach it); ``fraction_to_98pct_median_al`` / ``_random`` (also per strategy under
+``compared``): the Kaplan-Meier median of that fraction with the seeds that never reach it censored at their last
+fraction (``_censored``: the median lies beyond the budget), and ``fraction_to_98pct_median_ratio`` AL over random
+with its ``_kind`` (``exact``, ``upper bound`` when random's median lies beyond the budget, ``undefined``);
+``curve_area_*``: the mean AUC-vs-fraction curve's area over the common
 fraction range, divided by its width. ``curve_area_diff_ci``: the paired two-level bootstrap 95% interval (seeds
 and test images resampled) of AL minus random. ``pairwise``: every pair of tracks (``"a - b"``), the difference
 in curve area over the range all tracks cover with its interval corrected for the number of pairs (Holm, see
