@@ -217,10 +217,11 @@ def test_the_review_list_opens_a_flagged_pseudo_label_as_the_proposal(served):
                  what="the first image of the queue")
         title = driver.find_element(By.ID, "review-title").text
         assert title == "Review: flagged pseudo-labels (predicted Dice < 0.7)"
-        rows = driver.find_elements(By.CSS_SELECTOR, "#review li")
-        assert [r.get_attribute("data-image") for r in rows] == [pool[1], pool[0]]  # lowest predicted Dice first
-        assert "0.31" in rows[0].text
-        rows[0].click()
+        rows = driver.execute_script(  # read in one step: the list re-renders when the status refreshes
+            "return [...document.querySelectorAll('#review li')].map(li => [li.dataset.image, li.textContent])")
+        assert [image for image, _ in rows] == [pool[1], pool[0]]  # lowest predicted Dice first
+        assert "0.31" in rows[0][1]
+        driver.execute_script("document.querySelector('#review li').click()")
         wait_for(lambda: driver.find_element(By.ID, "item-title").text == pool[1], timeout=10, what="the review item")
         assert "predicted Dice 0.31 < 0.7" in driver.find_element(By.ID, "item-meta").text
         assert "Flagged pseudo-label" in driver.find_element(By.ID, "message").text
@@ -230,7 +231,8 @@ def test_the_review_list_opens_a_flagged_pseudo_label_as_the_proposal(served):
         ActionChains(driver).send_keys("m").key_down(Keys.SHIFT).send_keys("1").key_up(Keys.SHIFT).perform()
         ActionChains(driver).send_keys(Keys.ENTER).perform()  # accept it as it is (class normal)
         wait_for(lambda: runner.datastore.answer(pool[1]), timeout=20, what="the correction")
-        wait_for(lambda: "✓" in driver.find_element(By.CSS_SELECTOR, f"#review li[data-image='{pool[1]}']").text,
+        ticked = f"return document.querySelector(\"#review li[data-image='{pool[1]}']\")?.textContent || ''"
+        wait_for(lambda: "✓" in driver.execute_script(ticked),  # read in one step: the list re-renders as it updates
                  timeout=10, what="the corrected item ticked")
         wait_for(lambda: driver.find_element(By.ID, "item-title").text == initial[0], timeout=10,
                  what="back to the queue")
