@@ -36,7 +36,7 @@ from medloop.seeding import seed_for
 from medloop.storage import write_json
 from medloop.training.pix2pix import Pix2PixTrainer, train_pix2pix
 from medloop.uncertainty import score_pool
-from medloop.uncertainty.discriminator import discriminator_scores
+from medloop.uncertainty.discriminator import discriminator_scores, slice_score
 from medloop.uncertainty.qc import DiceCalibration, slice_dice
 
 __all__ = ["CollabData", "load_collab_data", "Ravanbakhsh", "query_counts"]
@@ -115,6 +115,7 @@ class Ravanbakhsh(Method):
         self.test_cases = [str(cases[i]) for i in self.test_idx]
         self.pos = {data.ids[i]: i for i in range(len(data.dataset))}
         self._train_ids: set[str] = set()
+        self._judged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # this round's model: id -> (plausibility, map)
         self.per_cycle = query_counts(int(round(budget * len(self.pool))), cycles)
         self.p2p = config.pix2pix_config
 
@@ -145,6 +146,7 @@ class Ravanbakhsh(Method):
     def train(self, state: RunState, model: Pix2PixTrainer | None, round_idx: int) -> Pix2PixTrainer:
         self._trained = (0, 0.0)
         self._train_ids = set(state.labeled)  # what the model has seen expert labels of (QC calibrates on the rest)
+        self._judged = {}  # the model changes (trained in place)
         if round_idx == 0 and self.base_model is not None:  # S_true is the base volume: the fold's shared base model
             trainer = self._trainer()
             trainer.load_state_dict(torch.load(self.base_model, weights_only=True))
@@ -183,13 +185,11 @@ class Ravanbakhsh(Method):
 
     def inputs(self, needs: frozenset[str], model: Pix2PixTrainer, candidates: Candidates,
                round_idx: int) -> dict[str, np.ndarray]:
-        images = self.data.images[[self.pos[s] for s in candidates.sources]]
         columns: dict[str, np.ndarray] = {"index": np.arange(len(candidates))}
         if needs & {"discriminator", "foreground"}:
-            scores, _, pred = discriminator_scores(model.G, model.D, images, reduction=self.config.slice_reduction,
-                                                   q=self.config.q)
+            plaus, pred = self._plausibility(model, candidates.sources)
             if "discriminator" in needs:
-                columns["discriminator"] = scores.numpy().astype(np.float64)
+                columns["discriminator"] = 1.0 - plaus
             if "foreground" in needs:  # the share of the slice G labels as a structure
                 columns["foreground"] = (pred > 0).flatten(1).double().mean(1).numpy()
         if "mc" in needs:  # MC dropout of G: per-pixel measures averaged over the slice
@@ -205,12 +205,10 @@ class Ravanbakhsh(Method):
         kept when its plausibility reaches ``pseudo_threshold``; the quality control of these pseudo-labels is
         written beside (``quality_control``)."""
         pseudo = dict(state.pseudo)
-        rest = [i for i in self._remaining(state) if self.config.repseudo or self.data.ids[i] not in pseudo]
+        rest = [self.data.ids[i] for i in self._remaining(state) if self.config.repseudo or self.data.ids[i] not in pseudo]
         if rest:
-            d_scores, _, pred = discriminator_scores(model.G, model.D, self.data.images[rest])
-            plaus = 1.0 - d_scores.numpy()
-            for j, i in enumerate(rest):
-                sid = self.data.ids[i]
+            plaus, pred = self._plausibility(model, rest, "mean")
+            for j, sid in enumerate(rest):
                 if self.config.pseudo_threshold is None or plaus[j] >= self.config.pseudo_threshold:
                     pseudo[sid] = pred[j].numpy().astype(np.int64)
                 else:
@@ -218,11 +216,19 @@ class Ravanbakhsh(Method):
         self.quality_control(state, model, pseudo)
         return pseudo
 
-    def _plausibility(self, model: Pix2PixTrainer, ids: list[str]) -> tuple[np.ndarray, torch.Tensor]:
-        """Slice plausibility (``slice_reduction``) and G's label maps of pool slices."""
-        scores, _, pred = discriminator_scores(model.G, model.D, self.data.images[[self.pos[s] for s in ids]],
-                                               reduction=self.config.slice_reduction, q=self.config.q)
-        return 1.0 - scores.numpy().astype(np.float64), pred
+    def _plausibility(self, model: Pix2PixTrainer, ids: list[str], reduction: str | None = None
+                      ) -> tuple[np.ndarray, torch.Tensor]:
+        """Slice plausibility (``reduction``, default ``slice_reduction``) and G's label maps of pool slices. G and D
+        judge each slice once per round: the strategy's inputs, the pseudo-labels and their quality control all
+        read the same maps."""
+        missing = [s for s in ids if s not in self._judged]
+        if missing:
+            _, pmaps, preds = discriminator_scores(model.G, model.D, self.data.images[[self.pos[s] for s in missing]])
+            self._judged.update((s, (pmaps[j], preds[j])) for j, s in enumerate(missing))
+        pmap = torch.stack([self._judged[s][0] for s in ids])
+        pred = torch.stack([self._judged[s][1] for s in ids])
+        score = slice_score(pmap, reduction or self.config.slice_reduction, self.config.q, pred)
+        return 1.0 - score.numpy().astype(np.float64), pred
 
     def quality_control(self, state: RunState, model: Pix2PixTrainer, pseudo: dict[str, np.ndarray]) -> dict:
         """Calibrate the discriminator to a Dice on the slices the expert has just labeled (G's maps from before
