@@ -53,27 +53,24 @@ def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
-def _embeddings(inputs: dict[str, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray]:
+def _require_embeddings(inputs: dict[str, np.ndarray], name: str) -> None:
     if "embeddings" not in inputs:
         raise ConfigError(f"strategy {name} needs the 'embeddings' input, which this method does not provide")
-    cand = _normalise(inputs["embeddings"])
+
+
+def _embeddings(inputs: dict[str, np.ndarray], name: str, normalise=_normalise) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates' ``[N, F]`` and the labeled set's ``[L, F]`` embeddings, rows made unit by ``normalise``
+    (float64 for the exact methods, ``scale.normalise32`` for the large-pool path)."""
+    _require_embeddings(inputs, name)
+    cand = normalise(inputs["embeddings"])
     lab = inputs.get("labeled_embeddings")
-    lab = _normalise(lab) if lab is not None and len(lab) else np.zeros((0, cand.shape[1]))
+    lab = normalise(lab) if lab is not None and len(lab) else np.zeros((0, cand.shape[1]), cand.dtype)
     return cand, lab
 
 
 TYPICALITY_REFERENCE = 4096  # a larger cluster's typicality is measured against this many random members
 PURITY_QUERIES = 5000  # points whose ball purity estimates ProbCover's automatic radius on a large pool
 RADIUS_PAIRS = 2_000_000  # sampled distances whose quantiles are the candidate radii on a large pool
-
-
-def _embeddings32(inputs: dict[str, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray]:
-    if "embeddings" not in inputs:
-        raise ConfigError(f"strategy {name} needs the 'embeddings' input, which this method does not provide")
-    cand = scale.normalise32(inputs["embeddings"])
-    lab = inputs.get("labeled_embeddings")
-    lab = scale.normalise32(lab) if lab is not None and len(lab) else np.zeros((0, cand.shape[1]), np.float32)
-    return cand, lab
 
 
 class _SequentialStrategy(QueryStrategy):
@@ -142,7 +139,7 @@ class TypiClustStrategy(_SequentialStrategy):
     def choose(self, inputs, k, rng):
         if self.large(inputs):
             return self._choose_large(inputs, k, rng)
-        cand, lab = _embeddings(inputs, "typiclust")
+        cand, lab = _embeddings(inputs, self.name)
         allx = np.concatenate([lab, cand])
         n_clusters = int(min(len(lab) + k, self.max_clusters, len(allx)))
         clusters = _kmeans(allx, n_clusters, rng)
@@ -170,8 +167,7 @@ class TypiClustStrategy(_SequentialStrategy):
         return chosen, typ
 
     def _choose_large(self, inputs, k, rng):
-        if "embeddings" not in inputs:
-            raise ConfigError("strategy typiclust needs the 'embeddings' input, which this method does not provide")
+        _require_embeddings(inputs, self.name)
         given = inputs.get("labeled_embeddings")
         given = given if given is not None else np.zeros((0, inputs["embeddings"].shape[1]))
         allx = np.empty((len(given) + len(inputs["embeddings"]), inputs["embeddings"].shape[1]), np.float32)
@@ -252,7 +248,7 @@ class ProbCoverStrategy(_SequentialStrategy):
     def choose(self, inputs, k, rng):
         if self.large(inputs):
             return self._choose_large(inputs, k, rng)
-        cand, lab = _embeddings(inputs, "probcover")
+        cand, lab = _embeddings(inputs, self.name)
         labels = inputs.get("labeled_labels")
         n_classes = len(np.unique(labels)) if labels is not None and len(labels) else 2
         allx = np.concatenate([lab, cand])
@@ -297,7 +293,7 @@ class ProbCoverStrategy(_SequentialStrategy):
         return best
 
     def _choose_large(self, inputs, k, rng):
-        cand, lab = _embeddings32(inputs, "probcover")
+        cand, lab = _embeddings(inputs, self.name, scale.normalise32)
         labels = inputs.get("labeled_labels")
         n_classes = len(np.unique(labels)) if labels is not None and len(labels) else 2
         sample = np.arange(len(cand))
@@ -330,7 +326,7 @@ class CoresetStrategy(_SequentialStrategy):
     def choose(self, inputs, k, rng):
         if self.large(inputs):
             return self._choose_large(inputs, k, rng)
-        cand, lab = _embeddings(inputs, "coreset")
+        cand, lab = _embeddings(inputs, self.name)
         dmin = _sq_dist(cand, lab).min(1) if len(lab) else None
         scores = np.sqrt(dmin) if dmin is not None else np.zeros(len(cand))
         chosen: list[int] = []
@@ -347,7 +343,7 @@ class CoresetStrategy(_SequentialStrategy):
         return chosen, scores
 
     def _choose_large(self, inputs, k, rng):
-        cand, lab = _embeddings32(inputs, "coreset")
+        cand, lab = _embeddings(inputs, self.name, scale.normalise32)
         cand_sq = scale.sq_norms(cand)
         dmin = scale.min_sq_dist(cand, lab) if len(lab) else None
         scores = np.sqrt(dmin) if dmin is not None else np.zeros(len(cand))
