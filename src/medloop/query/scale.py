@@ -164,19 +164,19 @@ def greedy_max_cover(balls: np.ndarray, covered: np.ndarray, k: int) -> tuple[li
     Returns:
         the chosen rows and the packed ``covered`` bits after them.
     """
-    covered = covered.copy()
-    gains = np.concatenate([_gain(balls[rows], ~covered) for rows in row_blocks(len(balls), balls.shape[1], 1)])
+    uncovered = ~covered  # kept up to date rather than inverted at every gain (padding bits: balls have none)
+    gains = np.concatenate([_gain(balls[rows], uncovered) for rows in row_blocks(len(balls), balls.shape[1], 1)])
     heap = list(zip((-gains).tolist(), range(len(balls))))
     heapq.heapify(heap)
     chosen: list[int] = []
     while heap and len(chosen) < k:
         _, i = heapq.heappop(heap)
-        gain = int(_gain(balls[i], ~covered))
+        gain = int(_gain(balls[i], uncovered))
         if heap and (-gain, i) > heap[0]:  # another row may now cover more: re-queue with the true gain
             heapq.heappush(heap, (-gain, i))
             continue
         if gain <= 0:
             break
         chosen.append(i)
-        covered |= balls[i]
-    return chosen, covered
+        uncovered &= ~balls[i]
+    return chosen, covered | ~uncovered
