@@ -155,6 +155,26 @@ def _user_error(exc: BaseException) -> MedloopError | None:
     return None
 
 
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Re-raise a worker's DataError / ConfigError as itself, not inside Ray's wrappers."""
+    try:
+        yield
+    except Exception as exc:
+        user = _user_error(exc)
+        if user is not None:
+            raise user from None
+        raise
+
+
+def _actor_pool(ray: Any, workers: int | None, progress: bool) -> int:
+    """The actors of a job (``workers``, default one per cluster CPU), with Ray Data's progress bars on or off."""
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    if not progress:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: int = 100,
               rank_by: str | None = None, workers: int | None = None, num_cpus: int | None = None,
               progress: bool = True) -> dict[str, Any]:
@@ -169,37 +189,30 @@ def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: i
     """
     require_ray()  # before any work: a missing install is said at once
     out = Path(out)
-    folder = out / "scores" / spec.version()
+    version = spec.version()  # hashes the checkpoint file: once per job
+    folder = out / "scores" / version
     started = time.perf_counter()
     entries, skipped = scan_pool(spec)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "_params.json", {"checkpoint": str(spec.checkpoint), "version": spec.version(),
-                                         **spec.params()}, indent=2)
+    write_json(folder / "_params.json", {"checkpoint": str(spec.checkpoint), "version": version, **spec.params()},
+               indent=2)
     finished = finished_entries(folder)
     todo = [e for e in entries if e.entry_id not in finished]
     n_workers = 0
     if todo:
         with ray_session(address, num_cpus) as ray:
-            n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            ray.data.DataContext.get_current().enable_progress_bars = progress
-            if not progress:
-                logging.getLogger("ray.data").setLevel(logging.WARNING)
+            n_workers = _actor_pool(ray, workers, progress)
             n_blocks = max(min(len(todo), 2 * n_workers), math.ceil(len(todo) / ROWS_PER_FILE))
             items = [{"entry": pickle.dumps(e)} for e in todo]
             dataset = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
                 _RayScorer, fn_constructor_kwargs={"spec": spec}, batch_size=spec.batch_size,
                 batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=1)
             del items
-            try:
+            with _user_errors():
                 # writing is light: it must not wait for a CPU that the scoring actors hold
                 dataset.write_parquet(str(folder), ray_remote_args={"num_cpus": 0})
-            except Exception as exc:
-                user = _user_error(exc)
-                if user is not None:
-                    raise user from None
-                raise
     rows = sum(_rows(p) for p in _parquet_files(folder))
-    write_json(folder / "_SUCCESS.json", {"version": spec.version(), "rows": rows, "entries": len(entries),
+    write_json(folder / "_SUCCESS.json", {"version": version, "rows": rows, "entries": len(entries),
                                           "scan_skipped": [str(e) for e in skipped]}, indent=2)
     ids, scores, column = parquet_top_k(folder, k, rank_by)
     text = io.StringIO(newline="")
@@ -208,7 +221,7 @@ def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: i
     writer.writerows([rank, sid, f"{score:.8g}"] for rank, (sid, score) in enumerate(zip(ids, scores), start=1))
     topk_path = write_text(out / "topk.csv", text.getvalue())
     seconds = time.perf_counter() - started
-    return {"folder": str(folder), "version": spec.version(), "rows": rows, "entries": len(entries),
+    return {"folder": str(folder), "version": version, "rows": rows, "entries": len(entries),
             "entries_reused": len(entries) - len(todo), "entries_scored": len(todo), "workers": n_workers,
             "seconds": round(seconds, 2), "images_per_s": round(len(todo) / max(seconds, 1e-9), 2),
             "rank_by": column, "top_k": [str(i) for i in ids], "topk_csv": str(topk_path)}
@@ -282,22 +295,14 @@ def generate_ray(ds: Any, masks: list[np.ndarray], mask_sources: list[str], n_so
               "mask_source": mask_sources[i]} for i in range(n_sources)]
     results: dict[int, tuple[list, list]] = {}
     with ray_session(address) as ray:
-        n_workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        ray.data.DataContext.get_current().enable_progress_bars = progress
-        if not progress:
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        n_workers = _actor_pool(ray, workers, progress)
         dataset = ray.data.from_items(items, override_num_blocks=max(1, min(n_sources, 4 * n_workers))).map_batches(
             _RayRenderer, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_workers),
             num_cpus=1, fn_constructor_kwargs={
                 "generator": str(out / "generator.pt"), "data": ds.config, "out": str(out),
                 "class_names": list(ds.info.class_names), "per_image": per_image, "seed": seed,
                 "batch_size": batch_size})
-        try:
+        with _user_errors():
             for row in dataset.iter_rows():
                 results[int(row["index"])] = (json.loads(row["rows"]), json.loads(row["lines"]))
-        except Exception as exc:
-            user = _user_error(exc)
-            if user is not None:
-                raise user from None
-            raise
     return [results[i] for i in range(n_sources)]
