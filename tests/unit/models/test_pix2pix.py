@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medloop.errors import ConfigError
 from medloop.models.pix2pix import Pix2PixDiscriminator, layers_for_size, patch_receptive_field
-from medloop.training.pix2pix import Pix2PixConfig, Pix2PixTrainer
+from medloop.training.pix2pix import Pix2PixConfig, Pix2PixTrainer, train_pix2pix
 
 
 def test_receptive_field_matches_pix2pix_and_scales_with_size():
@@ -123,8 +124,6 @@ def test_generator_dropout_layout_and_channels_last_discriminator():
 
 
 def test_min_steps_lengthens_training_on_a_handful_of_slices():
-    from medloop.training.pix2pix import Pix2PixConfig, Pix2PixTrainer, train_pix2pix
-
     x, y, w = torch.randn(5, 1, 16, 16), torch.randint(0, 3, (5, 16, 16)), torch.ones(5)
     small = dict(g_channels=(4, 8), d_features=4, batch_size=4)  # 5 slices: one update an epoch (a batch of 1 is skipped)
     plain = train_pix2pix(Pix2PixTrainer(1, 3, 16, Pix2PixConfig(epochs=2, **small)), x, y, w, 0, False)
@@ -134,5 +133,5 @@ def test_min_steps_lengthens_training_on_a_handful_of_slices():
     many = torch.randn(40, 1, 16, 16), torch.randint(0, 3, (40, 16, 16)), torch.ones(40)
     assert len(train_pix2pix(Pix2PixTrainer(1, 3, 16, Pix2PixConfig(epochs=2, min_steps=7, **small)), *many, 0,
                              False)) == 2  # 10 updates an epoch: epochs already give more than min_steps
-    with pytest.raises(Exception, match="min_steps"):
+    with pytest.raises(ConfigError, match="The 'min_steps' parameter of Pix2PixConfig must be >= 0; got -1"):
         Pix2PixConfig(min_steps=-1)
