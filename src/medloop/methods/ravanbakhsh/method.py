@@ -39,7 +39,7 @@ from medloop.uncertainty import score_pool
 from medloop.uncertainty.discriminator import discriminator_scores, slice_score
 from medloop.uncertainty.qc import DiceCalibration, slice_dice
 
-__all__ = ["CollabData", "load_collab_data", "Ravanbakhsh", "query_counts"]
+__all__ = ["CollabData", "load_collab_data", "Ravanbakhsh", "query_counts", "test_metrics"]
 
 
 def query_counts(k: int, n: int) -> list[int]:
@@ -79,21 +79,18 @@ def load_collab_data(config: CollaborativeConfig, progress: bool = True) -> Coll
     return CollabData(ds, images, masks, num_classes, names)
 
 
-def _test_metrics(trainer: Pix2PixTrainer, images: torch.Tensor, masks: torch.Tensor, names: dict[int, str],
-                  cases: list[str] | None = None) -> dict:
-    """Dice (and the rest of ``segmentation_metrics``) over the test slices; with ``cases``, also ``by_case``:
-    each case's (patient's) Dice per class over its own slices (``None`` where neither map has the class), the
-    unit a paired comparison of two models resamples."""
-    _, _, pred = discriminator_scores(trainer.G, trainer.D, images)
+def test_metrics(pred: torch.Tensor, masks: torch.Tensor, names: dict[int, str], cases: list[str]) -> dict:
+    """Dice (and the rest of ``segmentation_metrics``) of predicted label maps over the test slices, and
+    ``by_case``: each case's (patient's) Dice per class over its own slices (``None`` where neither map has the
+    class), the unit a paired comparison of two models resamples."""
     out = plain(segmentation_metrics(pred, masks, {0: "background", **names}))
-    if cases is not None:
-        out["by_case"] = {}
-        for case in sorted(set(cases)):
-            rows = [i for i, c in enumerate(cases) if c == case]
-            p, m = pred[rows], masks[rows]
-            out["by_case"][case] = {name: (float(mask_dice((p == c).reshape(1, -1), (m == c).reshape(1, -1))[0])
-                                           if bool(((p == c) | (m == c)).any()) else None)
-                                    for c, name in names.items()}
+    out["by_case"] = {}
+    for case in sorted(set(cases)):
+        rows = [i for i, c in enumerate(cases) if c == case]
+        p, m = pred[rows], masks[rows]
+        out["by_case"][case] = {name: (float(mask_dice((p == c).reshape(1, -1), (m == c).reshape(1, -1))[0])
+                                       if bool(((p == c) | (m == c)).any()) else None)
+                                for c, name in names.items()}
     return out
 
 
@@ -164,8 +161,8 @@ class Ravanbakhsh(Method):
                 "n_pseudo": len(state.pseudo), "expert_pixels": sum(state.answers[s].pixels for s in state.labeled),
                 "slices_trained": self._trained[0],
                 "train_seconds": round(self._trained[1], 2),
-                "test": _test_metrics(model, d.images[self.test_idx], d.masks[self.test_idx], d.names,
-                                      self.test_cases)}
+                "test": test_metrics(discriminator_scores(model.G, model.D, d.images[self.test_idx])[2],
+                                     d.masks[self.test_idx], d.names, self.test_cases)}
 
     def stop(self, state: RunState, round_idx: int, record: dict) -> str | None:
         return "cycles" if round_idx >= self.cycles else None

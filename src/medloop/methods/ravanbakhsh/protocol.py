@@ -21,13 +21,13 @@ from medloop.loop.rundir import check_resume, once
 from medloop.loop.state import RunState
 from medloop.methods.base import refuse_simulated_reads
 from medloop.methods.ravanbakhsh.config import CollaborativeConfig
-from medloop.methods.ravanbakhsh.method import CollabData, Ravanbakhsh, _test_metrics, load_collab_data
+from medloop.methods.ravanbakhsh.method import CollabData, Ravanbakhsh, load_collab_data, test_metrics
 from medloop.query import build_strategy
 from medloop.seeding import seed_for, stream
 from medloop.storage import save_npz, save_torch, write_json
 from medloop.training.pix2pix import Pix2PixTrainer, train_pix2pix
 from medloop.uncertainty.discriminator import discriminator_scores
-from medloop.uncertainty.qc import DiceCalibration, slice_dice
+from medloop.uncertainty.qc import DiceCalibration, qc_metrics, slice_dice
 
 __all__ = ["algorithm1", "quality_control_summary", "run_collaborative"]
 
@@ -47,11 +47,17 @@ def algorithm1(data: CollabData, train_idx: np.ndarray, test_idx: np.ndarray, ba
     return run_track(method, strategy, RunState(folder, oracle), config.seed, interrupt, observers)
 
 
-def _correlation(trainer: Pix2PixTrainer, images: torch.Tensor, masks: torch.Tensor, config: CollaborativeConfig,
-                 num_classes: int) -> dict[str, list[float]]:
-    """Per-slice plausibility (1 - score) and Dice (mean over foreground classes present) of a model."""
-    scores, _, pred = discriminator_scores(trainer.G, trainer.D, images, reduction=config.slice_reduction, q=config.q)
-    return {"plausibility": (1.0 - scores).tolist(), "dice": slice_dice(pred, masks, num_classes).tolist()}
+def _graded(trainer: Pix2PixTrainer, data: CollabData, test_idx, config: CollaborativeConfig
+            ) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """A model's test slices, judged once: its test metrics, and per slice the discriminator's plausibility
+    (``slice_reduction``) and the Dice (mean over the foreground classes present); with the plausibility maps and
+    predicted label maps."""
+    masks = data.masks[test_idx]
+    scores, pmap, pred = discriminator_scores(trainer.G, trainer.D, data.images[test_idx],
+                                              reduction=config.slice_reduction, q=config.q)
+    cases = [str(data.dataset.case_ids[i]) for i in test_idx]
+    return ({"plausibility": (1.0 - scores).tolist(), "dice": slice_dice(pred, masks, data.num_classes).tolist(),
+             "test": test_metrics(pred, masks, data.names, cases)}, pmap, pred)
 
 
 def _fit(data: CollabData, idx: list[int] | np.ndarray, config: CollaborativeConfig, seed: int, progress: bool,
@@ -72,23 +78,19 @@ def _base_model(data: CollabData, train_idx, test_idx, base_case: str, config: C
     base = [int(i) for i in train_idx if cases[i] == base_case]
     trainer = _fit(data, base, config, config.seed, progress, "fold", fold, "base")
     save_torch(out / f"fold{fold}-base.pt", trainer.state_dict())
-    corr = _correlation(trainer, data.images[test_idx], data.masks[test_idx], config, data.num_classes)
-    shown = np.asarray(test_idx)[np.linspace(0, len(test_idx) - 1, min(4, len(test_idx))).astype(int)]
-    _, pmap, pred = discriminator_scores(trainer.G, trainer.D, data.images[shown])
+    graded, pmap, pred = _graded(trainer, data, test_idx, config)
+    at = np.linspace(0, len(test_idx) - 1, min(4, len(test_idx))).astype(int)  # the figure's slices
+    shown = np.asarray(test_idx)[at]
     save_npz(out / f"fold{fold}-figure.npz", image=data.images[shown, 0].numpy(), truth=data.masks[shown].numpy(),
-             pred=pred.numpy(), plausibility=pmap.numpy(), ids=np.array([data.ids[i] for i in shown]))
-    return {"base_case": base_case, **corr, "ids": [data.ids[i] for i in test_idx],
-            "test": _test_metrics(trainer, data.images[test_idx], data.masks[test_idx], data.names,
-                                  [str(cases[i]) for i in test_idx])}
+             pred=pred[at].numpy(), plausibility=pmap[at].numpy(), ids=np.array([data.ids[i] for i in shown]))
+    return {"base_case": base_case, **graded, "ids": [data.ids[i] for i in test_idx]}
 
 
 def _fsl_model(data: CollabData, train_idx, test_idx, config: CollaborativeConfig, fold: int, progress: bool) -> dict:
     """The fully supervised pix2pix (every training slice with its true label map): test Dice, and the
     discriminator-Dice correlation of a model that segments well."""
-    trainer = _fit(data, train_idx, config, config.seed, progress, "fold", fold, "fsl")
-    cases = [str(data.dataset.case_ids[i]) for i in test_idx]
-    return {"test": _test_metrics(trainer, data.images[test_idx], data.masks[test_idx], data.names, cases),
-            **_correlation(trainer, data.images[test_idx], data.masks[test_idx], config, data.num_classes)}
+    return _graded(_fit(data, train_idx, config, config.seed, progress, "fold", fold, "fsl"), data, test_idx,
+                   config)[0]
 
 
 def _pearson(corr: dict[str, list[float]]) -> dict[str, Any]:
@@ -118,8 +120,6 @@ def _test_qc(track: Path, base_rec: dict) -> dict[str, list[float]] | None:
 def quality_control_summary(per_fold: dict[str, dict[str, dict[str, dict]]], threshold: float) -> dict:
     """``per_fold[label][budget][fold]`` -> per label and budget, ``qc_metrics`` over the test slices of every fold
     (each fold's base model graded by its own calibration), and per label pooled over budgets."""
-    from medloop.uncertainty.qc import qc_metrics
-
     out: dict[str, dict] = {}
     for label, by_budget in per_fold.items():
         out[label] = {}
