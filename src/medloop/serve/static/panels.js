@@ -84,29 +84,39 @@ export function renderSide({ item, classNames, chosen, onClass }) {
   });
 }
 
+// One entry of the queue or the review list: its name, a muted note on the right; a taken one (labeled, or leased
+// by another annotator) is dimmed and says why, the others open on click.
+function listItem({ id, name, note, current, taken, title, onOpen }) {
+  const li = document.createElement("li");
+  li.dataset.image = id;
+  const nameSpan = document.createElement("span");
+  nameSpan.textContent = name;
+  const noteSpan = document.createElement("span");
+  noteSpan.className = "score";
+  noteSpan.textContent = note;
+  li.append(nameSpan, noteSpan);
+  if (title) li.title = title;
+  if (current && id === current) li.classList.add("current");
+  if (taken) li.classList.add("taken");
+  else li.addEventListener("click", () => onOpen(id));
+  return li;
+}
+
 export function renderQueue(status, current, onOpen) {
   const list = $("queue");
   list.textContent = "";
   if (!status) return;
   for (const q of status.queue) {
-    const li = document.createElement("li");
-    const name = document.createElement("span");
-    name.textContent = `${q.rank !== null ? q.rank + 1 + "." : ""} ${q.id}`;
-    const score = document.createElement("span");
-    score.className = "score";
     const reads = q.reads_per_image ? `${q.reads}/${q.reads_per_image} read · ` : "";
-    score.textContent = reads + (q.leased_by && !q.yours && !q.open ? q.leased_by
-      : q.score !== null ? Number(q.score).toPrecision(3) : "");
-    li.append(name, score);
-    if (current && q.id === current) li.classList.add("current");
-    if (!q.open && !q.yours) {
-      li.classList.add("taken");
-      li.title = q.read_by_you ? "you have labeled it: the other reads come from other annotators"
-        : `being labeled by ${q.leased_by}`;
-    } else {
-      li.addEventListener("click", () => onOpen(q.id));
-    }
-    list.appendChild(li);
+    const taken = !q.open && !q.yours;
+    list.appendChild(listItem({
+      id: q.id, name: `${q.rank !== null ? q.rank + 1 + "." : ""} ${q.id}`,
+      note: reads + (q.leased_by && !q.yours && !q.open ? q.leased_by
+        : q.score !== null ? Number(q.score).toPrecision(3) : ""),
+      current, taken, onOpen,
+      title: !taken ? "" : q.read_by_you ? "you have labeled it: the other reads come from other annotators"
+        : `being labeled by ${q.leased_by}`,
+    }));
   }
   $("queue-empty").textContent = status.queue.length ? "" : waitingText(status);
 }
@@ -123,23 +133,12 @@ export function renderReview(status, current, onOpen) {
   if (!items.length) return;
   $("review-title").textContent = `Review: flagged pseudo-labels (predicted Dice < ${items[0].threshold})`;
   for (const r of items) {
-    const li = document.createElement("li");
-    li.dataset.image = r.id;
-    const name = document.createElement("span");
-    name.textContent = r.id;
-    const dice = document.createElement("span");
-    dice.className = "score";
-    dice.textContent = (r.reviewed ? "✓ " : "") + fmtDice(r.predicted_dice);
-    li.append(name, dice);
-    li.title = `predicted Dice ${fmtDice(r.predicted_dice)} (pseudo-label of cycle ${r.round})`;
-    if (current && r.id === current) li.classList.add("current");
-    if (r.reviewed) {
-      li.classList.add("taken");
-      li.title = "corrected: stored, and used by the next training";
-    } else {
-      li.addEventListener("click", () => onOpen(r.id));
-    }
-    list.appendChild(li);
+    list.appendChild(listItem({
+      id: r.id, name: r.id, note: (r.reviewed ? "✓ " : "") + fmtDice(r.predicted_dice),
+      current, taken: r.reviewed, onOpen,
+      title: r.reviewed ? "corrected: stored, and used by the next training"
+        : `predicted Dice ${fmtDice(r.predicted_dice)} (pseudo-label of cycle ${r.round})`,
+    }));
   }
 }
 
