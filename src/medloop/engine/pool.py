@@ -88,17 +88,20 @@ class ScoreSpec:
         return f"{model_version(self.checkpoint)}-{params}"
 
 
+def _skip_or_raise(data: DataConfig, skipped: list[DataError], err: DataError) -> None:
+    """``on_error: raise`` raises ``err``; ``skip`` records and logs it."""
+    if data.on_error == "raise":
+        raise err
+    skipped.append(err)
+    log.warning("skipped %s", err)
+
+
 def scan_pool(spec: ScoreSpec) -> tuple[list[Entry], list[DataError]]:
     """The entries of ``spec``'s pool (ids and paths, no pixels) and the DataErrors of those left out by the scan
     under ``on_error: skip``; under ``raise`` the first one is raised."""
     skipped: list[DataError] = []
-
-    def handle(err: DataError) -> None:
-        if spec.data.on_error == "raise":
-            raise err
-        skipped.append(err)
-
-    return scan_entries(resolve_layout(spec.data), spec.data, handle), skipped
+    entries = scan_entries(resolve_layout(spec.data), spec.data, lambda err: _skip_or_raise(spec.data, skipped, err))
+    return entries, skipped
 
 
 class BatchScorer:
@@ -120,28 +123,28 @@ class BatchScorer:
         self.layout = resolve_layout(spec.data)
         self.skipped: list[DataError] = []
 
-    def read(self, entries: Sequence[Entry]) -> list[Sample]:
-        samples: list[Sample] = []
+    def read(self, entries: Sequence[Entry]) -> list[tuple[Sample, str]]:
+        """The samples of ``entries``, each with the id of the entry it was read from (slices of a volume share
+        it: resuming skips whole entries)."""
+        read: list[tuple[Sample, str]] = []
         for entry in entries:
             try:
-                samples.extend(read_entry(self.layout, entry, self.spec.data))
+                read.extend((s, entry.entry_id) for s in read_entry(self.layout, entry, self.spec.data))
             except DataError as err:
-                if self.spec.data.on_error == "raise":
-                    raise
-                self.skipped.append(err)
-                log.warning("skipped %s", err)
-        return samples
+                _skip_or_raise(self.spec.data, self.skipped, err)
+        return read
 
     @torch.no_grad()
     def __call__(self, entries: Sequence[Entry]) -> dict[str, np.ndarray]:
-        samples = self.read(entries)
-        if not samples:  # every entry skipped: no rows, but the columns every other batch has
+        read = self.read(entries)
+        if not read:  # every entry skipped: no rows, but the columns every other batch has
             return {k: v[:0] for k, v in self._template().items()}
+        samples = [s for s, _ in read]
         ids = [s.sample_id for s in samples]
         out: dict[str, np.ndarray] = {
             "sample_id": np.array(ids, dtype=object),
             "case_id": np.array([s.case_id for s in samples], dtype=object),
-            "entry_id": np.array([entry_id_of(s) for s in samples], dtype=object),
+            "entry_id": np.array([entry_id for _, entry_id in read], dtype=object),
         }
         out.update(self._score(collate_samples(samples)["image"], ids))
         return out
@@ -163,13 +166,6 @@ class BatchScorer:
         blank = torch.zeros(1, self.spec.data.channels, size, size)
         ids = {k: np.array([""], dtype=object) for k in ID_COLUMNS}
         return {**ids, **self._score(blank, [""])}
-
-
-def entry_id_of(sample: Sample) -> str:
-    """The entry a sample was read from (slices of a volume share it): resuming skips whole entries."""
-    if sample.slice_index is None:
-        return sample.sample_id
-    return sample.sample_id.rsplit(":z", 1)[0]
 
 
 def rank_column(columns: Sequence[str], rank_by: str | None = None) -> str:

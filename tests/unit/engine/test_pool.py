@@ -105,3 +105,17 @@ def test_a_source_read_again_on_a_worker_is_its_own_slice_of_a_volume():
         assert np.array_equal(again.image.numpy(), ds[i].image.numpy())
     with pytest.raises(DataError, match="'cmr-01:z09' is not in its entry"):
         read_sample(layout, ds.entry_of(0), ds.config, "cmr-01:z09")
+
+
+def test_every_slice_of_a_volume_is_tagged_with_its_entry(checkpoint):
+    from medloop.config import DataConfig
+    from medloop.engine import BatchScorer
+    from medloop.engine.pool import scan_pool
+
+    data = DataConfig.from_dict({"source": "builtin:cardiac-mr", "size": 32,
+                                 "options": {"n_volumes": 2, "min_slices": 3, "max_slices": 3}})
+    spec = ScoreSpec(str(checkpoint), data, n_mc_samples=2)
+    entries, _ = scan_pool(spec)
+    read = BatchScorer(spec).read(entries)
+    assert [entry_id for _, entry_id in read] == [e.entry_id for e in entries for _ in range(3)]
+    assert all(s.sample_id == f"{entry_id}:z{s.slice_index:02d}" for s, entry_id in read)
