@@ -194,8 +194,10 @@ def test_probcover_on_a_large_pool_covers_a_sample_and_fills_up_at_random():
     assert len(set(chosen.tolist())) == 30
     # a radius that covers everything from the labeled set: nothing to gain, every query random (and distinct)
     everything = build_strategy("probcover", {"max_exact_pool": 0, "radius": 2.5})
-    chosen, _ = everything.select(cols, 30, np.random.default_rng(0))
+    chosen, degree = everything.select(cols, 30, np.random.default_rng(0))
     assert len(set(chosen.tolist())) == 30
+    assert (degree == 810).all()  # every ball holds the 10 labeled and 800 candidate points
+    assert chosen.tolist() == np.random.default_rng(0).choice(800, 30, replace=False).tolist()  # no greedy pick
 
 
 def test_large_pool_parameters_are_checked():
