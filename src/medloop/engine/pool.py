@@ -61,7 +61,7 @@ class ScoreSpec:
     max_head_batch: int | None = 64
 
     def __post_init__(self) -> None:
-        check_mc_args(self.n_mc_samples, "sample", "ScoreSpec")
+        check_mc_args(self.n_mc_samples, "ScoreSpec", "sample")
         if self.batch_size < 1:
             raise ConfigError(f"The 'batch_size' parameter of ScoreSpec must be >= 1; got {self.batch_size} instead")
 

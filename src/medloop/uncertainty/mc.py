@@ -128,9 +128,7 @@ def score_features(head: nn.Module, feats: np.ndarray, n_mc_samples: int = 20, b
     """``score_pool``'s classification columns from trunk features ``[N, F]`` computed once (the frozen-trunk
     recipe, ``medloop.training.head.FeatureHead``). Batches and dropout masks follow ``score_pool``, so with the
     same ``seed`` and ``batch_size`` the columns equal those of ``score_pool`` on the images."""
-    if n_mc_samples < 1:
-        raise ValueError(f"The 'n_mc_samples' parameter of score_features must be >= 1 (MC-dropout passes); got "
-                         f"{n_mc_samples} instead")
+    check_mc_args(n_mc_samples, "score_features")
     x = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
     columns: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(x), batch_size):
@@ -177,7 +175,8 @@ def score_batch(model: nn.Module, x: torch.Tensor, generators: Sequence, reducti
     return batch_cols, maps, mean_probs
 
 
-def check_mc_args(n_mc_samples: int, seeding: str, where: str) -> None:
+def check_mc_args(n_mc_samples: int, where: str, seeding: str = "batch") -> None:
+    """Refuse fewer than one MC pass or an unknown seeding, naming ``where`` they were given."""
     if n_mc_samples < 1:
         raise ValueError(f"The 'n_mc_samples' parameter of {where} must be >= 1 (MC-dropout passes); got "
                          f"{n_mc_samples} instead")
@@ -212,7 +211,7 @@ def score_pool(
     Columns: every measure (classification), or ``{measure}_{reduction}`` (segmentation), plus the
     predicted class and its mean probability (classification) or the predicted foreground fraction.
     """
-    check_mc_args(n_mc_samples, seeding, "score_pool")
+    check_mc_args(n_mc_samples, "score_pool", seeding)
     if not mc_dropout_layers(model):
         import warnings
 
