@@ -105,22 +105,6 @@ def dice_table(results: dict) -> tuple[list[str], list[list]]:
     return header, rows
 
 
-def _flagged_counts(run_dir: Path) -> dict[tuple[str, int], tuple[float, float]]:
-    """(track label, budget %) -> mean over folds of (pseudo-labels flagged, pseudo-labels) at the last cycle."""
-    import json
-
-    found: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    for fold in sorted((run_dir / "tracks").glob("fold*")):
-        for track in sorted(p for p in fold.iterdir() if p.is_dir()):
-            files = sorted((track / "qc").glob("round_*.json"))
-            if not files:
-                continue
-            label, _, budget = track.name.rpartition("-b")
-            last = json.loads(files[-1].read_text())
-            found.setdefault((label, int(budget)), []).append((len(last["flagged"]), len(last["predicted_dice"])))
-    return {k: (float(np.mean([a for a, _ in v])), float(np.mean([b for _, b in v]))) for k, v in found.items()}
-
-
 def build_collaborative_report(run_dir: str | Path) -> Path:
     import matplotlib
 
@@ -187,12 +171,12 @@ def build_collaborative_report(run_dir: str | Path) -> Path:
                 when = "all budgets" if b == "all" else f"{float(b) * 100:.0f}%"
                 lines.append(f"| {lab} | {when} | {fmt(v['mae'])} | {fmt(v['auroc'])} | {fmt(v['flag_precision'])} "
                              f"| {fmt(v['flag_recall'])} | {v['n']} ({v['n_below']}) |")
-        flagged = _flagged_counts(run_dir)
-        if flagged:
-            lines += ["", "Pseudo-labels flagged for review (predicted Dice below the threshold), mean over folds:", "",
-                      "| strategy | budget | flagged / pseudo-labeled |", "|---|---|---|"]
-            for (lab, b), (nf, n_pseudo) in sorted(flagged.items()):
-                lines.append(f"| {lab} | {b}% | {nf:.1f} / {n_pseudo:.1f} |")
+        lines += ["", "Pseudo-labels flagged for review at the last cycle (predicted Dice below the threshold), mean "
+                  "over folds:", "", "| strategy | budget | flagged / pseudo-labeled |", "|---|---|---|"]
+        for lab, by_budget in qc.items():
+            for b, v in by_budget.items():
+                if "flagged_mean" in v:
+                    lines.append(f"| {lab} | {float(b) * 100:.0f}% | {v['flagged_mean']:.1f} / {v['pseudo_mean']:.1f} |")
     lines += ["", "## Discriminator score and Dice", ""]
     pairs = [("base model (trained on one volume)", corr), ("fully supervised model", results.get("correlation_fsl"))]
     pairs = [(what, c) for what, c in pairs if c]

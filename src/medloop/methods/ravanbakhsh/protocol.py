@@ -104,32 +104,35 @@ def _pearson(corr: dict[str, list[float]]) -> dict[str, Any]:
     return out
 
 
-def _test_qc(track: Path, base_rec: dict) -> dict[str, list[float]] | None:
+def _test_qc(track: Path, base_rec: dict) -> dict | None:
     """The base model's test slices, their Dice predicted by the track's first calibration (fitted on the slices
-    the expert labeled in its first cycle, before any model trained on them) and their true Dice."""
-    path = track / "qc" / "round_000.json"
-    if not path.exists():
+    the expert labeled in its first cycle, before any model trained on them) and their true Dice; and how many
+    pseudo-labels the track's last cycle flagged, of how many."""
+    files = sorted((track / "qc").glob("round_*.json"))
+    if not files:
         return None
-    cal = json.loads(path.read_text())["calibration"]
-    if cal is None:
-        return None
-    predicted = DiceCalibration.from_dict(cal).predict(base_rec["plausibility"])
-    return {"predicted": predicted.tolist(), "true": list(base_rec["dice"])}
+    cal = json.loads(files[0].read_text())["calibration"]
+    last = json.loads(files[-1].read_text())
+    return {"predicted": None if cal is None else DiceCalibration.from_dict(cal).predict(base_rec["plausibility"]).tolist(),
+            "true": list(base_rec["dice"]), "flagged": len(last["flagged"]), "pseudo": len(last["predicted_dice"])}
 
 
 def quality_control_summary(per_fold: dict[str, dict[str, dict[str, dict]]], threshold: float) -> dict:
     """``per_fold[label][budget][fold]`` -> per label and budget, ``qc_metrics`` over the test slices of every fold
-    (each fold's base model graded by its own calibration), and per label pooled over budgets."""
+    (each fold's base model graded by its own calibration) with the mean over folds of the pseudo-labels flagged
+    (``flagged_mean`` of ``pseudo_mean``), and per label pooled over budgets."""
     out: dict[str, dict] = {}
     for label, by_budget in per_fold.items():
         out[label] = {}
         pooled: dict[str, list[float]] = {"predicted": [], "true": []}
         for b, folds in by_budget.items():
-            got = [v for v in folds.values() if v is not None]
+            got = [v for v in folds.values() if v is not None and v["predicted"] is not None]
             if got:
                 pred = [x for v in got for x in v["predicted"]]
                 true = [x for v in got for x in v["true"]]
-                out[label][b] = qc_metrics(pred, true, threshold)
+                out[label][b] = {**qc_metrics(pred, true, threshold),
+                                 "flagged_mean": float(np.mean([v["flagged"] for v in got])),
+                                 "pseudo_mean": float(np.mean([v["pseudo"] for v in got]))}
                 pooled["predicted"] += pred
                 pooled["true"] += true
         if pooled["true"]:
