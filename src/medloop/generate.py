@@ -216,8 +216,9 @@ def generate_job(data: DataConfig, out: str | Path, per_image: int = 200, cgan: 
             writer.writerows(rows)
             manifest.extend(lines)
             written += len(rows)
-        gallery = [(ds[i].sample_id, ds[i].image[0].numpy(), masks[i], read_variants(out, lines[:6]))
-                   for i, (_, lines) in enumerate(results[:gallery_rows])]
+        for i, (_, lines) in enumerate(results[:gallery_rows]):
+            sample = ds[i]
+            gallery.append((sample.sample_id, sample.image[0].numpy(), masks[i], read_variants(out, lines[:6])))
     else:
         with make_progress(transient=not progress) as bar:
             task = bar.add_task("generating", total=n_sources * per_image, visible=progress)
@@ -241,9 +242,8 @@ def generate_job(data: DataConfig, out: str | Path, per_image: int = 200, cgan: 
                "images_per_s": round(written / max(seconds, 1e-9), 2), "generator": trained,
                "masks": {"manual": mask_sources[:n_sources].count("manual"),
                          "predicted": mask_sources[:n_sources].count("predicted")},
-               "out": str(out), **seg_info,
-               "content_vgg": sampler.record.get("content_vgg"), "autoencoder": sampler.record.get("autoencoder")}
-    summary["engine"] = engine
+               "out": str(out), **seg_info, "content_vgg": sampler.record.get("content_vgg"),
+               "autoencoder": sampler.record.get("autoencoder"), "engine": engine}
     write_json(out / "summary.json", summary, indent=2)
     write_run_record(out, seed, {"data": data.to_dict(), "cgan": cgan.to_dict(), "per_image": per_image,
                                  "engine": engine, "address": address,
