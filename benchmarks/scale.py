@@ -169,6 +169,7 @@ def run_one(path: str, pool: Path, args: argparse.Namespace, out: Path) -> dict:
     with PeakSampler() as sampler:
         if path == "local":
             from medloop.engine.local import score_local
+            from medloop.engine.pool import ID_COLUMNS
 
             start = time.perf_counter()
             cols = score_local(spec, progress=False)
@@ -177,8 +178,7 @@ def run_one(path: str, pool: Path, args: argparse.Namespace, out: Path) -> dict:
             if args.dump:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 np.savez(out, sample_id=cols["sample_id"].astype(str),
-                         **{k: v for k, v in cols.items() if k not in ("sample_id", "case_id", "entry_id", "skipped",
-                                                                       "embedding")})
+                         **{k: v for k, v in cols.items() if k not in (*ID_COLUMNS, "skipped", "embedding")})
             result.update(n=n, seconds=round(seconds, 2), images_per_s=round(n / seconds, 1))
         else:
             from medloop.engine.ray import ray_session, score_ray
