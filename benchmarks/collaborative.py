@@ -104,14 +104,20 @@ def main() -> None:
     ref = f"discriminator-n{n}"
 
     def diff(other: str, key: str) -> dict:
-        """Per budget, the comparison's ``diff`` or ``ci``, rounded."""
+        """Per budget, the comparison's ``diff``, ``ci`` (rounded) or ``verdict``."""
         got = comps.get(f"{ref} - {other}-n{n}", {})
-        return {f"{float(b):g}": None if v.get(key) is None else np.round(v[key], 4).tolist() for b, v in got.items()}
+        return {f"{float(b):g}": v[key] if isinstance(v.get(key), str) or v.get(key) is None
+                else np.round(v[key], 4).tolist() for b, v in got.items()}
 
+    def r4(v):
+        return None if v is None else round(v, 4)
+
+    baselines = [s for s in args.strategies.split(",") if s != "discriminator"]
     qc = results.get("quality_control", {})
     qc_all = qc.get(ref, {}).get("all", {})
     recs = [r for lab in results["tracks"].values() for folds in lab.values() for rs in folds.values() for r in rs]
     seconds = sum(r.get("train_seconds", 0.0) for r in recs)
+    slices = sum(r.get("slices_trained", 0) for r in recs)
     summary = {
         "data": args.data, "patients": args.patients, "size": args.size, "folds": f"{results['data']['folds_run']} of {args.folds}",
         "n_slices": results["data"]["n_slices"], "n_volumes": results["data"]["n_volumes"], "cycles": n,
@@ -121,20 +127,18 @@ def main() -> None:
         "discriminator_minus_random_ci": diff("random", "ci"),
         "discriminator_minus_foreground_random": diff("foreground_random", "diff"),
         "discriminator_minus_foreground_random_ci": diff("foreground_random", "ci"),
-        "verdicts": {other.removesuffix(f"-n{n}"): {f"{float(b):g}": v.get("verdict") for b, v in by.items()}
-                     for key, by in comps.items() if key.startswith(f"{ref} - ")
-                     for other in [key.removeprefix(f"{ref} - ")]},
-        "qc_mae": None if qc_all.get("mae") is None else round(qc_all["mae"], 4),
-        "qc_auroc": None if qc_all.get("auroc") is None else round(qc_all["auroc"], 4),
-        "qc": {lab.removesuffix(f"-n{n}"): {k: (None if by["all"].get(k) is None else round(by["all"][k], 4))
-                                             for k in ("mae", "auroc", "flag_precision", "flag_recall")}
+        "verdicts": {s: diff(s, "verdict") for s in baselines},
+        "qc_mae": r4(qc_all.get("mae")),
+        "qc_auroc": r4(qc_all.get("auroc")),
+        "qc": {lab.removesuffix(f"-n{n}"): {k: r4(by["all"].get(k)) for k in ("mae", "auroc", "flag_precision",
+                                                                              "flag_recall")}
                for lab, by in qc.items() if "all" in by},
         "budget_to_fsl": min(close) if close else None,
         "pearson_r": results["correlation"]["pearson_r"], "p_value": results["correlation"]["p_value"],
         "pearson_r_fsl": results["correlation_fsl"]["pearson_r"],
         "n_slices_correlation": results["correlation"]["n_slices"],
-        "slices_per_s": round(sum(r.get("slices_trained", 0) for r in recs) / seconds, 1) if seconds else None,
-        "slices_per_s_wall": round(sum(r.get("slices_trained", 0) for r in recs) / (time.time() - started), 1),
+        "slices_per_s": round(slices / seconds, 1) if seconds else None,
+        "slices_per_s_wall": round(slices / (time.time() - started), 1),
         "processes": args.processes,
         "minutes": round((time.time() - started) / 60, 2),
     }
