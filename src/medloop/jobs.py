@@ -192,10 +192,10 @@ def score_job(checkpoint: str | Path, data: DataConfig, out: str | Path, n_mc_sa
                                      "n_mc_samples": n_mc_samples, "batch_size": batch_size, "engine": "ray",
                                      "address": address, "top_k": top_k}, "medloop score")
         return Path(summary["topk_csv"])
+    from medloop.training.checkpoint import data_as_trained
+
     model, record = load_checkpoint(checkpoint)
-    trained = record.get("data_config", {})
-    data = data.replace(size=trained.get("size", data.size), channels=trained.get("channels", data.channels),
-                        normalize=trained.get("normalize", data.normalize))
+    data = data_as_trained(data, record)
     ds = load_dataset(data, progress=progress)
     heap: list[tuple[float, int, dict]] = []
 

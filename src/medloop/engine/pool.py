@@ -69,12 +69,9 @@ class ScoreSpec:
     def for_checkpoint(cls, checkpoint: str | Path, data: DataConfig, **params: Any) -> "ScoreSpec":
         """The spec with ``data`` read at the checkpoint's working size, channels and normalisation."""
         from medloop.training import load_checkpoint
+        from medloop.training.checkpoint import data_as_trained
 
-        _, record = load_checkpoint(checkpoint)
-        trained = record.get("data_config", {})
-        data = data.replace(size=trained.get("size", data.size), channels=trained.get("channels", data.channels),
-                            normalize=trained.get("normalize", data.normalize))
-        return cls(str(checkpoint), data, **params)
+        return cls(str(checkpoint), data_as_trained(data, load_checkpoint(checkpoint)[1]), **params)
 
     def params(self) -> dict[str, Any]:
         """What the scores depend on besides the model's weights (the batch size and workers do not count)."""

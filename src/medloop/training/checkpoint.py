@@ -11,7 +11,7 @@ from torch import nn
 from medloop.errors import DataError
 from medloop.storage import save_torch
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "data_as_trained"]
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, model_name: str, model_params: dict[str, Any],
@@ -39,3 +39,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     model = build_model(record["model"], **record["model_params"])
     model.load_state_dict(record["state_dict"])
     return model.to(device), record
+
+
+def data_as_trained(data, record: dict[str, Any]):
+    """``data`` (a ``DataConfig``) read at the working size, channels and normalisation the checkpoint (its
+    ``record``) was trained with, where it says."""
+    trained = record.get("data_config", {})
+    return data.replace(size=trained.get("size", data.size), channels=trained.get("channels", data.channels),
+                        normalize=trained.get("normalize", data.normalize))
