@@ -24,13 +24,14 @@ import math
 import os
 import pickle
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medloop.data.dataset import resolve_layout
+from medloop.data.record import Entry
 from medloop.engine.pool import BatchScorer, ScoreSpec, merge_top_k, rank_column, scan_pool
 from medloop.errors import ConfigError, DataError, MedloopError
 from medloop.storage import write_json, write_text
@@ -126,10 +127,11 @@ def finished_entries(folder: Path) -> set[str]:
     return done
 
 
-def parquet_top_k(folder: str | Path, k: int, rank_by: str | None = None,
-                  batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray, str]:
+def parquet_top_k(folder: str | Path, k: int, rank_by: str | None = None, batch_rows: int = 65536,
+                  entries: set[str] | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """The ``k`` highest-ranked ``(sample_id, score)`` over every Parquet file of ``folder``, reading two columns
-    in batches (memory: ``batch_rows + k`` rows); ties as ``merge_top_k``. Returns ids, scores, the column."""
+    in batches (memory: ``batch_rows + k`` rows); ties as ``merge_top_k``. ``entries``: count only rows of these
+    entry ids (rows of files since removed from the pool are left out). Returns ids, scores, the column."""
     import pyarrow.parquet as pq
 
     files = _parquet_files(Path(folder))
@@ -137,11 +139,47 @@ def parquet_top_k(folder: str | Path, k: int, rank_by: str | None = None,
         raise DataError("no Parquet files: nothing was scored", folder, "empty")
     column = rank_column(pq.read_schema(files[0]).names, rank_by)
     ids, scores = np.array([], dtype=object), np.array([])
+    names = ["sample_id", column] + (["entry_id"] if entries is not None else [])
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["sample_id", column]):
-            ids, scores = merge_top_k(ids, scores, np.asarray(batch.column(0).to_pylist(), dtype=object),
-                                      batch.column(1).to_numpy(zero_copy_only=False), k)
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=names):
+            batch_ids = np.asarray(batch.column(0).to_pylist(), dtype=object)
+            batch_scores = batch.column(1).to_numpy(zero_copy_only=False)
+            if entries is not None:
+                keep = np.array([e in entries for e in batch.column(2).to_pylist()], dtype=bool)
+                batch_ids, batch_scores = batch_ids[keep], batch_scores[keep]
+            ids, scores = merge_top_k(ids, scores, batch_ids, batch_scores, k)
     return ids, scores, column
+
+
+def _held(folder: Path, entries: set[str]) -> tuple[int, set[str], int]:
+    """Over the Parquet files of ``folder``: the rows of ``entries``, which of them have rows, and the rows of
+    entries outside them (stale: their files left the pool since they were scored)."""
+    import pyarrow.parquet as pq
+
+    rows, stale, held = 0, 0, set()
+    for path in _parquet_files(folder):
+        for entry_id in pq.read_table(path, columns=["entry_id"]).column("entry_id").to_pylist():
+            if entry_id in entries:
+                rows += 1
+                held.add(entry_id)
+            else:
+                stale += 1
+    return rows, held, stale
+
+
+def read_skipped(spec: ScoreSpec, entries: Sequence[Entry]) -> list[str]:
+    """Why each of ``entries`` (left out by the workers under ``on_error: skip``) could not be read: each is read
+    once more here, so the reason the worker logged is said where the run's summary is."""
+    from medloop.data.dataset import read_entry
+
+    layout, reasons = resolve_layout(spec.data), []
+    for entry in entries:
+        try:
+            read_entry(layout, entry, spec.data)
+            reasons.append(f"{entry.where}: readable now, but not scored (it changed during the run); run again")
+        except DataError as err:
+            reasons.append(str(err))
+    return reasons
 
 
 def _user_error(exc: BaseException) -> MedloopError | None:
@@ -177,7 +215,7 @@ def _actor_pool(ray: Any, workers: int | None, progress: bool) -> int:
 
 def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: int = 100,
               rank_by: str | None = None, workers: int | None = None, num_cpus: int | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, entries: Sequence[Entry] | None = None) -> dict[str, Any]:
     """Score ``spec``'s pool on Ray into ``out/scores/<version>/``, then its top ``k`` into ``out/topk.csv``.
 
     Args:
@@ -185,6 +223,8 @@ def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: i
             already open in this process, or a local one started for the job.
         workers: actors in the pool (default: the cluster's CPUs, one each).
         num_cpus: CPUs of a local cluster started here (default: all).
+        entries: score these entries of the layout (a loop's training pool, already scanned) instead of scanning
+            it for all of them.
     Returns a summary: rows, entries scored now and reused, seconds, throughput, the folder, the top-k.
     """
     require_ray()  # before any work: a missing install is said at once
@@ -192,7 +232,7 @@ def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: i
     version = spec.version()  # hashes the checkpoint file: once per job
     folder = out / "scores" / version
     started = time.perf_counter()
-    entries, skipped = scan_pool(spec)
+    entries, skipped = scan_pool(spec) if entries is None else (list(entries), [])
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "_params.json", {"checkpoint": str(spec.checkpoint), "version": version, **spec.params()},
                indent=2)
@@ -211,10 +251,16 @@ def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: i
             with _user_errors():
                 # writing is light: it must not wait for a CPU that the scoring actors hold
                 dataset.write_parquet(str(folder), ray_remote_args={"num_cpus": 0})
-    rows = sum(_rows(p) for p in _parquet_files(folder))
+    current = {e.entry_id for e in entries}
+    rows, held, stale = _held(folder, current)
+    read_skips = read_skipped(spec, [e for e in entries if e.entry_id not in held])
     write_json(folder / "_SUCCESS.json", {"version": version, "rows": rows, "entries": len(entries),
-                                          "scan_skipped": [str(e) for e in skipped]}, indent=2)
-    ids, scores, column = parquet_top_k(folder, k, rank_by)
+                                          "scan_skipped": [str(e) for e in skipped], "read_skipped": read_skips,
+                                          "stale_rows": stale}, indent=2)
+    if stale:
+        log.warning("%d rows of %s belong to entries no longer in the pool; they are left out of the top-k", stale,
+                    folder)
+    ids, scores, column = parquet_top_k(folder, k, rank_by, entries=current if stale else None)
     text = io.StringIO(newline="")
     writer = csv.writer(text)
     writer.writerow(["rank", "sample_id", column])
@@ -224,13 +270,8 @@ def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: i
     return {"folder": str(folder), "version": version, "rows": rows, "entries": len(entries),
             "entries_reused": len(entries) - len(todo), "entries_scored": len(todo), "workers": n_workers,
             "seconds": round(seconds, 2), "images_per_s": round(len(todo) / max(seconds, 1e-9), 2),
-            "rank_by": column, "top_k": [str(i) for i in ids], "topk_csv": str(topk_path)}
-
-
-def _rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows
+            "rank_by": column, "top_k": [str(i) for i in ids], "topk_csv": str(topk_path),
+            "skipped": len(skipped) + len(read_skips), "stale_rows": stale}
 
 
 def read_sample(layout: Any, entry: Any, data: Any, sample_id: str) -> Any:

@@ -115,15 +115,16 @@ def refuse_simulated_reads(config: Any) -> None:
 
 
 def check_engine_keys(engine: str, address: str | None) -> None:
-    """A method's ``engine`` / ``engine_address``: ``local`` only, since a loop scores its pool in process between
-    retraining rounds; ``ray`` is refused with where it does apply."""
+    """A method's ``engine`` / ``engine_address`` for a method whose loop scores in process only: ``ray`` is
+    refused with where it does apply."""
     from medloop.engine import check_engine
 
     check_engine(engine, address, where="engine")
     if engine == "ray":
-        raise ConfigError("The 'engine' parameter 'ray' does not apply to experiments: a loop scores its pool in "
-                          "process between retraining rounds. Score a large pool on Ray with `medloop score --engine "
-                          "ray`, and set engine: local (or drop it) here")
+        raise ConfigError("The 'engine' parameter 'ray' does not apply to this method: its loop scores the pool in "
+                          "process between retraining rounds (engine: ray applies to method mahapatra2018's pool "
+                          "strategies, and `medloop score --engine ray` scores a large pool on a cluster); set "
+                          "engine: local (or drop it) here")
 
 
 def strategy_specs(entries: tuple, provides: frozenset[str], method: str) -> list[dict]:

@@ -67,11 +67,12 @@ def test_check_engine_refuses(engine, address, match):
         check_engine(engine, address)
 
 
-def test_experiment_config_refuses_the_ray_engine():
+def test_experiment_config_engine_keys():
     from medloop.loop.config import CollaborativeConfig, ExperimentConfig
 
-    with pytest.raises(ConfigError, match="'engine' parameter 'ray' does not apply to experiments.*medloop score"):
-        ExperimentConfig.from_dict({"engine": "ray"})
+    with pytest.raises(ConfigError, match="'engine' parameter 'ray' cannot apply to strategy 'generative'"):
+        ExperimentConfig.from_dict({"engine": "ray"})  # the default strategies render variants in process
+    assert ExperimentConfig.from_dict({"engine": "ray", "strategies": ["badge", "random"]}).engine == "ray"
     with pytest.raises(ConfigError, match="applies only with engine 'ray'"):
         CollaborativeConfig.from_dict({"engine_address": "auto"})
     assert ExperimentConfig.from_dict({"engine": "local"}).engine == "local"

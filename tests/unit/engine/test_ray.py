@@ -115,3 +115,86 @@ def test_ray_settings_that_cannot_apply_are_refused(local_ray):
     with ray_session() as ray:  # the open session, as it is
         assert ray.cluster_resources()["CPU"] == 2
     assert local_ray.is_initialized()  # not shut down by a session it did not start
+
+
+LOOP = {
+    "name": "ray-loop", "seeds": [0], "segmenter": None, "fsl_folds": 0, "random_subset_draws": 1,
+    "data": {"source": "builtin:chest-xray", "size": 32, "options": {"n_normal": 12, "n_nodule": 12}},
+    "classifier": {"model": "resnet18", "model_params": {"width": 4, "dropout": 0.5}, "epochs": 1, "batch_size": 8,
+                   "patience": 0},
+    "initial_per_class": 2, "query_per_class": 2, "augment_copies": 1, "n_mc_samples": 4, "record_at": [0.5],
+    "budget": 0.9, "max_rounds": 1, "round_patience": 0,
+}
+
+
+@pytest.mark.parametrize("strategy", ["class_balanced", "badge"])
+def test_the_loop_on_ray_scores_as_in_process_and_selects_the_same(local_ray, strategy, tmp_path):
+    """engine: ray in an experiment: each round's pool scored by the Ray job gives the in-process scores (same
+    per-sample seeds) and the strategy picks what it picks on them; a rerun of a round reuses its output."""
+    from medloop.loop.config import ExperimentConfig
+    from medloop.loop.mahapatra import prepare, run_mahapatra_track
+    from medloop.loop.state import RunState
+    from medloop.methods.mahapatra.method import Mahapatra
+    from medloop.query import build_strategy
+    from medloop.seeding import seed_for, stream
+    from medloop.training.selfsup import features
+
+    import pyarrow.parquet as pq
+
+    config = ExperimentConfig.from_dict({**LOOP, "engine": "ray", "strategies": [strategy]})
+    ctx = prepare(config, progress=False)
+    rounds = run_mahapatra_track(ctx, 0, {"name": strategy}, tmp_path / "t")
+    assert [r["round"] for r in rounds] == [0, 1] and all(len(r["queried"]) == 4 for r in rounds[:1])
+    folders = sorted((tmp_path / "t" / "engine" / "scores").iterdir())
+    assert len(folders) == 1  # round 0 queried (round 1 stopped at max_rounds before querying)
+
+    pool, sel = ctx.pool(0), build_strategy(strategy)
+    method = Mahapatra(ctx, 0, sel)
+    model = method.restore(RunState(tmp_path / "t", method.oracle()))  # the last round's model
+    saved = RunState(tmp_path / "t", method.oracle()).load_model(0)
+    model.classifier.load_state_dict(saved["classifier"])  # round 0's, which ranked the pool
+    labeled = set(method.initial_ids())
+    unlabeled = [i for i, s in enumerate(pool.sample_ids) if s not in labeled]
+    cands = pool.subset(unlabeled)
+    ref = score_pool(model.classifier, cands, n_mc_samples=4, seed=seed_for(0, "round", 0, "mc"), seeding="sample",
+                     progress=False).columns
+    table = pq.read_table(folders[0])
+    row = {sid: i for i, sid in enumerate(table.column("sample_id").to_pylist())}
+    assert sorted(row) == sorted(pool.sample_ids)  # the whole training pool: labeled images' embeddings too
+    order = [row[s] for s in cands.sample_ids]
+    for key, value in ref.items():
+        np.testing.assert_allclose(table.column(key).to_numpy()[order], value, atol=1e-5, rtol=0, err_msg=key)
+    emb = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)[order]
+    np.testing.assert_allclose(emb, features(model.classifier, cands), rtol=2e-3, atol=2e-3)
+
+    # the strategy's choice on the in-process scores is the loop's choice on Ray's
+    ref_inputs = {**ref, "index": np.arange(len(cands))}
+    if "embeddings" in sel.needs:
+        head = model.classifier.head
+        shift, scale = head.feat_shift.numpy(), head.feat_scale.numpy()
+        lab = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)[[row[s] for s in method.initial_ids()]]
+        ref_inputs.update(embeddings=(emb - shift) * scale, labeled_embeddings=(lab - shift) * scale,
+                          labeled_labels=pool.labels[[pool.sample_ids.index(s) for s in method.initial_ids()]])
+    size = method.query_size(RunState(tmp_path / "t", method.oracle()), 0)
+    chosen, _ = sel.select(ref_inputs, 4, stream(0, "round", 0, "query"), size.per_class)
+    assert [cands.sample_ids[int(j)] for j in chosen] == rounds[0]["queried"]
+
+    # a rerun (a resumed run redoing the round) finds the round's folder and scores nothing again
+    from medloop.engine.rounds import score_model
+
+    again = score_model(model.classifier, "resnet18", {"in_channels": 1, "num_classes": 2, "width": 4, "dropout": 0.5},
+                        pool.config, [pool.entry_of(i) for i in range(len(pool))], tmp_path / "t" / "engine",
+                        "round_000", n_mc_samples=4, seed=seed_for(0, "round", 0, "mc"), progress=False)
+    assert len(again["sample_id"]) == len(pool) and len(list((tmp_path / "t" / "engine" / "scores").iterdir())) == 1
+
+
+def test_the_loop_refuses_ray_where_it_cannot_apply():
+    from medloop.errors import ConfigError
+    from medloop.loop.config import CollaborativeConfig, ExperimentConfig
+
+    with pytest.raises(ConfigError, match="'ray' cannot apply with recipe: frozen"):
+        ExperimentConfig.from_dict({**LOOP, "engine": "ray", "strategies": ["coreset"], "recipe": "frozen"})
+    with pytest.raises(ConfigError, match="'ray' cannot apply to strategy 'generative'.*medloop generate --engine ray"):
+        ExperimentConfig.from_dict({**LOOP, "engine": "ray", "segmenter": {}, "strategies": ["generative"]})
+    with pytest.raises(ConfigError, match="'ray' does not apply to this method.*mahapatra2018"):
+        CollaborativeConfig.from_dict({"engine": "ray"})

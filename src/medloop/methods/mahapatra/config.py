@@ -9,7 +9,7 @@ from typing import Any
 
 from medloop.config import Config, DataConfig, TrainConfig
 from medloop.errors import ConfigError
-from medloop.methods.base import check_engine_keys, check_reads_per_image_key, strategy_specs
+from medloop.methods.base import check_reads_per_image_key, strategy_specs
 
 __all__ = ["ExperimentConfig", "RENAMED"]
 
@@ -98,8 +98,11 @@ class ExperimentConfig(Config):
         device: ``auto``, ``cpu`` or ``cuda``.
         reads_per_image: different annotators who label each image under ``medloop serve`` (their consensus is
             what the model trains on; ``medloop serve --reads-per-image`` overrides it); ``medloop run`` refuses > 1.
-        engine, engine_address: ``local`` only (named so that ``engine: ray`` is refused with what to do instead:
-            ``medloop score --engine ray`` scores a large pool on a cluster).
+        engine, engine_address: where each round's pool is scored: ``local`` (in process) or ``ray`` (a Ray
+            Data job, as ``medloop score --engine ray``, on the cluster at ``engine_address`` or a local one; per-sample
+            dropout seeds; ``medloop.engine.rounds``). ``ray`` applies to the pool strategies of the finetune recipe;
+            it is refused with synthetic candidates (rendered and scored in process) and with ``recipe: frozen``
+            (a head scored on cached trunk features, nothing to distribute).
     """
 
     method: typing.Literal["mahapatra2018"] = "mahapatra2018"
@@ -150,7 +153,6 @@ class ExperimentConfig(Config):
         from medloop.training.cgan import CGANConfig
 
         DataConfig.from_dict(self.data, where="data")
-        check_engine_keys(self.engine, self.engine_address)
         check_reads_per_image_key(self.reads_per_image)
         cls = TrainConfig.from_dict({"task": "classify", **self.classifier}, where="classifier")
         if cls.task != "classify":
@@ -180,6 +182,7 @@ class ExperimentConfig(Config):
                                   "its predictions); set 'segmenter' or drop the strategy") from None
             raise
         self._check_regime()
+        self._check_engine()
         for name in ("initial_per_class", "query_per_class", "augment_copies", "n_mc_samples", "max_rounds",
                      "initial_size"):
             if getattr(self, name) < 1:
@@ -198,6 +201,27 @@ class ExperimentConfig(Config):
         for name in ("val_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 0.5:
                 raise ConfigError(f"The '{name}' parameter must be in (0, 0.5); got {getattr(self, name)}")
+
+    def _check_engine(self) -> None:
+        """``engine`` / ``engine_address`` (see the class docstring)."""
+        from medloop.engine import check_engine
+        from medloop.query import build_strategy
+
+        check_engine(self.engine, self.engine_address, where="engine")
+        if self.engine != "ray":
+            return
+        if self.recipe == "frozen":
+            raise ConfigError("The 'engine' parameter 'ray' cannot apply with recipe: frozen: each round scores a head "
+                              "on trunk features computed once, in process, so there is nothing to distribute; set "
+                              "engine: local, or recipe: finetune")
+        for entry in self.strategies:
+            spec = {"name": entry} if isinstance(entry, str) else entry
+            name = spec.get("name") if isinstance(spec, dict) else None
+            if name is not None and "synthetic" in build_strategy(name, spec.get("params")).needs:
+                raise ConfigError(f"The 'engine' parameter 'ray' cannot apply to strategy '{name}': its synthetic "
+                                  "candidates are rendered and scored in process each round (render a large pool's "
+                                  "variants on Ray with `medloop generate --engine ray`); set engine: local, or drop "
+                                  "the strategy")
 
     def _check_regime(self) -> None:
         """The recipe, the pool and the initial set (see the class docstring)."""

@@ -306,6 +306,7 @@ class Mahapatra(Method):
         self.strategy = strategy
         self.split = ctx.splits[seed]
         self._initial: list[int] | None = None
+        self._engine_dir: Path | None = None  # engine: ray
         self._synthetic_feats: dict[str, np.ndarray] = {}  # frozen recipe: variant id -> trunk features
 
     def _feats(self, pool_positions) -> np.ndarray:
@@ -426,6 +427,7 @@ class Mahapatra(Method):
 
     def candidates(self, strategy: QueryStrategy, state: RunState, model: Models, round_idx: int,
                    rng: np.random.Generator) -> Candidates:
+        self._engine_dir = state.folder / "engine"  # engine: ray scores the round's model there
         labeled = set(state.labeled)
         unlabeled = np.array([i for i, s in enumerate(self.pool.sample_ids) if s not in labeled], dtype=np.int64)
         if "synthetic" not in strategy.needs:
@@ -453,8 +455,10 @@ class Mahapatra(Method):
                           features=self._sample_feats(variants) if self.ctx.frozen else None)
 
     def inputs(self, needs: frozenset[str], model: Models, candidates: Candidates, round_idx: int) -> dict[str, np.ndarray]:
-        columns: dict[str, np.ndarray] = {}
         mc_seed = seed_for(self.seed, "round", round_idx, "mc")
+        if self.cfg.engine == "ray" and needs & {"mc", "embeddings"} and not candidates.join:
+            return self._engine_inputs(needs, model, candidates, round_idx, mc_seed)
+        columns: dict[str, np.ndarray] = {}
         if "mc" in needs and candidates.features is not None:
             columns.update(score_features(FeatureHead(model.classifier), candidates.features,
                                           n_mc_samples=self.cfg.n_mc_samples, seed=mc_seed))
@@ -463,17 +467,47 @@ class Mahapatra(Method):
                                       seed=mc_seed, device=self.device, progress=self.ctx.progress).columns)
         if "embeddings" in needs:
             labeled = [self.pos[s] for s in candidates.labeled]
-            # what the head sees: the trunk's features standardised by its buffers (the identity unless the head
-            # was trained on a frozen trunk's features)
-            head = model.classifier.head
-            shift, scale = head.feat_shift.cpu().numpy(), head.feat_scale.cpu().numpy()
             if candidates.features is not None:
                 cand, lab = candidates.features, self._feats(labeled)
             else:
                 cand = features(model.classifier, candidates.dataset)
                 lab = features(model.classifier, self.pool.subset(labeled))
-            columns["embeddings"], columns["labeled_embeddings"] = (cand - shift) * scale, (lab - shift) * scale
-            columns["labeled_labels"] = np.array(list(candidates.labeled.values()), dtype=np.int64)
+            columns.update(self._embeddings(model, candidates, cand, lab))
+        columns["index"] = np.arange(len(candidates))
+        return columns
+
+    @staticmethod
+    def _embeddings(model: Models, candidates: Candidates, cand: np.ndarray, lab: np.ndarray) -> dict[str, np.ndarray]:
+        """What the head sees: the trunk's features standardised by its buffers (the identity unless the head was
+        trained on a frozen trunk's features), of the candidates and of the labeled images, with their labels."""
+        head = model.classifier.head
+        shift, scale = head.feat_shift.cpu().numpy(), head.feat_scale.cpu().numpy()
+        return {"embeddings": (cand - shift) * scale, "labeled_embeddings": (lab - shift) * scale,
+                "labeled_labels": np.array(list(candidates.labeled.values()), dtype=np.int64)}
+
+    def _engine_inputs(self, needs: frozenset[str], model: Models, candidates: Candidates, round_idx: int,
+                       mc_seed: int) -> dict[str, np.ndarray]:
+        """``inputs`` with the pool scored on Ray (``engine: ray``): the whole training pool (the labeled images'
+        embeddings are needed too) is MC-scored once by the round's classifier, with per-sample dropout seeds."""
+        from medloop.engine.rounds import score_model
+
+        cfg = self.ctx.config.classifier_config
+        params = {"in_channels": self.ctx.in_channels, "num_classes": self.ctx.num_classes, **cfg.model_params}
+        entries = list({e.entry_id: e for e in (self.pool.entry_of(i) for i in range(len(self.pool)))}.values())
+        cols = score_model(model.classifier, cfg.model, params, self.pool.config, entries, self._engine_dir,
+                           f"round_{round_idx:03d}", n_mc_samples=self.cfg.n_mc_samples, seed=mc_seed,
+                           address=self.cfg.engine_address, progress=self.ctx.progress)
+        row = {sid: i for i, sid in enumerate(cols.pop("sample_id"))}
+        try:
+            cand = np.array([row[s] for s in candidates.dataset.sample_ids], dtype=np.int64)
+            lab = np.array([row[s] for s in candidates.labeled], dtype=np.int64)
+        except KeyError as err:
+            raise DataError(f"pool sample {err} has no scores in the engine's output", self._engine_dir,
+                            "changed") from None
+        embedding = cols.pop("embedding")
+        columns = {k: v[cand] for k, v in cols.items() if k not in ("case_id", "entry_id")} if "mc" in needs else {}
+        if "embeddings" in needs:
+            columns.update(self._embeddings(model, candidates, embedding[cand], embedding[lab]))
         columns["index"] = np.arange(len(candidates))
         return columns
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from medloop.data import kfold_by_case
+from medloop.engine.rounds import engine_session
 from medloop.errors import ConfigError
 from medloop.loop.round import run_track
 from medloop.loop.rundir import check_resume, once
@@ -149,12 +150,13 @@ def run_experiment(config: ExperimentConfig, out: str | Path, resume: bool = Fal
     started = time.time()
     sampler_for = sampler_factory(ctx, out)
     tracks: dict[str, dict[str, list[dict]]] = {}
-    for seed in config.seeds:
-        for spec in config.strategy_specs:
-            if console is not None:
-                console.print(f"[bold]{spec['label']}[/bold] seed {seed}")
-            tracks.setdefault(spec["label"], {})[str(seed)] = run_mahapatra_track(
-                ctx, seed, spec, out / "tracks" / f"{spec['label']}-seed{seed}", sampler_for, interrupt, observers)
+    with engine_session(config.engine, config.engine_address):  # engine: ray connects once for the run
+        for seed in config.seeds:
+            for spec in config.strategy_specs:
+                if console is not None:
+                    console.print(f"[bold]{spec['label']}[/bold] seed {seed}")
+                tracks.setdefault(spec["label"], {})[str(seed)] = run_mahapatra_track(
+                    ctx, seed, spec, out / "tracks" / f"{spec['label']}-seed{seed}", sampler_for, interrupt, observers)
     baselines = fsl_baselines(ctx, out / "baselines")
     results = {
         "experiment": config.name, "method": config.method, "medloop_version": __version__, "config": config.to_dict(),
