@@ -243,6 +243,7 @@ def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: i
         with ray_session(address, num_cpus) as ray:
             n_workers = _actor_pool(ray, workers, progress)
             n_blocks = max(min(len(todo), 2 * n_workers), math.ceil(len(todo) / ROWS_PER_FILE))
+            n_workers = min(n_workers, n_blocks)  # an actor without a block would only load the model
             items = [{"entry": pickle.dumps(e)} for e in todo]
             dataset = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
                 _RayScorer, fn_constructor_kwargs={"spec": spec}, batch_size=spec.batch_size,

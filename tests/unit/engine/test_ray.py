@@ -198,3 +198,29 @@ def test_the_loop_refuses_ray_where_it_cannot_apply():
         ExperimentConfig.from_dict({**LOOP, "engine": "ray", "segmenter": {}, "strategies": ["generative"]})
     with pytest.raises(ConfigError, match="'ray' does not apply to this method.*mahapatra2018"):
         CollaborativeConfig.from_dict({"engine": "ray"})
+
+
+def test_ray_names_what_its_workers_skipped_and_leaves_out_removed_files(local_ray, checkpoint, tmp_path):
+    """Under on_error: skip an entry a worker cannot read is named in _SUCCESS.json and the summary; rows of
+    files removed from the pool since they were scored stay out of the top-k."""
+    import json
+
+    from medloop.config import DataConfig
+    from medloop.engine.ray import score_ray
+    from tests.conftest import gray, write_png
+
+    root = tmp_path / "ds"
+    for i in range(5):
+        write_png(root / "images" / f"{i:03d}.png", gray(32, 32, i))
+    damaged = root / "images" / "001.png"
+    damaged.write_bytes(damaged.read_bytes()[:60])
+    data = DataConfig.from_dict({"source": str(root), "on_error": "skip"})
+    spec = ScoreSpec.for_checkpoint(checkpoint, data, n_mc_samples=2, batch_size=2)
+    summary = score_ray(spec, tmp_path / "out", k=5, progress=False)
+    done = json.loads((tmp_path / "out" / "scores" / spec.version() / "_SUCCESS.json").read_text())
+    assert summary["rows"] == 4 and summary["skipped"] == 1 and "001" not in summary["top_k"]
+    assert len(done["read_skipped"]) == 1 and "001.png" in done["read_skipped"][0]
+
+    (root / "images" / "003.png").unlink()  # removed from the pool after it was scored
+    again = score_ray(spec, tmp_path / "out", k=5, progress=False)
+    assert again["stale_rows"] == 1 and again["rows"] == 3 and sorted(again["top_k"]) == ["000", "002", "004"]
