@@ -256,6 +256,26 @@ class MedDataset(torch.utils.data.Dataset):
         cache = {(i, None): s for i, s in enumerate(samples)}
         return cls(info, config or DataConfig(source=info.root), refs, lambda pos: [samples[pos]], cache, [], {}, entries)
 
+    @classmethod
+    def derived(cls, info: DatasetInfo, groups: Sequence[tuple[str, str]], members: Sequence[tuple[int, str]],
+                render: Callable[[int], list[Sample]], keep: int = 8) -> "MedDataset":
+        """A dataset whose samples are made on access, a group at a time (synthetic variants of pool images,
+        rendered again where they were first rendered elsewhere): ``groups[g] = (group id, case id)``,
+        ``members[i] = (g, sample id)``, ``render(g)`` the group's samples in order (each member's ``sample_id`` must
+        be among them). The last ``keep`` groups made stay in memory."""
+        import functools
+
+        made = functools.lru_cache(maxsize=keep)(render)
+        entries = [Entry(gid, case, index=g) for g, (gid, case) in enumerate(groups)]
+        position: dict[int, dict[str, int]] = {}
+        refs = []
+        for g, sid in members:
+            index = position.setdefault(g, {})
+            refs.append(_Ref(g, len(index), groups[g][1], sid, None, True))
+            index[sid] = len(index)
+        return cls(info, DataConfig(source=info.root), refs,
+                   lambda g: _check_members(made(g), position[g], groups[g][0]), None, [], {}, entries)
+
     def __len__(self) -> int:
         return len(self._refs)
 
@@ -323,6 +343,16 @@ class MedDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"MedDataset({self.info.name}, {len(self)} samples, {len(set(self.case_ids))} cases, root={self.info.root})"
+
+
+def _check_members(samples: list[Sample], members: dict[str, int], group: str) -> list[Sample]:
+    """A derived group's samples in its members' order; a member the render did not make is an error."""
+    made = {s.sample_id: s for s in samples}
+    missing = [sid for sid in members if sid not in made]
+    if missing:
+        raise DataError(f"rendering group '{group}' again did not make {missing[:3]}: the render is not "
+                        "deterministic, or its inputs changed", group, "changed")
+    return [made[sid] for sid in members]
 
 
 def collate_samples(samples: Sequence[Sample]) -> dict[str, Any]:

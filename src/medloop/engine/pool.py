@@ -143,10 +143,12 @@ class BatchScorer:
             "case_id": np.array([s.case_id for s in samples], dtype=object),
             "entry_id": np.array([entry_id for _, entry_id in read], dtype=object),
         }
-        out.update(self._score(collate_samples(samples)["image"], ids))
+        out.update(self.score_images(collate_samples(samples)["image"], ids))
         return out
 
-    def _score(self, images: torch.Tensor, sample_ids: list[str]) -> dict[str, np.ndarray]:
+    @torch.no_grad()
+    def score_images(self, images: torch.Tensor, sample_ids: list[str]) -> dict[str, np.ndarray]:
+        """The score columns (and ``embedding``) of ``images [N, C, H, W]``, dropout seeded by ``sample_ids``."""
         spec = self.spec
         x = images.to(self.device)
         feats = self.model.forward_features(x)
@@ -162,7 +164,7 @@ class BatchScorer:
         size = self.spec.data.size or 64
         blank = torch.zeros(1, self.spec.data.channels, size, size)
         ids = {k: np.array([""], dtype=object) for k in ID_COLUMNS}
-        return {**ids, **self._score(blank, [""])}
+        return {**ids, **self.score_images(blank, [""])}
 
 
 def rank_column(columns: Sequence[str], rank_by: str | None = None) -> str:

@@ -36,7 +36,8 @@ from medloop.engine.pool import BatchScorer, ScoreSpec, merge_top_k, rank_column
 from medloop.errors import ConfigError, DataError, MedloopError
 from medloop.storage import write_json, write_text
 
-__all__ = ["require_ray", "ray_session", "score_ray", "parquet_top_k", "generate_ray", "INSTALL_HINT"]
+__all__ = ["require_ray", "ray_session", "score_ray", "score_derived_ray", "parquet_top_k", "generate_ray",
+           "INSTALL_HINT"]
 
 log = logging.getLogger("medloop.engine")
 
@@ -213,6 +214,23 @@ def _actor_pool(ray: Any, workers: int | None, progress: bool) -> int:
     return workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def _to_parquet(ray: Any, items: list[dict[str, Any]], actor: type, kwargs: dict[str, Any], batch_size: int,
+                folder: Path, workers: int | None, progress: bool) -> int:
+    """Run ``actor(**kwargs)`` (a stateful ``map_batches`` callable returning Arrow tables) over ``items`` in an
+    actor pool and write its rows as Parquet files into ``folder``; at most ``ROWS_PER_FILE`` items per file, so
+    a kill loses at most that. Returns the number of actors."""
+    n_workers = _actor_pool(ray, workers, progress)
+    n_blocks = max(min(len(items), 2 * n_workers), math.ceil(len(items) / ROWS_PER_FILE))
+    n_workers = min(n_workers, n_blocks)  # an actor without a block would only load the model
+    dataset = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
+        actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=1)
+    with _user_errors():
+        # writing is light: it must not wait for a CPU that the scoring actors hold
+        dataset.write_parquet(str(folder), ray_remote_args={"num_cpus": 0})
+    return n_workers
+
+
 def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: int = 100,
               rank_by: str | None = None, workers: int | None = None, num_cpus: int | None = None,
               progress: bool = True, entries: Sequence[Entry] | None = None) -> dict[str, Any]:
@@ -241,17 +259,8 @@ def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: i
     n_workers = 0
     if todo:
         with ray_session(address, num_cpus) as ray:
-            n_workers = _actor_pool(ray, workers, progress)
-            n_blocks = max(min(len(todo), 2 * n_workers), math.ceil(len(todo) / ROWS_PER_FILE))
-            n_workers = min(n_workers, n_blocks)  # an actor without a block would only load the model
-            items = [{"entry": pickle.dumps(e)} for e in todo]
-            dataset = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
-                _RayScorer, fn_constructor_kwargs={"spec": spec}, batch_size=spec.batch_size,
-                batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=1)
-            del items
-            with _user_errors():
-                # writing is light: it must not wait for a CPU that the scoring actors hold
-                dataset.write_parquet(str(folder), ray_remote_args={"num_cpus": 0})
+            n_workers = _to_parquet(ray, [{"entry": pickle.dumps(e)} for e in todo], _RayScorer, {"spec": spec},
+                                    spec.batch_size, folder, workers, progress)
     current = {e.entry_id for e in entries}
     rows, held, stale = _held(folder, current)
     read_skips = read_skipped(spec, [e for e in entries if e.entry_id not in held])
@@ -273,6 +282,61 @@ def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: i
             "seconds": round(seconds, 2), "images_per_s": round(len(todo) / max(seconds, 1e-9), 2),
             "rank_by": column, "top_k": [str(i) for i in ids], "topk_csv": str(topk_path),
             "skipped": len(skipped) + len(read_skips), "stale_rows": stale}
+
+
+class _RayDerivedScorer:
+    """``map_batches``' stateful callable for samples derived from pool samples (a loop's synthetic variants):
+    each source is read again from its entry, ``derive(source, mask)`` makes its samples, and they are scored as
+    ``BatchScorer`` scores images. Rows carry the derived ids and their source's sample and entry ids."""
+
+    def __init__(self, spec: ScoreSpec, derive: Any, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.scorer, self.derive = BatchScorer(spec), derive
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        from medloop.data.dataset import collate_samples
+
+        parts = []
+        for blob, sample_id, packed, shape in zip(batch["entry"], batch["sample_id"], batch["mask"], batch["shape"]):
+            entry = pickle.loads(blob)
+            source = read_sample(self.scorer.layout, entry, self.scorer.spec.data, str(sample_id))
+            h, w = (int(v) for v in shape)
+            mask = np.unpackbits(np.frombuffer(packed, np.uint8))[:h * w].reshape(h, w).astype(np.int64)
+            derived = self.derive(source, mask)
+            ids = [d.sample_id for d in derived]
+            cols = {"sample_id": np.array(ids, dtype=object),
+                    "source_sample": np.array([source.sample_id] * len(ids), dtype=object),
+                    "entry_id": np.array([entry.entry_id] * len(ids), dtype=object)}
+            cols.update(self.scorer.score_images(collate_samples(derived)["image"], ids))
+            parts.append(cols)
+        return to_arrow({k: np.concatenate([part[k] for part in parts]) for k in parts[0]})
+
+
+def score_derived_ray(spec: ScoreSpec, sources: Sequence[tuple[Entry, str, np.ndarray]], derive: Any, key: dict,
+                      out: str | Path, address: str | None = None, workers: int | None = None,
+                      progress: bool = True) -> Path:
+    """Derive samples from each ``(entry, sample id, mask [H, W])`` of ``sources`` on Ray and score them into
+    ``out/derived/<version>-<digest of key>/`` (``key``: what ``derive`` depends on, e.g. the generator's hash,
+    the variants per image and their random stream). ``derive`` must pickle (it travels to every actor) and load
+    what it needs once per actor. A rerun with the same model and key scores only the sources no file holds.
+    Returns the folder."""
+    import hashlib
+    import json
+
+    require_ray()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    folder = Path(out) / "derived" / f"{spec.version()}-{digest}"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "_params.json", {"checkpoint": str(spec.checkpoint), **spec.params(), "derive": key}, indent=2)
+    finished = finished_entries(folder)
+    items = [{"entry": pickle.dumps(entry), "sample_id": sample_id, "mask": np.packbits(mask > 0).tobytes(),
+              "shape": list(mask.shape)} for entry, sample_id, mask in sources if entry.entry_id not in finished]
+    if items:
+        with ray_session(address) as ray:
+            _to_parquet(ray, items, _RayDerivedScorer, {"spec": spec, "derive": derive}, 1, folder, workers, progress)
+    return folder
 
 
 def read_sample(layout: Any, entry: Any, data: Any, sample_id: str) -> Any:

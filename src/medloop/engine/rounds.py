@@ -24,7 +24,7 @@ from medloop.data.record import Entry
 from medloop.engine.pool import ScoreSpec
 from medloop.errors import DataError
 
-__all__ = ["engine_session", "score_model", "read_columns"]
+__all__ = ["engine_session", "score_model", "score_model_derived", "read_columns"]
 
 
 def engine_session(engine: str, address: str | None = None) -> contextlib.AbstractContextManager:
@@ -60,6 +60,15 @@ def read_columns(folder: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
+def _spec(model: nn.Module, model_name: str, model_params: dict[str, Any], data: DataConfig, folder: Path, name: str,
+          n_mc_samples: int, seed: int, batch_size: int) -> ScoreSpec:
+    """The round's model saved as ``folder/models/<name>.pt``, and the spec of scoring with it."""
+    from medloop.training.checkpoint import save_checkpoint
+
+    checkpoint = save_checkpoint(folder / "models" / f"{name}.pt", model, model_name, model_params)
+    return ScoreSpec(str(checkpoint), data, n_mc_samples=n_mc_samples, batch_size=batch_size, seed=seed)
+
+
 def score_model(model: nn.Module, model_name: str, model_params: dict[str, Any], data: DataConfig,
                 entries: Sequence[Entry], folder: str | Path, name: str, *, n_mc_samples: int, seed: int,
                 batch_size: int = 32, address: str | None = None, progress: bool = True) -> dict[str, np.ndarray]:
@@ -70,14 +79,34 @@ def score_model(model: nn.Module, model_name: str, model_params: dict[str, Any],
     row per sample of the entries, in no particular order: index them by ``sample_id``.
     """
     from medloop.engine.ray import score_ray
-    from medloop.training.checkpoint import save_checkpoint
 
     folder = Path(folder)
-    checkpoint = save_checkpoint(folder / "models" / f"{name}.pt", model, model_name, model_params)
-    spec = ScoreSpec(str(checkpoint), data, n_mc_samples=n_mc_samples, batch_size=batch_size, seed=seed)
+    spec = _spec(model, model_name, model_params, data, folder, name, n_mc_samples, seed, batch_size)
     summary = score_ray(spec, folder, address=address, k=1, progress=progress, entries=entries)
     if summary["skipped"]:
         raise DataError(f"{summary['skipped']} pool entries could not be read while the pool was scored on Ray, "
                         f"though they were read when the pool was loaded (see {summary['folder']}/_SUCCESS.json); "
                         "restore the files and resume the run", summary["folder"], "changed")
     return read_columns(summary["folder"])
+
+
+def score_model_derived(model: nn.Module, model_name: str, model_params: dict[str, Any], data: DataConfig,
+                        sources: Sequence[tuple[Entry, str, np.ndarray]], derive: Any, key: dict, folder: str | Path,
+                        name: str, *, n_mc_samples: int, seed: int, address: str | None = None,
+                        progress: bool = True) -> dict[str, np.ndarray]:
+    """``score_model`` for samples derived from pool samples on the workers (``engine.ray.score_derived_ray``:
+    each ``(entry, sample id, mask)`` source is read there, ``derive(source, mask)`` makes its samples, the model
+    scores them). Returns the columns with ``sample_id`` (derived ids) and ``source_sample``, in no particular
+    order."""
+    from medloop.engine.ray import score_derived_ray
+
+    folder = Path(folder)
+    spec = _spec(model, model_name, model_params, data, folder, name, n_mc_samples, seed, 32)
+    out = score_derived_ray(spec, sources, derive, key, folder, address=address, progress=progress)
+    columns = read_columns(out)
+    missing = {sid for _, sid, _ in sources} - set(columns["source_sample"])
+    if missing:
+        raise DataError(f"{len(missing)} candidate sources have no scores in the engine's output (e.g. "
+                        f"{sorted(missing)[:3]}); their files could not be read again on a worker: restore them and "
+                        "resume the run", out, "changed")
+    return columns

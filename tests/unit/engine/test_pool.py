@@ -70,9 +70,10 @@ def test_check_engine_refuses(engine, address, match):
 def test_experiment_config_engine_keys():
     from medloop.loop.config import CollaborativeConfig, ExperimentConfig
 
-    with pytest.raises(ConfigError, match="'engine' parameter 'ray' cannot apply to strategy 'generative'"):
-        ExperimentConfig.from_dict({"engine": "ray"})  # the default strategies render variants in process
-    assert ExperimentConfig.from_dict({"engine": "ray", "strategies": ["badge", "random"]}).engine == "ray"
+    assert ExperimentConfig.from_dict({"engine": "ray"}).engine == "ray"  # the pool's or the variants' scoring
+    with pytest.raises(ConfigError, match="'engine' parameter 'ray' cannot apply with recipe: frozen"):
+        ExperimentConfig.from_dict({"engine": "ray", "recipe": "frozen", "augment_copies": 1, "segmenter": None,
+                                    "strategies": ["coreset"]})
     with pytest.raises(ConfigError, match="applies only with engine 'ray'"):
         CollaborativeConfig.from_dict({"engine_address": "auto"})
     assert ExperimentConfig.from_dict({"engine": "local"}).engine == "local"

@@ -100,9 +100,9 @@ class ExperimentConfig(Config):
             what the model trains on; ``medloop serve --reads-per-image`` overrides it); ``medloop run`` refuses > 1.
         engine, engine_address: where each round's pool is scored: ``local`` (in process) or ``ray`` (a Ray
             Data job, as ``medloop score --engine ray``, on the cluster at ``engine_address`` or a local one; per-sample
-            dropout seeds; ``medloop.engine.rounds``). ``ray`` applies to the pool strategies of the finetune recipe;
-            it is refused with synthetic candidates (rendered and scored in process) and with ``recipe: frozen``
-            (a head scored on cached trunk features, nothing to distribute).
+            dropout seeds; ``medloop.engine.rounds``): the pool's images, or the generative strategy's variants,
+            rendered and scored on the workers (a random stream per source image). Refused with ``recipe: frozen``
+            (a head scored on cached trunk features: nothing to distribute).
     """
 
     method: typing.Literal["mahapatra2018"] = "mahapatra2018"
@@ -205,7 +205,6 @@ class ExperimentConfig(Config):
     def _check_engine(self) -> None:
         """``engine`` / ``engine_address`` (see the class docstring)."""
         from medloop.engine import check_engine
-        from medloop.query import build_strategy
 
         check_engine(self.engine, self.engine_address, where="engine")
         if self.engine != "ray":
@@ -214,14 +213,6 @@ class ExperimentConfig(Config):
             raise ConfigError("The 'engine' parameter 'ray' cannot apply with recipe: frozen: each round scores a head "
                               "on trunk features computed once, in process, so there is nothing to distribute; set "
                               "engine: local, or recipe: finetune")
-        for entry in self.strategies:
-            spec = {"name": entry} if isinstance(entry, str) else entry
-            name = spec.get("name") if isinstance(spec, dict) else None
-            if name is not None and "synthetic" in build_strategy(name, spec.get("params")).needs:
-                raise ConfigError(f"The 'engine' parameter 'ray' cannot apply to strategy '{name}': its synthetic "
-                                  "candidates are rendered and scored in process each round (render a large pool's "
-                                  "variants on Ray with `medloop generate --engine ray`); set engine: local, or drop "
-                                  "the strategy")
 
     def _check_regime(self) -> None:
         """The recipe, the pool and the initial set (see the class docstring)."""

@@ -280,6 +280,37 @@ def initial_set(ctx: Context, seed: int, strategy: QueryStrategy | None = None) 
     return sorted(int(i) for i in chosen)
 
 
+def variant_samples(sampler: Any, source: Sample, mask: np.ndarray, n: int, rng: np.random.Generator,
+                    round_idx: int) -> list[Sample]:
+    """Up to ``n`` synthetic variants of pool sample ``source`` with lung ``mask [H, W]`` as samples of round
+    ``round_idx`` (ids ``<source>~r<round>v<index>``, the source and the perturbations in ``meta``)."""
+    return [Sample(torch.from_numpy(v.image), torch.from_numpy(v.mask.astype(np.int64)), None, source.case_id,
+                   f"{source.sample_id}~r{round_idx}v{v_idx:03d}", "synthetic",
+                   meta={"source_sample": source.sample_id, "ops": v.ops})
+            for v_idx, v in enumerate(sampler.variants(source.image.numpy(), np.asarray(mask).astype(np.int64), n,
+                                                       rng))]
+
+
+class VariantRenderer:
+    """A source's variants in round ``round_idx`` from its own random stream, so any process renders the same:
+    picklable (it travels to Ray's workers, which load the generator once), or given the ``sampler`` in hand."""
+
+    def __init__(self, generator: str, per_image: int, seed: int, round_idx: int, sampler: Any = None):
+        self.generator, self.per_image, self.seed, self.round_idx = generator, per_image, seed, round_idx
+        self._sampler = sampler
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_sampler": None}  # each process loads the generator from its path
+
+    def __call__(self, source: Sample, mask: np.ndarray) -> list[Sample]:
+        if self._sampler is None:
+            from medloop.synth.generator import MaskConditionedSampler
+
+            self._sampler = MaskConditionedSampler.load(self.generator)
+        rng = stream(self.seed, "round", self.round_idx, "variants", source.sample_id)
+        return variant_samples(self._sampler, source, mask, self.per_image, rng, self.round_idx)
+
+
 @dataclasses.dataclass
 class Models:
     """Method 1's models after a round: the classifier, and the segmenter last trained (``seg_round``)."""
@@ -307,6 +338,7 @@ class Mahapatra(Method):
         self.split = ctx.splits[seed]
         self._initial: list[int] | None = None
         self._engine_dir: Path | None = None  # engine: ray
+        self._engine_columns: dict[str, np.ndarray] = {}  # engine: ray, synthetic candidates' scores
         self._synthetic_feats: dict[str, np.ndarray] = {}  # frozen recipe: variant id -> trunk features
 
     def _feats(self, pool_positions) -> np.ndarray:
@@ -439,24 +471,63 @@ class Mahapatra(Method):
         n_src = len(unlabeled) if strategy.candidates == 0 else min(strategy.candidates, len(unlabeled))
         sources = np.sort(rng.choice(unlabeled, n_src, replace=False))
         masks = predict(model.segmenter, self.pool.subset(sources))["pred"].numpy() > 0
+        if self.cfg.engine == "ray":
+            return self._engine_candidates(strategy, state, model, round_idx, sampler, sources, masks)
         variants: list[Sample] = []
         with make_progress(transient=not self.ctx.progress) as bar:
             task = bar.add_task("generating candidates", total=n_src * strategy.per_image, visible=self.ctx.progress)
             for j, pos in enumerate(sources):
-                s = self.pool[int(pos)]
-                for v_idx, v in enumerate(sampler.variants(s.image.numpy(), masks[j].astype(np.int64),
-                                                            strategy.per_image, rng)):
-                    variants.append(Sample(torch.from_numpy(v.image), torch.from_numpy(v.mask.astype(np.int64)), None,
-                                           s.case_id, f"{s.sample_id}~r{round_idx}v{v_idx:03d}", "synthetic",
-                                           meta={"source_sample": s.sample_id, "ops": v.ops}))
+                variants += variant_samples(sampler, self.pool[int(pos)], masks[j], strategy.per_image, rng, round_idx)
                 bar.update(task, advance=strategy.per_image)
         return Candidates(MedDataset.from_samples(variants, _info(self.ctx, "candidates")),
                           [v.meta["source_sample"] for v in variants], join=True, labeled=self._answered(state),
                           features=self._sample_feats(variants) if self.ctx.frozen else None)
 
+    def _model_build(self) -> tuple[str, dict[str, Any]]:
+        """The classifier's model name and parameters, as a checkpoint records them."""
+        cfg = self.ctx.config.classifier_config
+        return cfg.model, {"in_channels": self.ctx.in_channels, "num_classes": self.ctx.num_classes,
+                           **cfg.model_params}
+
+    def _engine_candidates(self, strategy: QueryStrategy, state: RunState, model: Models, round_idx: int,
+                           sampler: Any, sources: np.ndarray, masks: np.ndarray) -> Candidates:
+        """Synthetic candidates with ``engine: ray``: each source's variants are rendered and MC-scored on the
+        workers (a random stream per source, dropout seeded per variant); only their scores come back. A variant
+        the round keeps (or shows in its gallery) is rendered again here from the same stream."""
+        from medloop.engine.rounds import score_model_derived
+        from medloop.engine.pool import model_version
+
+        generator = self._engine_dir / "generators" / f"seed{self.seed}.pt"
+        if not generator.is_file():
+            sampler.save(generator)
+        render = VariantRenderer(str(generator), strategy.per_image, self.seed, round_idx)
+        key = {"generator": model_version(generator), "per_image": strategy.per_image, "seed": self.seed,
+               "round": round_idx}
+        items = [(self.pool.entry_of(int(p)), self.pool.sample_ids[int(p)], masks[j]) for j, p in enumerate(sources)]
+        cols = score_model_derived(model.classifier, *self._model_build(), self.pool.config, items, render, key,
+                                   self._engine_dir, f"round_{round_idx:03d}", n_mc_samples=self.cfg.n_mc_samples,
+                                   seed=seed_for(self.seed, "round", round_idx, "mc"),
+                                   address=self.cfg.engine_address, progress=self.ctx.progress)
+        group = {sid: j for j, (_, sid, _) in enumerate(items)}
+        order = sorted(range(len(cols["sample_id"])),
+                       key=lambda i: (group[cols["source_sample"][i]], cols["sample_id"][i]))
+        self._engine_columns = {k: v[order] for k, v in cols.items()
+                                if k not in ("source_sample", "entry_id", "case_id", "embedding")}
+        ids = list(self._engine_columns.pop("sample_id"))
+        here = VariantRenderer(str(generator), strategy.per_image, self.seed, round_idx, sampler=sampler)
+        cases = self.pool.case_ids
+        dataset = MedDataset.derived(
+            _info(self.ctx, "candidates"), [(sid, cases[int(p)]) for (_, sid, _), p in zip(items, sources)],
+            [(group[cols["source_sample"][i]], sid) for i, sid in zip(order, ids)],
+            lambda j: here(self.pool[int(sources[j])], masks[j]))
+        return Candidates(dataset, [cols["source_sample"][i] for i in order], join=True,
+                          labeled=self._answered(state))
+
     def inputs(self, needs: frozenset[str], model: Models, candidates: Candidates, round_idx: int) -> dict[str, np.ndarray]:
         mc_seed = seed_for(self.seed, "round", round_idx, "mc")
-        if self.cfg.engine == "ray" and needs & {"mc", "embeddings"} and not candidates.join:
+        if self.cfg.engine == "ray" and candidates.join:  # scored where they were rendered
+            return {**self._engine_columns, "index": np.arange(len(candidates))}
+        if self.cfg.engine == "ray" and needs & {"mc", "embeddings"}:
             return self._engine_inputs(needs, model, candidates, round_idx, mc_seed)
         columns: dict[str, np.ndarray] = {}
         if "mc" in needs and candidates.features is not None:
@@ -491,10 +562,8 @@ class Mahapatra(Method):
         embeddings are needed too) is MC-scored once by the round's classifier, with per-sample dropout seeds."""
         from medloop.engine.rounds import score_model
 
-        cfg = self.ctx.config.classifier_config
-        params = {"in_channels": self.ctx.in_channels, "num_classes": self.ctx.num_classes, **cfg.model_params}
         entries = list({e.entry_id: e for e in (self.pool.entry_of(i) for i in range(len(self.pool)))}.values())
-        cols = score_model(model.classifier, cfg.model, params, self.pool.config, entries, self._engine_dir,
+        cols = score_model(model.classifier, *self._model_build(), self.pool.config, entries, self._engine_dir,
                            f"round_{round_idx:03d}", n_mc_samples=self.cfg.n_mc_samples, seed=mc_seed,
                            address=self.cfg.engine_address, progress=self.ctx.progress)
         row = {sid: i for i, sid in enumerate(cols.pop("sample_id"))}
