@@ -11,6 +11,9 @@ Each (path, pool) runs in a fresh process with one thread per worker:
   read, scored and dropped; only the score columns and float16 embeddings grow with the pool).
 - ``ray``: ``medloop.engine.ray.score_ray`` on a local Ray with --ray-cpus CPUs (actors = CPUs), writing Parquet and
   the global top-k.
+- ``disk``: the loop's in-process path on a pool loaded with ``cache: disk``: the first load reads every file and
+  writes the store (``store_write_s``), a second load opens it (``store_open_s``), then ``score_pool`` scores the
+  whole pool from it (``seconds``).
 Peak memory is the peak of the summed PSS (proportional set size: shared pages such as Ray's object store counted
 once) over the process and all its descendants (Ray's GCS, raylet and workers), sampled every 0.2 s; also the
 process's own peak RSS.
@@ -180,6 +183,25 @@ def run_one(path: str, pool: Path, args: argparse.Namespace, out: Path) -> dict:
                 np.savez(out, sample_id=cols["sample_id"].astype(str),
                          **{k: v for k, v in cols.items() if k not in (*ID_COLUMNS, "skipped", "embedding")})
             result.update(n=n, seconds=round(seconds, 2), images_per_s=round(n / seconds, 1))
+        elif path == "disk":  # the loop's in-process path over a pool loaded with cache: disk
+            from medloop.data import load_dataset
+            from medloop.training import load_checkpoint
+            from medloop.uncertainty import score_pool
+
+            os.environ["MEDLOOP_CACHE_DIR"] = str(out / "cache")
+            data = spec.data.replace(cache="disk")
+            start = time.perf_counter()
+            load_dataset(data, progress=False)  # reads every file once, writes the store
+            written = time.perf_counter()
+            ds = load_dataset(data, progress=False)  # a later load: the store only
+            opened = time.perf_counter()
+            model, _ = load_checkpoint(args.checkpoint)
+            cols = score_pool(model, ds, n_mc_samples=args.mc_samples, batch_size=args.batch, seed=args.seed,
+                              seeding="sample", progress=False).columns
+            seconds = time.perf_counter() - opened
+            result.update(n=len(ds), seconds=round(seconds, 2), images_per_s=round(len(ds) / seconds, 1),
+                          store_write_s=round(written - start, 2), store_open_s=round(opened - written, 2),
+                          columns=len(cols))
         else:
             from medloop.engine.ray import ray_session, score_ray
 
@@ -288,6 +310,7 @@ def main() -> None:
     parser.add_argument("--ray-cpus", type=int, default=2)
     parser.add_argument("--check", type=int, default=2000, help="pool on which the two paths' scores are compared")
     parser.add_argument("--strategies", default="coreset,badge,typiclust,probcover", help="'' skips selection")
+    parser.add_argument("--paths", default="local,ray,disk", help="the runs at each size (see the docstring)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/scale"))
     parser.add_argument("--resume", action="store_true", help="reuse the runs finished in --out")
@@ -307,15 +330,18 @@ def main() -> None:
                         args.n_distinct, args.size, args.seed)
     args.checkpoint = write_checkpoint(args.out / "checkpoint.pt", args.width, args.size)
     runs = {}
-    check_local = in_child("local", pools[args.check], args.check, args, "-check", dump=True)
-    check_ray = in_child("ray", pools[args.check], args.check, args, "-check")
-    agree = agreement(check_local, check_ray, args.out / "work" / f"local-{args.check}-check") \
-        if "error" not in check_local and "error" not in check_ray else {"error": [check_local, check_ray]}
-    print(f"agreement on {args.check}: {json.dumps(agree)}", flush=True)
-    n_small = 2 * args.batch * args.ray_cpus
-    small = in_child("ray", pools[n_small], n_small, args, "-small")
+    paths = [p for p in args.paths.split(",") if p]
+    agree, small = {}, {"error": "not run"}
+    if {"local", "ray"} <= set(paths):
+        check_local = in_child("local", pools[args.check], args.check, args, "-check", dump=True)
+        check_ray = in_child("ray", pools[args.check], args.check, args, "-check")
+        agree = agreement(check_local, check_ray, args.out / "work" / f"local-{args.check}-check") \
+            if "error" not in check_local and "error" not in check_ray else {"error": [check_local, check_ray]}
+        print(f"agreement on {args.check}: {json.dumps(agree)}", flush=True)
+        n_small = 2 * args.batch * args.ray_cpus
+        small = in_child("ray", pools[n_small], n_small, args, "-small")
     for n in sizes:
-        for path in ("local", "ray"):
+        for path in paths:
             runs[f"{path}-{n}"] = in_child(path, pools[n], n, args)
     for run in runs.values():
         run.pop("top_k", None)
@@ -324,10 +350,10 @@ def main() -> None:
     result = {"runs": runs, "agreement": agree,
               "memory_ratio": {path: round(runs[f"{path}-{max(sizes)}"]["peak_pss_mb"]
                                            / runs[f"{path}-{min(sizes)}"]["peak_pss_mb"], 3)
-                               for path in ("local", "ray") if all("peak_pss_mb" in runs[f"{path}-{n}"] for n in sizes)},
+                               for path in paths if all("peak_pss_mb" in runs[f"{path}-{n}"] for n in sizes)},
               "selection": selection(sizes, strategies) if strategies else {},
-              "model": scaling_model(runs, small, args.batch, sizes) if all("error" not in r for r in runs.values())
-              and "error" not in small else None,
+              "model": scaling_model(runs, small, args.batch, sizes) if {"local", "ray"} <= set(paths)
+              and all("error" not in r for r in runs.values()) and "error" not in small else None,
               "settings": {"size": args.size, "width": args.width, "mc_samples": args.mc_samples, "batch": args.batch,
                            "ray_cpus": args.ray_cpus, "n_distinct": args.n_distinct, "threads_per_worker": 1},
               "seconds_total": round(time.perf_counter() - started, 1),

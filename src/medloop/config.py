@@ -145,7 +145,9 @@ class DataConfig(Config):
             volume for 3D), ``minmax`` or ``none``.
         on_error: ``raise`` stops at the first bad file; ``skip`` skips it with a one-line warning and
             counts it in the summary.
-        cache: keep prepared samples in memory (otherwise files are re-read on access).
+        cache: ``true`` keeps prepared samples in memory; ``false`` reads files again on access; ``disk`` writes
+            them once to a store in medloop's cache folder and reads them from there on access, in this and later
+            loads (a pool larger than memory; ``medloop.data.diskcache``).
         seed: seed for built-in phantoms and splits.
         options: layout-specific options (see ``medloop data list``).
     """
@@ -157,7 +159,7 @@ class DataConfig(Config):
     channels: int = 1
     normalize: typing.Literal["percentile", "minmax", "none"] = "percentile"
     on_error: typing.Literal["raise", "skip"] = "raise"
-    cache: bool = True
+    cache: bool | typing.Literal["disk"] = True
     seed: int = 0
     options: dict = dataclasses.field(default_factory=dict)
 

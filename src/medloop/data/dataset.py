@@ -284,9 +284,10 @@ class MedDataset(torch.utils.data.Dataset):
         key = (ref.entry_pos, ref.slice_index)
         if self._cache is not None:
             return self._cache[key]
-        if self._last is None or self._last[0] != ref.entry_pos:
-            self._last = (ref.entry_pos, self._loader(ref.entry_pos))
-        return self._last[1][ref.slice_index or 0]
+        last = self._last  # one read of the shared slot: another thread may replace it meanwhile
+        if last is None or last[0] != ref.entry_pos:
+            last = self._last = (ref.entry_pos, self._loader(ref.entry_pos))
+        return last[1][ref.slice_index or 0]
 
     def __iter__(self):
         for i in range(len(self)):
@@ -442,28 +443,47 @@ def load_dataset(config: DataConfig | str | None = None, *, progress: bool = Tru
         log.warning("skipped %s", err)
 
     entries = scan_entries(layout, config, handle)
+    ignored = [str(p) for p in getattr(layout, "ignored", [])]
+    store = None
+    if config.cache == "disk":
+        from medloop.data.diskcache import DiskStore, store_key
+
+        store = DiskStore.for_key(store_key(config, f"{type(layout).__name__}:{info.name}", entries))
+        if store.open():  # read before: no source file is read again
+            return _from_store(store, info, config, skipped, ignored)
+        store.start()
 
     def read(entry: Entry) -> list[Sample]:
         return read_entry(layout, entry, config)
 
     refs: list[_Ref] = []
-    cache: dict[tuple[int, int | None], Sample] | None = {} if config.cache else None
+    cache: dict[tuple[int, int | None], Sample] | None = {} if config.cache is True else None
     kept: list[Entry] = []
-    for entry in track(entries, f"reading {config.source}", enabled=progress):
-        try:
-            samples = read(entry)
-        except DataError as err:
-            handle(err)
-            continue
-        pos = len(kept)
-        kept.append(entry)
-        if samples and samples[0].meta.get("mask_thresholded"):
-            notes["masks thresholded (anti-aliased 0/255)"] += 1
-        for s in samples:
-            refs.append(_Ref(pos, s.slice_index, s.case_id, s.sample_id, s.label, s.mask is not None))
-            if cache is not None:
-                cache[(pos, s.slice_index)] = s
+    rows: list[list[int]] = []  # disk: the store's rows of each kept entry
+    try:
+        for entry in track(entries, f"reading {config.source}", enabled=progress):
+            try:
+                samples = read(entry)
+            except DataError as err:
+                handle(err)
+                continue
+            pos = len(kept)
+            kept.append(entry)
+            if samples and samples[0].meta.get("mask_thresholded"):
+                notes["masks thresholded (anti-aliased 0/255)"] += 1
+            for s in samples:
+                refs.append(_Ref(pos, s.slice_index, s.case_id, s.sample_id, s.label, s.mask is not None))
+                if cache is not None:
+                    cache[(pos, s.slice_index)] = s
+            if store is not None:
+                rows.append([store.append(s, pos) for s in samples])
+    except BaseException:
+        if store is not None:
+            store.abandon()
+        raise
     if not refs:
+        if store is not None:
+            store.abandon()
         reasons = collections.Counter(e.reason for e in skipped)
         raise DataError(f"every entry was skipped ({dict(reasons)}); nothing usable is left", config.source, "empty")
     if skipped:
@@ -475,5 +495,30 @@ def load_dataset(config: DataConfig | str | None = None, *, progress: bool = Tru
     def loader(pos: int) -> list[Sample]:
         return read(kept[pos])
 
-    ignored = [str(p) for p in getattr(layout, "ignored", [])]
+    if store is not None:
+        read_skips = [[e.detail, e.path, e.reason] for e in skipped]
+        store.finish(kept, {"rows": rows, "read_skipped": read_skips, "notes": dict(notes)})
+        return _from_store(store, info, config, [], ignored)
     return MedDataset(info, config, refs, loader, cache, skipped, dict(notes), kept, ignored)
+
+
+def _from_store(store: Any, info: DatasetInfo, config: DataConfig, skipped: list[DataError],
+                ignored: list[str]) -> MedDataset:
+    """The dataset of a finished disk store: samples read from it on access. ``skipped``: this load's scan
+    skips; the read skips of the load that wrote the store are added."""
+    from medloop.data.diskcache import entry_from_record
+
+    index = store.index
+    skipped = skipped + [DataError(detail, path, reason) for detail, path, reason in index["read_skipped"]]
+    for err in skipped[len(skipped) - len(index["read_skipped"]):]:
+        log.warning("skipped %s (when the disk cache was written)", err)
+    refs = [_Ref(int(pos), z, case, sid, label, bool(has_mask)) for pos, z, case, sid, label, has_mask in
+            zip(index["entry_pos"], index["slice_index"], index["case_id"], index["sample_id"], index["label"],
+                index["mask_offset"] >= 0)]
+    rows = index["rows"]
+
+    def loader(pos: int) -> list[Sample]:
+        return [store.read(row) for row in rows[pos]]
+
+    entries = [entry_from_record(rec) for rec in index["entries"]]
+    return MedDataset(info, config, refs, loader, None, skipped, dict(index["notes"]), entries, ignored)

@@ -45,9 +45,9 @@ log = logging.getLogger(__name__)
 
 def plan_track(config, out: Path, progress: bool = False) -> Plan:
     """The track ``medloop serve`` runs for ``config`` (see the module docstring); loads the data."""
-    if not config.data_config.cache:
-        raise ConfigError("The 'data.cache' parameter must be true to serve a run: the annotation server and the loop "
-                          "read the images from two threads; remove 'cache: false'")
+    if config.data_config.cache is False:
+        raise ConfigError("The 'data.cache' parameter must be true or disk to serve a run: the annotation server and "
+                          "the loop read the images from two threads; remove 'cache: false'")
     return methods.get(config.method).plan(config, out, progress)
 
 
