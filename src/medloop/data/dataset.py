@@ -443,6 +443,7 @@ def load_dataset(config: DataConfig | str | None = None, *, progress: bool = Tru
         log.warning("skipped %s", err)
 
     entries = scan_entries(layout, config, handle)
+    n_scan_skipped = len(skipped)
     ignored = [str(p) for p in getattr(layout, "ignored", [])]
     store = None
     if config.cache == "disk":
@@ -450,7 +451,7 @@ def load_dataset(config: DataConfig | str | None = None, *, progress: bool = Tru
 
         store = DiskStore.for_key(store_key(config, f"{type(layout).__name__}:{info.name}", entries))
         if store.open():  # read before: no source file is read again
-            return _from_store(store, info, config, skipped, ignored)
+            return _from_store(store, info, config, skipped, ignored, entries)
         store.start()
 
     def read(entry: Entry) -> list[Sample]:
@@ -459,9 +460,9 @@ def load_dataset(config: DataConfig | str | None = None, *, progress: bool = Tru
     refs: list[_Ref] = []
     cache: dict[tuple[int, int | None], Sample] | None = {} if config.cache is True else None
     kept: list[Entry] = []
-    rows: list[list[int]] = []  # disk: the store's rows of each kept entry
+    kept_at: list[int] = []  # disk: the positions of the kept entries among those scanned
     try:
-        for entry in track(entries, f"reading {config.source}", enabled=progress):
+        for at, entry in enumerate(track(entries, f"reading {config.source}", enabled=progress)):
             try:
                 samples = read(entry)
             except DataError as err:
@@ -469,6 +470,7 @@ def load_dataset(config: DataConfig | str | None = None, *, progress: bool = Tru
                 continue
             pos = len(kept)
             kept.append(entry)
+            kept_at.append(at)
             if samples and samples[0].meta.get("mask_thresholded"):
                 notes["masks thresholded (anti-aliased 0/255)"] += 1
             for s in samples:
@@ -476,7 +478,8 @@ def load_dataset(config: DataConfig | str | None = None, *, progress: bool = Tru
                 if cache is not None:
                     cache[(pos, s.slice_index)] = s
             if store is not None:
-                rows.append([store.append(s, pos) for s in samples])
+                for s in samples:
+                    store.append(s, pos)
     except BaseException:
         if store is not None:
             store.abandon()
@@ -496,29 +499,32 @@ def load_dataset(config: DataConfig | str | None = None, *, progress: bool = Tru
         return read(kept[pos])
 
     if store is not None:
-        read_skips = [[e.detail, e.path, e.reason] for e in skipped]
-        store.finish(kept, {"rows": rows, "read_skipped": read_skips, "notes": dict(notes)})
-        return _from_store(store, info, config, [], ignored)
+        read_skips = [[e.detail, e.path, e.reason] for e in skipped[n_scan_skipped:]]
+        store.finish(kept_at, {"read_skipped": read_skips, "notes": dict(notes)})
+        del refs, kept  # the store's index holds them
+        return _from_store(store, info, config, skipped[:n_scan_skipped], ignored, entries)
     return MedDataset(info, config, refs, loader, cache, skipped, dict(notes), kept, ignored)
 
 
-def _from_store(store: Any, info: DatasetInfo, config: DataConfig, skipped: list[DataError],
-                ignored: list[str]) -> MedDataset:
+def _from_store(store: Any, info: DatasetInfo, config: DataConfig, skipped: list[DataError], ignored: list[str],
+                scanned: list[Entry]) -> MedDataset:
     """The dataset of a finished disk store: samples read from it on access. ``skipped``: this load's scan
-    skips; the read skips of the load that wrote the store are added."""
-    from medloop.data.diskcache import entry_from_record
-
+    skips, to which the read skips of the load that wrote the store are added; ``scanned``: this load's scan,
+    the same as the writer's (the store's key covers it)."""
     index = store.index
-    skipped = skipped + [DataError(detail, path, reason) for detail, path, reason in index["read_skipped"]]
-    for err in skipped[len(skipped) - len(index["read_skipped"]):]:
+    read_skips = [DataError(detail, path, reason) for detail, path, reason in index["read_skipped"]]
+    for err in read_skips:
         log.warning("skipped %s (when the disk cache was written)", err)
-    refs = [_Ref(int(pos), z, case, sid, label, bool(has_mask)) for pos, z, case, sid, label, has_mask in
-            zip(index["entry_pos"], index["slice_index"], index["case_id"], index["sample_id"], index["label"],
-                index["mask_offset"] >= 0)]
-    rows = index["rows"]
+    none = -1
+    refs = [_Ref(int(pos), None if z == none else int(z), case, sid, None if label == none else int(label),
+                 bool(mask >= 0))
+            for pos, z, case, sid, label, mask in zip(index["entry_pos"], index["slice_index"], index["case_id"],
+                                                     index["sample_id"], index["label"], index["mask_offset"])]
+    entries = [scanned[at] for at in index["kept"]]
+    # an entry's samples are consecutive rows (appended as it was read)
+    starts = np.searchsorted(index["entry_pos"], np.arange(len(entries) + 1))
 
     def loader(pos: int) -> list[Sample]:
-        return [store.read(row) for row in rows[pos]]
+        return [store.read(row) for row in range(starts[pos], starts[pos + 1])]
 
-    entries = [entry_from_record(rec) for rec in index["entries"]]
-    return MedDataset(info, config, refs, loader, None, skipped, dict(index["notes"]), entries, ignored)
+    return MedDataset(info, config, refs, loader, None, skipped + read_skips, dict(index["notes"]), entries, ignored)

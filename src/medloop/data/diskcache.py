@@ -15,11 +15,12 @@ Location: ``<medloop cache>/pools/<key digest>/`` (``MEDLOOP_CACHE_DIR``; ``off`
 
 from __future__ import annotations
 
-import dataclasses
+import array
 import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from medloop.storage import write_json
 
 __all__ = ["DiskStore", "store_key"]
 
-NO_MASK = -1  # the mask file holds nothing for a sample without a mask
+NONE = -1  # a missing number (label, slice index, mask)
 
 
 def _stat(path: Path | None) -> list[Any]:
@@ -65,8 +66,18 @@ def _plain(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
+FILES = ("images.f32", "masks.i16", "meta.json")  # flat files: appended to while the dataset is read
+NUMBERS = ("entry_pos", "label", "slice_index", "image_offset", "mask_offset", "meta_offset", "meta_length",
+           "image_c", "image_h", "image_w", "mask_h", "mask_w")  # per sample; -1: none
+STRINGS = ("sample_id", "case_id", "source")
+
+
 class DiskStore:
-    """The flat files of one store: ``append`` while a dataset is read, ``finish`` to publish, ``read`` after."""
+    """The files of one store: ``append`` while a dataset is read, ``finish`` to publish, ``read`` after.
+
+    In memory per sample: its three strings and twelve int64 numbers (``columns.npz``); the pixels and the meta
+    are read from the flat files when the sample is used.
+    """
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -83,46 +94,46 @@ class DiskStore:
     # --- reading ------------------------------------------------------------------------------------------------
 
     def open(self) -> bool:
-        """Whether a finished store is here (its index is then loaded, numbers as arrays)."""
-        path = self.folder / "index.json"
-        if not path.is_file():
-            return False
+        """Whether a finished store is here (its index is then loaded)."""
         try:
-            index = json.loads(path.read_text())
-        except (OSError, ValueError):
+            index = json.loads((self.folder / "index.json").read_text())
+            with np.load(self.folder / "columns.npz", allow_pickle=False) as numbers:
+                index.update({k: numbers[k] for k in NUMBERS})
+        except (OSError, ValueError, KeyError):
             return False
         if not all((self.folder / name).is_file() and (self.folder / name).stat().st_size >= size
                    for name, size in index["bytes"].items()):
             return False
-        self.index = _columns(index)
+        index["source"] = [sys.intern(v) for v in index["source"]]  # one string, not one per sample
+        self.index = index
         return True
-
-    def __len__(self) -> int:
-        return len(self.index["sample_id"])
 
     def read(self, row: int) -> Sample:
         """Sample ``row`` (in the order it was appended), read from the flat files."""
         ix = self.index
-        image = np.empty(tuple(ix["image_shape"][row]), np.float32)
-        self._pread("images.f32", image, int(ix["image_offset"][row]))
+        image = self._pread("images.f32", np.float32, (ix["image_c"][row], ix["image_h"][row], ix["image_w"][row]),
+                            ix["image_offset"][row])
         mask = None
-        if ix["mask_offset"][row] != NO_MASK:
-            mask16 = np.empty(tuple(ix["mask_shape"][row]), np.int16)
-            self._pread("masks.i16", mask16, int(ix["mask_offset"][row]))
-            mask = torch.from_numpy(mask16.astype(np.int64))
-        return Sample(torch.from_numpy(image), mask, ix["label"][row], ix["case_id"][row], ix["sample_id"][row],
-                      ix["source"][row], ix["slice_index"][row], json.loads(ix["meta"][row]))
+        if ix["mask_offset"][row] != NONE:
+            mask = torch.from_numpy(self._pread("masks.i16", np.int16, (ix["mask_h"][row], ix["mask_w"][row]),
+                                                ix["mask_offset"][row]).astype(np.int64))
+        meta = json.loads(self._pread("meta.json", np.uint8, (ix["meta_length"][row],), ix["meta_offset"][row]).tobytes())
+        label, z = int(ix["label"][row]), int(ix["slice_index"][row])
+        return Sample(torch.from_numpy(image), mask, None if label == NONE else label, ix["case_id"][row],
+                      ix["sample_id"][row], ix["source"][row], None if z == NONE else z, meta)
 
-    def _pread(self, name: str, out: np.ndarray, offset: int) -> None:
+    def _pread(self, name: str, dtype: Any, shape: tuple, offset: Any) -> np.ndarray:
+        out = np.empty(tuple(int(v) for v in shape), dtype)
+        view = memoryview(out).cast("B")
         fd = os.open(self.folder / name, os.O_RDONLY)
         try:
-            view = memoryview(out).cast("B")
-            got = os.preadv(fd, [view], offset)
+            got = os.preadv(fd, [view], int(offset))
         finally:
             os.close(fd)
         if got != view.nbytes:
             raise DataError(f"the disk cache is shorter than its index ({got} of {view.nbytes} bytes at {offset}); "
                             "delete the folder to read the source again", self.folder / name, "corrupt")
+        return out
 
     # --- writing ------------------------------------------------------------------------------------------------
 
@@ -132,78 +143,63 @@ class DiskStore:
         self._part = self.folder.with_name(f"{self.folder.name}.part-{os.getpid()}")
         shutil.rmtree(self._part, ignore_errors=True)
         self._part.mkdir(parents=True)
-        self._files = {name: open(self._part / name, "wb") for name in ("images.f32", "masks.i16")}
-        self._offsets = {"images.f32": 0, "masks.i16": 0}
-        self._cols: dict[str, list[Any]] = {}
+        self._files = {name: open(self._part / name, "wb") for name in FILES}
+        self._offsets = dict.fromkeys(FILES, 0)
+        self._numbers = {k: array.array("q") for k in NUMBERS}
+        self._strings: dict[str, list[str]] = {k: [] for k in STRINGS}
 
     def append(self, sample: Sample, entry_pos: int) -> int:
         """Write ``sample`` (of kept entry ``entry_pos``); returns its row."""
         image = np.ascontiguousarray(sample.image.numpy(), dtype=np.float32)
-        mask_shape, mask_offset = [-1, -1], NO_MASK
+        mask_hw, mask_offset = (NONE, NONE), NONE
         if sample.mask is not None:
             mask = sample.mask.numpy()
             if mask.min(initial=0) < np.iinfo(np.int16).min or mask.max(initial=0) > np.iinfo(np.int16).max:
                 raise DataError("mask labels do not fit the disk cache's 16 bits; use cache: true or false",
                                 sample.sample_id, "mask-values")
-            mask_shape, mask_offset = list(mask.shape), self._write("masks.i16", np.ascontiguousarray(mask, np.int16))
-        row = {"entry_pos": entry_pos, "label": sample.label, "case_id": sample.case_id,
-               "sample_id": sample.sample_id, "source": sample.source, "slice_index": sample.slice_index,
-               "meta": json.dumps(sample.meta, default=_plain), "image_shape": list(image.shape),
-               "image_offset": self._write("images.f32", image), "mask_shape": mask_shape, "mask_offset": mask_offset}
-        for key, value in row.items():
-            self._cols.setdefault(key, []).append(value)
-        return len(self._cols["sample_id"]) - 1
+            mask_hw, mask_offset = mask.shape, self._write("masks.i16", np.ascontiguousarray(mask, np.int16).tobytes())
+        meta = json.dumps(sample.meta, default=_plain).encode()
+        numbers = (entry_pos, NONE if sample.label is None else sample.label,
+                   NONE if sample.slice_index is None else sample.slice_index,
+                   self._write("images.f32", image.tobytes()), mask_offset, self._write("meta.json", meta), len(meta),
+                   *image.shape, *mask_hw)
+        for key, value in zip(NUMBERS, numbers):
+            self._numbers[key].append(int(value))
+        for key, value in zip(STRINGS, (sample.sample_id, sample.case_id, sample.source)):
+            self._strings[key].append(value)
+        return len(self._strings["sample_id"]) - 1
 
-    def _write(self, name: str, array: np.ndarray) -> int:
+    def _write(self, name: str, data: bytes) -> int:
         offset = self._offsets[name]
-        self._files[name].write(array.tobytes())
-        self._offsets[name] += array.nbytes
+        self._files[name].write(data)
+        self._offsets[name] += len(data)
         return offset
 
-    def finish(self, entries: Sequence[Entry], extra: dict[str, Any]) -> None:
-        """Flush the flat files and publish the index (atomically): the kept entries and ``extra`` (skips,
-        notes, ignored files) with the samples."""
+    def finish(self, kept: Sequence[int], extra: dict[str, Any]) -> None:
+        """Flush the flat files and publish the store (renamed into place): ``kept``, the positions of the entries
+        that were read among those scanned (the same scan finds this store again), and ``extra`` (skips, notes)."""
         for fh in self._files.values():
             fh.flush()
             os.fsync(fh.fileno())
             fh.close()
-        index = {**self._cols, "bytes": dict(self._offsets), "entries": [_entry_record(e) for e in entries], **extra}
+        numbers = {k: np.frombuffer(v, dtype=np.int64) if len(v) else np.zeros(0, np.int64)
+                   for k, v in self._numbers.items()}
+        np.savez(self._part / "columns.npz", **numbers)
+        index = {**self._strings, "bytes": dict(self._offsets), "kept": list(kept), **extra}
         write_json(self._part / "index.json", index)
-        self.index = _columns(index)
+        del self._numbers, self._strings
         try:
             os.rename(self._part, self.folder)
-        except OSError:
-            index = self.index
-            if self.open():  # another process published the same store first: its files hold the same samples
+        except OSError:  # the folder exists: another process published the same store first, or a broken one is there
+            if self.open():  # the same samples: this copy is not needed
                 shutil.rmtree(self._part, ignore_errors=True)
                 return
-            shutil.rmtree(self.folder, ignore_errors=True)  # a broken store (its index lost): replaced
+            shutil.rmtree(self.folder, ignore_errors=True)
             os.rename(self._part, self.folder)
-            self.index = index
+        if not self.open():
+            raise DataError("the disk cache just written cannot be read back; check the disk", self.folder, "corrupt")
 
     def abandon(self) -> None:
         for fh in getattr(self, "_files", {}).values():
             fh.close()
         shutil.rmtree(getattr(self, "_part", None) or "", ignore_errors=True)
-
-
-def _columns(index: dict[str, Any]) -> dict[str, Any]:
-    """The index with its numeric columns as arrays (a few bytes per sample, not a dict per sample)."""
-    out = dict(index)
-    for key in ("entry_pos", "image_offset", "mask_offset"):
-        out[key] = np.asarray(index.get(key, []), dtype=np.int64)
-    for key in ("image_shape", "mask_shape"):
-        out[key] = np.asarray(index.get(key, []), dtype=np.int32)
-    return out
-
-
-def _entry_record(entry: Entry) -> dict[str, Any]:
-    rec = dataclasses.asdict(entry)
-    rec["image"] = None if entry.image is None else str(entry.image)
-    rec["masks"] = [str(m) for m in entry.masks]
-    return json.loads(json.dumps(rec, default=_plain))
-
-
-def entry_from_record(rec: dict[str, Any]) -> Entry:
-    return Entry(rec["entry_id"], rec["case_id"], None if rec["image"] is None else Path(rec["image"]),
-                 tuple(Path(m) for m in rec["masks"]), rec["label"], rec["index"], rec["meta"])
