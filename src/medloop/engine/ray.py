@@ -90,7 +90,7 @@ class _RayScorer:
         self.scorer = BatchScorer(spec)
 
     def __call__(self, batch: dict[str, np.ndarray]):
-        entries = [pickle.loads(blob) for blob in batch["entry"]]
+        entries = [entry for blob in batch["entries"] for entry in pickle.loads(blob)]
         return to_arrow(self.scorer(entries))
 
 
@@ -215,12 +215,13 @@ def _actor_pool(ray: Any, workers: int | None, progress: bool) -> int:
 
 
 def _to_parquet(ray: Any, items: list[dict[str, Any]], actor: type, kwargs: dict[str, Any], batch_size: int,
-                folder: Path, workers: int | None, progress: bool) -> int:
-    """Run ``actor(**kwargs)`` (a stateful ``map_batches`` callable returning Arrow tables) over ``items`` in an
-    actor pool and write its rows as Parquet files into ``folder``; at most ``ROWS_PER_FILE`` items per file, so
-    a kill loses at most that. Returns the number of actors."""
+                folder: Path, workers: int | None, progress: bool, per_item: int = 1) -> int:
+    """Run ``actor(**kwargs)`` (a stateful ``map_batches`` callable returning Arrow tables) over ``items`` (each
+    holding up to ``per_item`` entries) in an actor pool and write its rows as Parquet files into ``folder``; at
+    most about ``ROWS_PER_FILE`` entries per file, so a kill loses at most that. Returns the number of actors."""
     n_workers = _actor_pool(ray, workers, progress)
-    n_blocks = max(min(len(items), 2 * n_workers), math.ceil(len(items) / ROWS_PER_FILE))
+    n_blocks = max(min(len(items), 2 * n_workers), math.ceil(len(items) * per_item / ROWS_PER_FILE))
+    n_blocks = min(n_blocks, len(items))
     n_workers = min(n_workers, n_blocks)  # an actor without a block would only load the model
     dataset = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
         actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="numpy",
@@ -259,8 +260,11 @@ def score_ray(spec: ScoreSpec, out: str | Path, address: str | None = None, k: i
     n_workers = 0
     if todo:
         with ray_session(address, num_cpus) as ray:
-            n_workers = _to_parquet(ray, [{"entry": pickle.dumps(e)} for e in todo], _RayScorer, {"spec": spec},
-                                    spec.batch_size, folder, workers, progress)
+            # one row per model batch of entries: Ray handles n / batch_size rows, not n
+            chunks = [{"entries": pickle.dumps(todo[i:i + spec.batch_size])}
+                      for i in range(0, len(todo), spec.batch_size)]
+            n_workers = _to_parquet(ray, chunks, _RayScorer, {"spec": spec}, 1, folder, workers, progress,
+                                    per_item=spec.batch_size)
     current = {e.entry_id for e in entries}
     rows, held, stale = _held(folder, current)
     read_skips = read_skipped(spec, [e for e in entries if e.entry_id not in held])
