@@ -23,12 +23,18 @@ Final line (JSON): single_s, medloop_s, baal_s, baal_cached_s, ratio_vs_single, 
   (d) MC sample diversity after --train-steps of training on 64 px phantom slices: mean per-pixel std of the
       class probabilities, on the predicted boundaries and inside,
   (e) pix2pix (G with that layout) training and discriminator-scoring throughput in slices/s at 64 px on
-      --data (e.g. ../shared/data/acdc-train; default the cardiac phantom).
+      --data (e.g. ../shared/data/acdc-train; default the cardiac phantom); with --pix2pix-workers N > 1 also
+      ``train_pix2pix`` in one process and in N data-parallel processes (``Pix2PixConfig.workers``, one thread
+      each): slices/s of 15 epochs beyond a first (the difference of a 1-epoch and a 16-epoch call, so the
+      processes' start is left out), that start in seconds, and the 16-epoch call's slices/s with its start.
 
     python benchmarks/mc_scoring.py --task segment [--seg-slices 16] [--size 128] [--data ../shared/data/acdc-train]
+        [--pix2pix-workers 2]
 
 Final line (JSON): {layout: {single_s, mc_forward_s, score_pool_s, ratio_mc_forward, ratio_score_pool, mc_std,
-mc_std_boundary, mc_std_interior, pix2pix_train_slices_per_s, pix2pix_score_slices_per_s}, ..., "threads": 1}
+mc_std_boundary, mc_std_interior, pix2pix_train_slices_per_s, pix2pix_score_slices_per_s[,
+pix2pix_workers_{1,N}_slices_per_s, pix2pix_workers_{1,N}_start_s, pix2pix_workers_{1,N}_end_to_end_slices_per_s]},
+..., "threads": 1}
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ class PlainClassifier(nn.Module):
         return self.fc(self.dropout(self.backbone(x)))
 
 
+PIX2PIX_EPOCHS = 15  # timed epochs of the --pix2pix-workers comparison, beyond a first that includes the start
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -73,7 +82,7 @@ def segmentation(args: argparse.Namespace) -> None:
     import torch.nn.functional as F
 
     from medloop.models import mc_dropout_layers, mc_generators
-    from medloop.training.pix2pix import Pix2PixConfig, Pix2PixTrainer
+    from medloop.training.pix2pix import Pix2PixConfig, Pix2PixTrainer, train_pix2pix
     from medloop.uncertainty import mc_forward
     from medloop.uncertainty.discriminator import discriminator_scores
 
@@ -130,17 +139,33 @@ def segmentation(args: argparse.Namespace) -> None:
 
         train_s = best_of(train_epoch)
         score_s = best_of(lambda: discriminator_scores(trainer.G, trainer.D, px))
+        parallel = {}
+        if args.pix2pix_workers > 1:
+            for workers in (1, args.pix2pix_workers):
+                config = Pix2PixConfig(seed=args.seed, dropout_layout=layout, workers=workers)
+
+                def train_s_of(epochs: int) -> float:
+                    fresh = Pix2PixTrainer(1, num_classes, 64, config)
+                    return timed(lambda: train_pix2pix(fresh, px, py, weights, args.seed, False, epochs))[1]
+
+                first_s, longer_s = train_s_of(1), train_s_of(1 + PIX2PIX_EPOCHS)
+                rate = PIX2PIX_EPOCHS * len(px) / (longer_s - first_s)
+                parallel.update({f"pix2pix_workers_{workers}_slices_per_s": round(rate, 1),
+                                 f"pix2pix_workers_{workers}_start_s": round(first_s - len(px) / rate, 2),
+                                 f"pix2pix_workers_{workers}_end_to_end_slices_per_s":
+                                     round((1 + PIX2PIX_EPOCHS) * len(px) / longer_s, 1)})
         result[layout] = {
             "single_s": round(single_s, 3), "mc_forward_s": round(mc_s, 3), "score_pool_s": round(pool_s, 3),
             "ratio_mc_forward": round(mc_s / single_s, 2), "ratio_score_pool": round(pool_s / single_s, 2),
             "train_loss": round(loss.item(), 4), "mc_std": round(float(std.mean()), 4),
             "mc_std_boundary": round(float(std[edge].mean()), 4), "mc_std_interior": round(float(std[~edge].mean()), 4),
             "pix2pix_train_slices_per_s": round(len(px) / train_s, 1),
-            "pix2pix_score_slices_per_s": round(len(px) / score_s, 1),
+            "pix2pix_score_slices_per_s": round(len(px) / score_s, 1), **parallel,
         }
         print(layout, json.dumps(result[layout]), flush=True)
     result.update(slices=len(x), size=args.size, mc_samples=t_samples, train_steps=args.train_steps,
-                  pix2pix_data=args.data or "builtin:cardiac-mr", threads=torch.get_num_threads())
+                  pix2pix_data=args.data or "builtin:cardiac-mr", pix2pix_workers=args.pix2pix_workers,
+                  threads=torch.get_num_threads())
     print(json.dumps(result))
 
 
@@ -151,6 +176,8 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=150,
                         help="segment: training steps before the diversity check")
     parser.add_argument("--data", default=None, help="segment: pix2pix data (default: the cardiac phantom)")
+    parser.add_argument("--pix2pix-workers", type=int, default=1,
+                        help="segment: also time pix2pix training in this many data-parallel processes (> 1)")
     parser.add_argument("--n-images", type=int, default=512)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--mc-samples", type=int, default=None, help="T (default 20; 10 for --task segment)")

@@ -1,4 +1,5 @@
-"""Data-parallel training on this machine's CPUs: ``TrainConfig.workers`` processes, PyTorch DDP over gloo.
+"""Data-parallel training on this machine's CPUs: ``TrainConfig.workers`` / ``Pix2PixConfig.workers`` processes,
+PyTorch DDP over gloo.
 
 ``fit_distributed`` spawns the processes (fresh interpreters: nothing of the caller's threads or state is
 inherited), hands each the model, the training and validation samples and the config, and each runs ``fit``
@@ -7,12 +8,18 @@ inside the DDP group: the same shuffle on every rank, each rank taking its share
 Rank 0's batch-norm statistics are copied to every rank before validation, so all ranks validate the same model
 and stop at the same epoch. Rank 0 writes the restored best weights and the history; the caller's model gets
 them. One thread per process: on a CPU, N processes of one thread train faster than one process of N threads.
+
+``train_pix2pix_distributed`` does the same for pix2pix: each rank builds a ``Pix2PixTrainer`` from the caller's
+config, loads the caller's state (networks, optimizers) and runs ``train_pix2pix`` inside the group, G and D
+wrapped in DDP; rank 0's state and the history (losses averaged over the ranks) go back to the caller's trainer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +30,45 @@ from medloop.config import TrainConfig
 from medloop.data.dataset import MedDataset
 from medloop.data.record import DatasetInfo, Sample
 from medloop.models.dropout import mc_dropout_layers
+from medloop.training.pix2pix import Pix2PixConfig, Pix2PixTrainer, train_pix2pix
 
-__all__ = ["fit_distributed"]
+__all__ = ["fit_distributed", "train_pix2pix_distributed"]
+
+
+def _member(rank: int, world: int, rendezvous: str, result: str, train: Callable[..., dict], args: tuple) -> None:
+    """One process of the group: ``train(*args)`` inside it; rank 0 saves what it returns to ``result``."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        record = train(*args)
+        if rank == 0:
+            torch.save(record, result)
+        torch.distributed.barrier()  # no rank leaves while another still talks to it
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _run_group(world: int, train: Callable[..., dict], *args: Any) -> dict:
+    """``train(*args)`` (a module-level function) in ``world`` spawned processes of one DDP group; rank 0's record."""
+    with tempfile.TemporaryDirectory(prefix="medloop-ddp-") as tmp:
+        rendezvous, result = str(Path(tmp) / "rendezvous"), str(Path(tmp) / "result.pt")
+        torch.multiprocessing.start_processes(_member, args=(world, rendezvous, result, train, args), nprocs=world,
+                                              join=True, start_method="spawn")
+        return torch.load(result, weights_only=False)
 
 
 def _samples(ds: MedDataset | None) -> list[Sample] | None:
     return None if ds is None else [ds[i] for i in range(len(ds))]
 
 
-def _worker(rank: int, world: int, rendezvous: str, model: nn.Module, train: list[Sample], val: list[Sample] | None,
-            info: DatasetInfo, config: TrainConfig, result: str) -> None:
+def _fit_rank(model: nn.Module, train: list[Sample], val: list[Sample] | None, info: DatasetInfo,
+              config: TrainConfig) -> dict:
     from medloop.training.trainer import fit
 
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
-    try:
-        train_ds = MedDataset.from_samples(train, info)
-        val_ds = MedDataset.from_samples(val, info) if val else None
-        out = fit(model, train_ds, val_ds, dataclasses.replace(config, device="cpu"), progress=False)
-        if rank == 0:
-            torch.save({"state_dict": model.state_dict(), "fit": dataclasses.asdict(out)}, result)
-        torch.distributed.barrier()  # no rank leaves while another still talks to it
-    finally:
-        torch.distributed.destroy_process_group()
+    train_ds = MedDataset.from_samples(train, info)
+    val_ds = MedDataset.from_samples(val, info) if val else None
+    out = fit(model, train_ds, val_ds, dataclasses.replace(config, device="cpu"), progress=False)
+    return {"state_dict": model.state_dict(), "fit": dataclasses.asdict(out)}
 
 
 def fit_distributed(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, config: TrainConfig,
@@ -61,13 +84,34 @@ def fit_distributed(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset |
     shipped = model.cpu()
     for layer in mc_dropout_layers(shipped):
         layer.generator = None  # each rank seeds its own (a generator does not travel between processes)
-    with tempfile.TemporaryDirectory(prefix="medloop-ddp-") as tmp:
-        rendezvous, result = str(Path(tmp) / "rendezvous"), str(Path(tmp) / "result.pt")
-        torch.multiprocessing.start_processes(
-            _worker, args=(config.workers, rendezvous, shipped, _samples(train_ds), _samples(val_ds), train_ds.info,
-                           config, result),
-            nprocs=config.workers, join=True, start_method="spawn")
-        record = torch.load(result, weights_only=False)
+    record = _run_group(config.workers, _fit_rank, shipped, _samples(train_ds), _samples(val_ds), train_ds.info,
+                        config)
     model.load_state_dict(record["state_dict"])
     model.eval()
     return FitResult(**record["fit"])
+
+
+def _pix2pix_rank(state: bytes, in_channels: int, num_classes: int, size: int, config: Pix2PixConfig,
+                  images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, seed: int, progress: bool,
+                  epochs: int | None) -> dict:
+    trainer = Pix2PixTrainer(in_channels, num_classes, size, config.replace(device="cpu"))
+    trainer.load_state_dict(torch.load(io.BytesIO(state), map_location="cpu", weights_only=False))
+    history = train_pix2pix(trainer, images, labels, weights, seed, progress, epochs)
+    return {"state": trainer.state_dict(), "history": history}
+
+
+def train_pix2pix_distributed(trainer: Pix2PixTrainer, images: torch.Tensor, labels: torch.Tensor,
+                              weights: torch.Tensor, seed: int, progress: bool = True,
+                              epochs: int | None = None) -> list[dict[str, float]]:
+    """``train_pix2pix`` in ``trainer.config.workers`` processes (DDP over gloo); ``trainer`` gets the trained
+    networks, optimizer states and class weights, as from ``train_pix2pix``. Returns the history."""
+    state = io.BytesIO()
+    torch.save(trainer.state_dict(), state)  # read back on the CPU in every rank, whatever device the caller uses
+    trainer.seed_dropout(seed)
+    record = _run_group(trainer.config.workers, _pix2pix_rank, state.getvalue(), trainer.in_channels,
+                        trainer.num_classes, trainer.size, trainer.config, images.cpu(), labels.cpu(), weights.cpu(),
+                        seed, progress, epochs)
+    trainer.load_state_dict(record["state"])
+    trainer.G.eval()
+    trainer.D.eval()
+    return record["history"]

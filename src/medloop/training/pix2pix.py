@@ -45,7 +45,10 @@ class Pix2PixConfig(Config):
     ``dropout_layout``: where G's dropout (pix2pix's noise, and its MC dropout) sits: ``decoder`` (pix2pix's own
     choice: dropout in every decoder block; the layout every method-2 result so far was measured with) or ``head``
     (channel dropout before the output, so MC scoring runs G once: about 9x faster at T = 10; method 2's Dice and
-    discriminator-Dice correlation with it are not measured yet); ``medloop.models.unet``."""
+    discriminator-Dice correlation with it are not measured yet); ``medloop.models.unet``; ``workers``: data-parallel
+    training processes (PyTorch DDP over gloo, one thread each, on this machine's CPUs,
+    ``medloop.training.distributed``): each takes its share of every batch, so a batch must give each at least
+    the two samples batch norm needs."""
 
     epochs: int = 30
     min_steps: int = 0
@@ -64,9 +67,10 @@ class Pix2PixConfig(Config):
     d_layers: int | None = None
     seed: int = 0
     device: str = "auto"
+    workers: int = 1
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "damage_px"):
+        for name in ("epochs", "batch_size", "damage_px", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"The '{name}' parameter of Pix2PixConfig must be >= 1; got {getattr(self, name)}")
         if self.min_steps < 0:
@@ -74,6 +78,13 @@ class Pix2PixConfig(Config):
         for name in ("lambda_sup", "adv_weight", "pseudo_weight", "lr"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"The '{name}' parameter of Pix2PixConfig must be >= 0; got {getattr(self, name)}")
+        if self.workers > 1 and self.device not in ("auto", "cpu"):
+            raise ConfigError(f"The 'workers' parameter of Pix2PixConfig ({self.workers}) trains on CPU processes (DDP "
+                              f"over gloo); got device {self.device!r}: set device: cpu, or workers: 1 on a GPU")
+        if self.workers > self.batch_size // 2:
+            raise ConfigError(f"The 'workers' parameter of Pix2PixConfig must be at most batch_size // 2 "
+                              f"({self.batch_size // 2}): each worker takes a share of every batch and batch norm "
+                              f"needs two samples in each; got {self.workers}: lower workers or raise batch_size")
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -95,6 +106,7 @@ class Pix2PixTrainer:
         from medloop.device import resolve_device
 
         self.config, self.num_classes = config, num_classes
+        self.in_channels, self.size = in_channels, size
         self.device = resolve_device(config.device)
         with torch_init(config.seed):
             self.G = BayesianUNet(in_channels, num_classes, channels=config.g_channels, dropout=config.dropout,
@@ -109,14 +121,19 @@ class Pix2PixTrainer:
         self.seed_dropout(config.seed)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=(0.5, 0.999))
+        # what ``step`` runs G and D through: the networks themselves, or their DDP wrappers inside a DDP group
+        self.parallel: tuple[torch.nn.Module, torch.nn.Module] | None = None
 
-    def seed_dropout(self, seed: int) -> None:
-        """Draw G's training dropout masks (pix2pix's noise) and D's damaged maps from streams of ``seed``."""
+    def seed_dropout(self, seed: int, rank: int = 0) -> None:
+        """Draw G's training dropout masks (pix2pix's noise) and D's damaged maps from streams of ``seed``; rank 0
+        of a DDP group draws what one process draws, the other ranks their own streams."""
         from medloop.models.dropout import mc_dropout_layers
+        from medloop.training.trainer import _rank_names
 
+        suffix = _rank_names(rank)
         for i, layer in enumerate(mc_dropout_layers(self.G)):
-            layer.generator = torch_stream(seed, "pix2pix", "dropout", i, device=self.device)
-        self.damage_gen = torch_stream(seed, "pix2pix", "damage")
+            layer.generator = torch_stream(seed, "pix2pix", "dropout", i, *suffix, device=self.device)
+        self.damage_gen = torch_stream(seed, "pix2pix", "damage", *suffix)
 
     def _onehot(self, labels: torch.Tensor) -> torch.Tensor:
         return F.one_hot(labels.long(), self.num_classes).permute(0, 3, 1, 2).float()
@@ -138,26 +155,28 @@ class Pix2PixTrainer:
         """``images [N, C, H, W]``, ``labels [N, H, W]``, ``weights [N]`` (1 expert, < 1 pseudo)."""
         cfg = self.config
         x, y, w = images.to(self.device), labels.to(self.device).long(), weights.to(self.device).float()
-        self.G.train()
-        self.D.train()
-        logits, _ = self.G(x)
+        G, D = self.parallel or (self.G, self.D)  # D's own update goes through DDP (its gradients are averaged)
+        G.train()
+        D.train()
+        logits, _ = G(x)
         probs = logits.softmax(1)
         if cfg.discriminator == "graded":
             damaged = damage_label_maps(y, self.num_classes, self.damage_gen, cfg.damage_px)
             maps = torch.cat([y, probs.argmax(1).detach(), damaged])
-            judged = self.D(x.repeat(3, 1, 1, 1), self._onehot(maps))
+            judged = D(x.repeat(3, 1, 1, 1), self._onehot(maps))
             target = agreement_map(maps, y.repeat(3, 1, 1), tuple(judged.shape[-2:]))
             wd = w.repeat(3).view(-1, 1, 1, 1).expand_as(judged)
             d_loss = F.binary_cross_entropy_with_logits(judged, target, weight=wd)
         else:
-            real, fake = self.D(x, self._onehot(y)), self.D(x, probs.detach())
+            real, fake = D(x, self._onehot(y)), D(x, probs.detach())
             wd = w.view(-1, 1, 1, 1).expand_as(real)
             d_loss = 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real), weight=wd)
                             + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), weight=wd))
         self.opt_d.zero_grad()
         d_loss.backward()
         self.opt_d.step()
-        # G's update needs gradients through D, not for D's weights (the next D update would discard them)
+        # G's update needs gradients through D, not for D's weights (the next D update would discard them); so D
+        # runs without its DDP wrapper here: no gradient of D's to average
         self.D.requires_grad_(False)
         try:
             judged = self.D.judge(x, probs)
@@ -196,34 +215,75 @@ class Pix2PixTrainer:
         self.weights = state["class_weights"].to(self.device)
 
 
+class _Logits(torch.nn.Module):
+    """G as its DDP wrapper sees it: pix2pix uses only the logits, so DDP (finding unused parameters from the
+    outputs) expects no gradient for the log-variance convolution."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.net(x)[0], None
+
+
 def train_pix2pix(trainer: Pix2PixTrainer, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                   seed: int, progress: bool = True, epochs: int | None = None) -> list[dict[str, float]]:
     """``epochs`` (default ``config.epochs``, more when that gives fewer than ``config.min_steps`` updates) epochs
     of alternating updates over the samples (seeded shuffling); the CE class weights come from ``labels``. Returns
-    one history entry per epoch run."""
+    one history entry per epoch run.
+
+    With ``config.workers > 1`` the epochs run in that many processes (``medloop.training.distributed``) and
+    ``trainer`` gets the trained state; inside one of them (a DDP group is initialised) each rank trains on its
+    share of every batch, and the history holds the losses averaged over all ranks' samples.
+    """
+    from medloop.training.trainer import _rank_world
+
     cfg = trainer.config
+    rank, world = _rank_world()
+    if cfg.workers > 1 and world == 1:
+        from medloop.training.distributed import train_pix2pix_distributed
+
+        return train_pix2pix_distributed(trainer, images, labels, weights, seed, progress, epochs)
+    if cfg.workers == 1:
+        rank, world = 0, 1  # one worker trains alone, whatever group its process is in
     epochs = cfg.epochs if epochs is None else epochs
-    steps = sum(1 for lo in range(0, len(images), cfg.batch_size) if min(cfg.batch_size, len(images) - lo) >= 2)
+    steps = sum(1 for lo in range(0, len(images), cfg.batch_size)
+                if min(cfg.batch_size, len(images) - lo) >= 2 * world)
     if cfg.min_steps and steps:
         epochs = max(epochs, -(-cfg.min_steps // steps))
-    gen = torch_stream(seed, "pix2pix", "shuffle")
-    trainer.seed_dropout(seed)
+    gen = torch_stream(seed, "pix2pix", "shuffle")  # the same on every rank
+    trainer.seed_dropout(seed, rank)
     trainer.weights = class_weights(labels, trainer.num_classes).to(trainer.device)
+    if world > 1:  # gradients averaged over the ranks after each backward pass
+        # the decoder layout's log-variance convolution gets no gradient; the head layout's shares a matmul with
+        # the logits (zero gradient rows), so there DDP has no unused parameter to look for
+        ddp = torch.nn.parallel.DistributedDataParallel
+        unused = trainer.G.dropout_layout == "decoder"
+        trainer.parallel = (ddp(_Logits(trainer.G), find_unused_parameters=unused), ddp(trainer.D))
     history = []
-    with make_progress(transient=not progress) as bar:
-        task = bar.add_task("training pix2pix", total=epochs, visible=progress)
-        for epoch in range(epochs):
-            sums: dict[str, float] = {}
-            seen = 0
-            for idx in torch.randperm(len(images), generator=gen).split(cfg.batch_size):
-                if len(idx) < 2:
-                    continue  # batch norm needs two samples
-                for k, v in trainer.step(images[idx], labels[idx], weights[idx]).items():
-                    sums[k] = sums.get(k, 0.0) + v * len(idx)
-                seen += len(idx)
-            history.append({"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()}})
-            bar.update(task, advance=1, description=f"pix2pix epoch {epoch + 1}/{epochs} "
-                                                    f"sup {history[-1].get('g_sup', float('nan')):.3f}")
+    try:
+        with make_progress(transient=not progress or rank > 0) as bar:
+            task = bar.add_task("training pix2pix", total=epochs, visible=progress and rank == 0)
+            for epoch in range(epochs):
+                sums: dict[str, float] = {}
+                seen = 0
+                for idx in torch.randperm(len(images), generator=gen).split(cfg.batch_size):
+                    if len(idx) < 2 * world:
+                        continue  # batch norm needs two samples in each rank's share
+                    share = idx.tensor_split(world)[rank]  # this rank's contiguous share of the batch
+                    for k, v in trainer.step(images[share], labels[share], weights[share]).items():
+                        sums[k] = sums.get(k, 0.0) + v * len(share)
+                    seen += len(share)
+                if world > 1:  # every rank's samples count
+                    totals = torch.tensor([*sums.values(), seen], dtype=torch.float64)
+                    torch.distributed.all_reduce(totals)
+                    sums, seen = dict(zip(sums, totals[:-1].tolist())), int(totals[-1])
+                history.append({"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()}})
+                bar.update(task, advance=1, description=f"pix2pix epoch {epoch + 1}/{epochs} "
+                                                        f"sup {history[-1].get('g_sup', float('nan')):.3f}")
+    finally:
+        trainer.parallel = None
     trainer.G.eval()
     trainer.D.eval()
     return history

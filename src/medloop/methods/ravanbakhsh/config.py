@@ -26,7 +26,7 @@ class CollaborativeConfig(Config):
         cycles: numbers of cycles n to run for every budget (the paper: 1; several shows the cycling).
         strategies: strategy names or ``{name, params, label}``: ``discriminator`` (the method), ``random``, and
             any MC-dropout measure of the generator (``entropy``, ``bald``, ``margin``, ...).
-        pix2pix: ``Pix2PixConfig`` fields.
+        pix2pix: ``Pix2PixConfig`` fields (``workers``: each training in that many DDP processes).
         slice_reduction, q: per-slice reduction of the discriminator map (``foreground``, ``mean`` or ``low_q``).
         pseudo_threshold: keep a pseudo-label only when its slice's mean plausibility is at least this
             (``null``: keep all).
@@ -36,7 +36,8 @@ class CollaborativeConfig(Config):
         n_mc_samples: MC-dropout passes of the MC strategies.
         fsl: also train the fully supervised cGAN per fold.
         processes: run the protocol's units (per fold: base model, tracks, FSL model) in this many processes of
-            one thread each (on a CPU, N processes train faster than one process with N threads).
+            one thread each (on a CPU, N processes train faster than one process with N threads); either this or
+            ``pix2pix.workers`` spends the cores, not both.
         seed, device.
         reads_per_image: different annotators who label each image under ``medloop serve`` (their consensus is
             what the model trains on; ``medloop serve --reads-per-image`` overrides it); ``medloop run`` refuses > 1.
@@ -69,13 +70,12 @@ class CollaborativeConfig(Config):
     PROVIDES = frozenset({"mc", "discriminator", "foreground"})
 
     def validate(self) -> None:
-        from medloop.training.pix2pix import Pix2PixConfig
         from medloop.uncertainty.discriminator import SLICE_REDUCTIONS
 
         DataConfig.from_dict(self.data, where="data")
         check_engine_keys(self.engine, self.engine_address)
         check_reads_per_image_key(self.reads_per_image)
-        Pix2PixConfig.from_dict(self.pix2pix, where="pix2pix")
+        p2p = self.pix2pix_config
         if self.folds < 2:
             raise ConfigError(f"The 'folds' parameter must be >= 2 (cross-validation by volume); got {self.folds}")
         if self.max_folds is not None and self.max_folds < 1:
@@ -99,6 +99,10 @@ class CollaborativeConfig(Config):
             raise ConfigError(f"The 'n_mc_samples' parameter must be >= 1; got {self.n_mc_samples}")
         if self.processes < 1:
             raise ConfigError(f"The 'processes' parameter must be >= 1; got {self.processes}")
+        if self.processes > 1 and p2p.workers > 1:
+            raise ConfigError(f"The 'processes' parameter ({self.processes}) and 'pix2pix.workers' ({p2p.workers}) "
+                              "both spend the cores on processes (units of work, or data-parallel ranks of each "
+                              "training); set one of them to 1")
         if not 0 <= self.qc_threshold <= 1:
             raise ConfigError(f"The 'qc_threshold' parameter must be a Dice in [0, 1]; got {self.qc_threshold}")
 
@@ -110,7 +114,7 @@ class CollaborativeConfig(Config):
     def pix2pix_config(self):
         from medloop.training.pix2pix import Pix2PixConfig
 
-        return Pix2PixConfig.from_dict({"device": self.device, **self.pix2pix})
+        return Pix2PixConfig.from_dict({"device": self.device, **self.pix2pix}, where="pix2pix")
 
     @property
     def strategy_specs(self) -> list[dict]:
