@@ -107,7 +107,7 @@ def train_pix2pix_distributed(trainer: Pix2PixTrainer, images: torch.Tensor, lab
     networks, optimizer states and class weights, as from ``train_pix2pix``. Returns the history."""
     state = io.BytesIO()
     torch.save(trainer.state_dict(), state)  # read back on the CPU in every rank, whatever device the caller uses
-    trainer.seed_dropout(seed)
+    trainer.seed_dropout(seed)  # the caller's streams restart from ``seed``, as in a one-process call
     record = _run_group(trainer.config.workers, _pix2pix_rank, state.getvalue(), trainer.in_channels,
                         trainer.num_classes, trainer.size, trainer.config, images.cpu(), labels.cpu(), weights.cpu(),
                         seed, progress, epochs)
