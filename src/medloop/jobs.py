@@ -85,9 +85,22 @@ def _fmt(value: Any) -> str:
 def train_job(data: DataConfig, config: TrainConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Split by case, train with early stopping on validation, evaluate on test, write everything to ``out``.
 
-    Writes ``checkpoint.pt``, ``metrics.json``, ``report.md``, ``history.png`` and ``run.json``.
+    Writes ``checkpoint.pt``, ``metrics.json``, ``report.md``, ``history.png`` and ``run.json``. Started by torchrun
+    (``torchrun --nproc-per-node N -m medloop train ...``, on one machine or several) every process trains its share
+    of each batch in one DDP group (``training.distributed.launched_group``) and rank 0 writes the outputs.
     """
-    out = Path(out)
+    from medloop.training.distributed import launched, launched_group
+
+    if launched()[1] > 1 and config.workers > 1:
+        raise ConfigError(f"The 'workers' parameter ({config.workers}) spawns training processes on this machine, but "
+                          f"this command was started by a launcher with {launched()[1]} processes, which are the "
+                          "workers: set workers: 1")
+    with launched_group(config.device) as (rank, world):
+        return _train_job(data, config, Path(out), progress and rank == 0, rank, world)
+
+
+def _train_job(data: DataConfig, config: TrainConfig, out: Path, progress: bool, rank: int,
+               world: int) -> dict[str, Any]:
     check_model_task(config)
     if config.pretrained == "selfsup":
         raise ConfigError("pretrained 'selfsup' pretrains per seed inside an experiment; for 'medloop train' run "
@@ -116,7 +129,10 @@ def train_job(data: DataConfig, config: TrainConfig, out: str | Path, progress: 
         "epochs_run": len(result.history),
         "stopped_early": result.stopped_early,
         "split": {k: len(v) for k, v in split.to_dict().items()},
+        "ranks": result.workers,
     }
+    if rank != 0:  # every rank holds the same model: one writes
+        return metrics
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "checkpoint.pt", model.cpu(), config.model, params, data_config=data.to_dict(),
                     train_config=config.to_dict(), class_names=list(ds.info.class_names),
@@ -132,7 +148,9 @@ def train_job(data: DataConfig, config: TrainConfig, out: str | Path, progress: 
         if key != "n":
             lines.append(f"| {key} | {_fmt(metrics['val'][key])} | {_fmt(metrics['test'][key])} |")
     lines += ["", f"Pretrained: {pretrained['path'] if pretrained else 'none (trained from scratch)'}; fine-tune: "
-              f"{config.fine_tune}; learning rate: {config.lr:g}, {config.schedule}.", "", "![history](history.png)", ""]
+              f"{config.fine_tune}; learning rate: {config.lr:g}, {config.schedule}"
+              + (f"; data-parallel over {metrics['ranks']} processes (DDP)." if metrics["ranks"] > 1 else "."), "",
+              "![history](history.png)", ""]
     write_text(out / "report.md", "\n".join(lines))
     write_run_record(out, config.seed, {"data": data.to_dict(), "train": config.to_dict()}, "medloop train")
     return metrics

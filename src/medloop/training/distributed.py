@@ -9,6 +9,10 @@ Rank 0's batch-norm statistics are copied to every rank before validation, so al
 and stop at the same epoch. Rank 0 writes the restored best weights and the history; the caller's model gets
 them. One thread per process: on a CPU, N processes of one thread train faster than one process of N threads.
 
+Beyond one machine, a launcher starts the processes: ``torchrun --nnodes N --nproc-per-node M -m medloop train ...``
+(or any launcher that sets torch's ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` variables). ``launched_group`` joins
+the group it made (NCCL where the rank has a GPU, gloo otherwise), and ``fit`` trains each rank on its share.
+
 ``train_pix2pix_distributed`` does the same for pix2pix: each rank builds a ``Pix2PixTrainer`` from the caller's
 config, loads the caller's state (networks, optimizers) and runs ``train_pix2pix`` inside the group, G and D
 wrapped in DDP; rank 0's state and the history (losses averaged over the ranks) go back to the caller's trainer.
@@ -16,10 +20,12 @@ wrapped in DDP; rank 0's state and the history (losses averaged over the ranks) 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +33,54 @@ import torch
 from torch import nn
 
 from medloop.config import TrainConfig
+from medloop.errors import ConfigError
 from medloop.data.dataset import MedDataset
 from medloop.data.record import DatasetInfo, Sample
 from medloop.models.dropout import mc_dropout_layers
 from medloop.training.pix2pix import Pix2PixConfig, Pix2PixTrainer, train_pix2pix
 
-__all__ = ["fit_distributed", "train_pix2pix_distributed"]
+__all__ = ["fit_distributed", "train_pix2pix_distributed", "launched", "launched_group"]
+
+
+def launched() -> tuple[int, int, int]:
+    """``(rank, world size, local rank)`` of a process a launcher such as torchrun started; ``(0, 1, 0)`` when it
+    runs alone. A malformed variable is an error naming it."""
+    values = []
+    for name, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        text = os.environ.get(name, default)
+        try:
+            values.append(int(text))
+        except ValueError:
+            raise ConfigError(f"the environment variable {name} must be an integer (torchrun sets it); got {text!r}: "
+                              "start the command with torchrun, or unset it") from None
+    rank, world, local = values
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"the launcher's RANK ({rank}) and WORLD_SIZE ({world}) do not fit together: start the "
+                          "command with torchrun, or unset them")
+    return rank, world, local
+
+
+@contextlib.contextmanager
+def launched_group(device: str = "auto") -> Iterator[tuple[int, int]]:
+    """Inside: ``(rank, world size)``. Started by a launcher with more than one process, this process joins the
+    group it made (``env://``): NCCL when this rank gets a GPU (``cuda:LOCAL_RANK``), gloo on CPUs; the group is
+    left on exit. Alone, nothing happens and ``(0, 1)`` is given."""
+    from medloop.device import resolve_device
+
+    rank, world, local = launched()
+    if world == 1 or torch.distributed.is_initialized():
+        yield (torch.distributed.get_rank(), torch.distributed.get_world_size()) \
+            if torch.distributed.is_initialized() else (0, 1)
+        return
+    gpu = resolve_device(device).type == "cuda"
+    if gpu:
+        torch.cuda.set_device(local)
+    torch.distributed.init_process_group("nccl" if gpu else "gloo", init_method="env://")
+    try:
+        yield rank, world
+        torch.distributed.barrier()  # no rank leaves while another still talks to it
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def _member(rank: int, world: int, rendezvous: str, result: str, train: Callable[..., dict], args: tuple) -> None:

@@ -99,7 +99,12 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
         from medloop.training.distributed import fit_distributed
 
         return fit_distributed(model, train_ds, val_ds, config, progress=progress)
-    device = resolve_device(config.device) if world == 1 else torch.device("cpu")
+    if world == 1:
+        device = resolve_device(config.device)
+    elif torch.distributed.get_backend() == "nccl":  # a launcher's group on GPUs: this rank's own
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
     model.to(device)
     task = config.task
     train_ds = trainable_subset(train_ds, task)
@@ -141,7 +146,8 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
                                          num_workers=0, drop_last=n_local % batch_size == 1 and n_local > 1)
     net = model
     if world > 1:  # gradients averaged over the ranks after each backward pass
-        net = nn.parallel.DistributedDataParallel(model)  # buffers (batch norm) from rank 0 at each forward
+        # buffers (batch norm) from rank 0 at each forward
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     scheduler = None
     if config.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs * len(loader), 1))
