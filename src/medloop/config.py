@@ -22,6 +22,14 @@ __all__ = ["Config", "DataConfig", "AugmentConfig", "TrainConfig", "parse_overri
 C = TypeVar("C", bound="Config")
 
 
+def _describe(annotation: Any) -> str:
+    """What a value of a simple annotation looks like in YAML, for messages."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return f"one of {list(typing.get_args(annotation))}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+            type(None): "null"}.get(annotation, "a list" if typing.get_origin(annotation) is tuple else str(annotation))
+
+
 def _check_type(owner: str, name: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a simple annotation; coerce int->float. Raises ConfigError."""
     origin = typing.get_origin(annotation)
@@ -31,7 +39,8 @@ def _check_type(owner: str, name: str, value: Any, annotation: Any) -> Any:
                 return _check_type(owner, name, value, arm)
             except ConfigError:
                 continue
-        raise ConfigError(f"The '{name}' parameter of {owner} has the wrong type; got {value!r} instead")
+        kinds = " or ".join(_describe(arm) for arm in typing.get_args(annotation))
+        raise ConfigError(f"The '{name}' parameter of {owner} must be {kinds}; got {value!r} instead")
     if annotation is type(None):
         if value is None:
             return None

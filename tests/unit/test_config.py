@@ -19,7 +19,7 @@ def test_unknown_key_suggests_the_closest():
 @pytest.mark.parametrize(
     "params, match",
     [
-        ({"size": "big"}, r"The 'size' parameter of DataConfig has the wrong type; got 'big'"),
+        ({"size": "big"}, r"The 'size' parameter of DataConfig must be an integer or null; got 'big'"),
         ({"size": 4}, r"The 'size' parameter of DataConfig must be in \[8, 4096\]; got 4"),
         ({"on_error": "ignore"}, r"The 'on_error' parameter of DataConfig must be one of \['raise', 'skip'\]"),
         ({"cache": "yes"}, r"The 'cache' parameter of DataConfig must be true or false"),

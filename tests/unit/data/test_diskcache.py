@@ -115,7 +115,7 @@ def test_disk_cache_needs_a_cache_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDLOOP_CACHE_DIR", "off")
     with pytest.raises(ConfigError, match="'cache' parameter 'disk' needs a cache folder.*MEDLOOP_CACHE_DIR"):
         load_dataset(str(_folder(tmp_path / "ds")), cache="disk", progress=False)
-    with pytest.raises(ConfigError, match="'cache' parameter of DataConfig has the wrong type"):
+    with pytest.raises(ConfigError, match="'cache' parameter of DataConfig must be true or false or one of \\['disk'\\]"):
         load_dataset(str(tmp_path / "ds"), cache="yes", progress=False)
 
 
