@@ -27,7 +27,8 @@ def _describe(annotation: Any) -> str:
     if typing.get_origin(annotation) is typing.Literal:
         return f"one of {list(typing.get_args(annotation))}"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
-            type(None): "null"}.get(annotation, "a list" if typing.get_origin(annotation) is tuple else str(annotation))
+            type(None): "null"}.get(annotation, "a list" if typing.get_origin(annotation) is tuple
+                                    else getattr(annotation, "__name__", str(annotation)))
 
 
 def _check_type(owner: str, name: str, value: Any, annotation: Any) -> Any:

@@ -502,19 +502,25 @@ def load_dataset(config: DataConfig | str | None = None, *, progress: bool = Tru
         read_skips = [[e.detail, e.path, e.reason] for e in skipped[n_scan_skipped:]]
         store.finish(kept_at, {"read_skipped": read_skips, "notes": dict(notes)})
         del refs, kept  # the store's index holds them
-        return _from_store(store, info, config, skipped[:n_scan_skipped], ignored, entries)
+        return _from_store(store, info, config, skipped[:n_scan_skipped], ignored, entries, announce=False)
     return MedDataset(info, config, refs, loader, cache, skipped, dict(notes), kept, ignored)
 
 
 def _from_store(store: Any, info: DatasetInfo, config: DataConfig, skipped: list[DataError], ignored: list[str],
-                scanned: list[Entry]) -> MedDataset:
+                scanned: list[Entry], announce: bool = True) -> MedDataset:
     """The dataset of a finished disk store: samples read from it on access. ``skipped``: this load's scan
     skips, to which the read skips of the load that wrote the store are added; ``scanned``: this load's scan,
     the same as the writer's (the store's key covers it)."""
     index = store.index
     read_skips = [DataError(detail, path, reason) for detail, path, reason in index["read_skipped"]]
-    for err in read_skips:
+    if read_skips and config.on_error == "raise":
+        raise read_skips[0]  # found when the store was written under on_error: skip
+    for err in read_skips if announce else ():
         log.warning("skipped %s (when the disk cache was written)", err)
+    if announce and (skipped or read_skips):
+        reasons = collections.Counter(e.reason for e in skipped + read_skips)
+        log.warning("skipped %d of %d entries: %s", len(skipped) + len(read_skips), len(scanned) + len(skipped),
+                    dict(reasons))
     none = -1
     refs = [_Ref(int(pos), None if z == none else int(z), case, sid, None if label == none else int(label),
                  bool(mask >= 0))

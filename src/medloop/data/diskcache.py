@@ -21,6 +21,8 @@ import json
 import os
 import shutil
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from medloop.cache import cache_dir
 from medloop.config import DataConfig
 from medloop.data.record import Entry, Sample
 from medloop.errors import ConfigError, DataError
-from medloop.storage import write_json
+from medloop.storage import save_npz, write_json
 
 __all__ = ["DiskStore", "store_key"]
 
@@ -57,9 +59,15 @@ def store_key(config: DataConfig, layout_name: str, entries: Sequence[Entry]) ->
     digest = hashlib.sha256(json.dumps({"settings": settings, "layout": layout_name, "medloop": __version__},
                                        sort_keys=True, default=str).encode())
     for e in entries:
-        digest.update(json.dumps([e.entry_id, e.case_id, e.label, e.index, _stat(e.image),
-                                  [_stat(m) for m in e.masks]], default=str).encode())
+        digest.update(json.dumps([e.entry_id, e.case_id, e.label, e.index, e.meta, _stat(e.image),
+                                  [_stat(m) for m in e.masks], [_stat(Path(m)) for m in _meta_files(e)]],
+                                 sort_keys=True, default=str).encode())
     return digest.hexdigest()[:24]
+
+
+def _meta_files(entry: Entry) -> list[str]:
+    """Files a reader opens besides the entry's image and masks (a Decathlon case's other modalities)."""
+    return [str(m) for m in entry.meta.get("modalities", [])]
 
 
 def _plain(value: Any) -> Any:
@@ -99,7 +107,7 @@ class DiskStore:
             index = json.loads((self.folder / "index.json").read_text())
             with np.load(self.folder / "columns.npz", allow_pickle=False) as numbers:
                 index.update({k: numbers[k] for k in NUMBERS})
-        except (OSError, ValueError, KeyError):
+        except Exception:  # missing, torn or foreign: no store here (it is written again)
             return False
         if not all((self.folder / name).is_file() and (self.folder / name).stat().st_size >= size
                    for name, size in index["bytes"].items()):
@@ -140,9 +148,9 @@ class DiskStore:
     def start(self) -> None:
         # written in a folder of this process's own, renamed into place when finished: a kill leaves no store,
         # and two processes that load the same pool at once never write into one folder
-        self._part = self.folder.with_name(f"{self.folder.name}.part-{os.getpid()}")
-        shutil.rmtree(self._part, ignore_errors=True)
-        self._part.mkdir(parents=True)
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_parts(self.folder)
+        self._part = Path(tempfile.mkdtemp(prefix=f"{self.folder.name}.part-{os.getpid()}-", dir=self.folder.parent))
         self._files = {name: open(self._part / name, "wb") for name in FILES}
         self._offsets = dict.fromkeys(FILES, 0)
         self._numbers = {k: array.array("q") for k in NUMBERS}
@@ -184,7 +192,7 @@ class DiskStore:
             fh.close()
         numbers = {k: np.frombuffer(v, dtype=np.int64) if len(v) else np.zeros(0, np.int64)
                    for k, v in self._numbers.items()}
-        np.savez(self._part / "columns.npz", **numbers)
+        save_npz(self._part / "columns.npz", compressed=False, **numbers)
         index = {**self._strings, "bytes": dict(self._offsets), "kept": list(kept), **extra}
         write_json(self._part / "index.json", index)
         del self._numbers, self._strings
@@ -196,6 +204,7 @@ class DiskStore:
                 return
             shutil.rmtree(self.folder, ignore_errors=True)
             os.rename(self._part, self.folder)
+        _fsync_dir(self.folder.parent)  # the rename itself survives a power cut
         if not self.open():
             raise DataError("the disk cache just written cannot be read back; check the disk", self.folder, "corrupt")
 
@@ -203,3 +212,32 @@ class DiskStore:
         for fh in getattr(self, "_files", {}).values():
             fh.close()
         shutil.rmtree(getattr(self, "_part", None) or "", ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sweep_parts(folder: Path, min_age_s: float = 3600.0) -> None:
+    """Remove the unfinished writes of ``folder``'s store left by killed processes: a part whose writer is not
+    running here and that nothing has touched for ``min_age_s`` (a writer in another container may share a pid
+    number; an hour of silence says it is gone too)."""
+    now = time.time()
+    for part in folder.parent.glob(f"{folder.name}.part-*"):
+        try:
+            pid = int(part.name.split(".part-", 1)[1].split("-", 1)[0])
+            os.kill(pid, 0)
+            continue  # its writer runs
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue  # a process of someone else's: running
+        try:
+            if now - part.stat().st_mtime >= min_age_s:
+                shutil.rmtree(part, ignore_errors=True)
+        except OSError:
+            pass

@@ -110,18 +110,19 @@ def to_arrow(columns: dict[str, np.ndarray]):
     return pa.table(fields)
 
 
-def _parquet_files(folder: Path) -> list[Path]:
+def parquet_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.parquet"))
 
 
-def finished_entries(folder: Path) -> set[str]:
-    """Entry ids held by the readable Parquet files of ``folder``; unreadable (torn) files are deleted."""
+def finished_entries(folder: Path, column: str = "entry_id") -> set[str]:
+    """The ids in ``column`` (entries; the sources of derived samples) of the readable Parquet files of
+    ``folder``; unreadable (torn) files are deleted."""
     import pyarrow.parquet as pq
 
     done: set[str] = set()
-    for path in _parquet_files(folder):
+    for path in parquet_files(folder):
         try:
-            done.update(pq.read_table(path, columns=["entry_id"]).column("entry_id").to_pylist())
+            done.update(pq.read_table(path, columns=[column]).column(column).to_pylist())
         except Exception:  # a file torn by a kill: its entries are scored again
             log.warning("deleting unreadable %s (scored again)", path)
             path.unlink()
@@ -135,7 +136,7 @@ def parquet_top_k(folder: str | Path, k: int, rank_by: str | None = None, batch_
     entry ids (rows of files since removed from the pool are left out). Returns ids, scores, the column."""
     import pyarrow.parquet as pq
 
-    files = _parquet_files(Path(folder))
+    files = parquet_files(Path(folder))
     if not files:
         raise DataError("no Parquet files: nothing was scored", folder, "empty")
     column = rank_column(pq.read_schema(files[0]).names, rank_by)
@@ -158,7 +159,7 @@ def _held(folder: Path, entries: set[str]) -> tuple[int, set[str], int]:
     import pyarrow.parquet as pq
 
     rows, stale, held = 0, 0, set()
-    for path in _parquet_files(folder):
+    for path in parquet_files(folder):
         for entry_id in pq.read_table(path, columns=["entry_id"]).column("entry_id").to_pylist():
             if entry_id in entries:
                 rows += 1
@@ -334,9 +335,9 @@ def score_derived_ray(spec: ScoreSpec, sources: Sequence[tuple[Entry, str, np.nd
     folder = Path(out) / "derived" / f"{spec.version()}-{digest}"
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "_params.json", {"checkpoint": str(spec.checkpoint), **spec.params(), "derive": key}, indent=2)
-    finished = finished_entries(folder)
+    finished = finished_entries(folder, "source_sample")  # a volume's slices are sources of their own
     items = [{"entry": pickle.dumps(entry), "sample_id": sample_id, "mask": np.packbits(mask > 0).tobytes(),
-              "shape": list(mask.shape)} for entry, sample_id, mask in sources if entry.entry_id not in finished]
+              "shape": list(mask.shape)} for entry, sample_id, mask in sources if sample_id not in finished]
     if items:
         with ray_session(address) as ray:
             _to_parquet(ray, items, _RayDerivedScorer, {"spec": spec, "derive": derive}, 1, folder, workers, progress)

@@ -43,7 +43,9 @@ def read_columns(folder: str | Path) -> dict[str, np.ndarray]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files = sorted(Path(folder).glob("*.parquet"))
+    from medloop.engine.ray import parquet_files
+
+    files = parquet_files(Path(folder))
     if not files:
         raise DataError("no Parquet files: nothing was scored", folder, "empty")
     table = pa.concat_tables([pq.read_table(p) for p in files])

@@ -79,7 +79,8 @@ class Candidates:
 
     ``sources[i]`` is the pool id the oracle is asked about for candidate ``i``; with ``join`` the selected
     candidates themselves join the training set with their source's answer (synthetic variants). ``features``
-    holds the candidates' trunk features ``[N, F]`` when a method computed them once (a frozen trunk).
+    holds the candidates' trunk features ``[N, F]`` when a method computed them once (a frozen trunk); ``scores``
+    the strategy's input columns when the candidates were scored where they were made (Ray workers).
     """
 
     dataset: MedDataset
@@ -87,6 +88,7 @@ class Candidates:
     join: bool = False
     labeled: dict[str, int] = dataclasses.field(default_factory=dict)  # pool id -> answered label, labeled so far
     features: np.ndarray | None = None
+    scores: dict[str, np.ndarray] | None = None  # the strategy's inputs, when scored where the candidates were made
 
     def __len__(self) -> int:
         return len(self.sources)

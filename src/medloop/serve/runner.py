@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from medloop import methods
+from medloop.engine.rounds import engine_session
 from medloop.errors import ConfigError
 from medloop.loop import Event, Proposal, ReviewItem, RunState, run_track
 from medloop.loop.rundir import check_resume
@@ -132,7 +133,8 @@ class Runner:
                 model = plan.method.restore(state)
                 if model is not None:
                     self._trained(model, state.records[-1]["round"])
-            run_track(plan.method, plan.strategy, state, plan.seed, observers=[self._observe])
+            with engine_session(self.config.engine, self.config.engine_address):  # engine: ray, once for the run
+                run_track(plan.method, plan.strategy, state, plan.seed, observers=[self._observe])
             self.oracle.offer_review({})  # no round is left to train on a correction
             self.write_agreement()
             self._phase("finished", self.round_idx)

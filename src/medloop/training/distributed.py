@@ -83,6 +83,16 @@ def launched_group(device: str = "auto") -> Iterator[tuple[int, int]]:
         torch.distributed.destroy_process_group()
 
 
+def rank_spread(*modules: nn.Module) -> float:
+    """Inside a group: the largest difference of any parameter between two ranks (0.0: DDP kept every rank's
+    weights equal, as it must; a gradient that was not averaged shows here)."""
+    flat = torch.cat([p.detach().flatten().double() for m in modules for p in m.parameters()])
+    high, low = flat.clone(), flat.clone()
+    torch.distributed.all_reduce(high, torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(low, torch.distributed.ReduceOp.MIN)
+    return float((high - low).max())
+
+
 def _member(rank: int, world: int, rendezvous: str, result: str, train: Callable[..., dict], args: tuple) -> None:
     """One process of the group: ``train(*args)`` inside it; rank 0 saves what it returns to ``result``."""
     torch.set_num_threads(1)
@@ -145,7 +155,7 @@ def _pix2pix_rank(state: bytes, in_channels: int, num_classes: int, size: int, c
     trainer = Pix2PixTrainer(in_channels, num_classes, size, config.replace(device="cpu"))
     trainer.load_state_dict(torch.load(io.BytesIO(state), map_location="cpu", weights_only=False))
     history = train_pix2pix(trainer, images, labels, weights, seed, progress, epochs)
-    return {"state": trainer.state_dict(), "history": history}
+    return {"state": trainer.state_dict(), "history": history, "rank_spread": rank_spread(trainer.G, trainer.D)}
 
 
 def train_pix2pix_distributed(trainer: Pix2PixTrainer, images: torch.Tensor, labels: torch.Tensor,
@@ -162,4 +172,5 @@ def train_pix2pix_distributed(trainer: Pix2PixTrainer, images: torch.Tensor, lab
     trainer.load_state_dict(record["state"])
     trainer.G.eval()
     trainer.D.eval()
+    trainer.rank_spread = record["rank_spread"]
     return record["history"]

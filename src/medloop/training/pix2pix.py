@@ -81,7 +81,7 @@ class Pix2PixConfig(Config):
         if self.workers > 1 and self.device not in ("auto", "cpu"):
             raise ConfigError(f"The 'workers' parameter of Pix2PixConfig ({self.workers}) trains on CPU processes (DDP "
                               f"over gloo); got device {self.device!r}: set device: cpu, or workers: 1 on a GPU")
-        if self.workers > self.batch_size // 2:
+        if self.workers > 1 and self.workers > self.batch_size // 2:
             raise ConfigError(f"The 'workers' parameter of Pix2PixConfig must be at most batch_size // 2 "
                               f"({self.batch_size // 2}): each worker takes a share of every batch and batch norm "
                               f"needs two samples in each; got {self.workers}: lower workers or raise batch_size")
@@ -123,14 +123,15 @@ class Pix2PixTrainer:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=(0.5, 0.999))
         # what ``step`` runs G and D through: the networks themselves, or their DDP wrappers inside a DDP group
         self.parallel: tuple[torch.nn.Module, torch.nn.Module] | None = None
+        self.rank_spread: float | None = None  # after a data-parallel training: 0.0 when the ranks ended equal
 
     def seed_dropout(self, seed: int, rank: int = 0) -> None:
         """Draw G's training dropout masks (pix2pix's noise) and D's damaged maps from streams of ``seed``; rank 0
         of a DDP group draws what one process draws, the other ranks their own streams."""
         from medloop.models.dropout import mc_dropout_layers
-        from medloop.training.trainer import _rank_names
+        from medloop.training.trainer import rank_names
 
-        suffix = _rank_names(rank)
+        suffix = rank_names(rank)
         for i, layer in enumerate(mc_dropout_layers(self.G)):
             layer.generator = torch_stream(seed, "pix2pix", "dropout", i, *suffix, device=self.device)
         self.damage_gen = torch_stream(seed, "pix2pix", "damage", *suffix)
@@ -237,10 +238,10 @@ def train_pix2pix(trainer: Pix2PixTrainer, images: torch.Tensor, labels: torch.T
     ``trainer`` gets the trained state; inside one of them (a DDP group is initialised) each rank trains on its
     share of every batch, and the history holds the losses averaged over all ranks' samples.
     """
-    from medloop.training.trainer import _rank_world
+    from medloop.training.trainer import rank_world
 
     cfg = trainer.config
-    rank, world = _rank_world()
+    rank, world = rank_world()
     if cfg.workers > 1 and world == 1:
         from medloop.training.distributed import train_pix2pix_distributed
 

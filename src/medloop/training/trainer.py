@@ -28,7 +28,8 @@ from medloop.seeding import seed_for, torch_stream
 from medloop.training.augment import TrainingView, build_augmentation
 from medloop.training.losses import heteroscedastic_ce, heteroscedastic_seg_loss
 
-__all__ = ["FitResult", "fit", "predict", "evaluate", "trainable_subset", "balanced_class_weights"]
+__all__ = ["FitResult", "fit", "predict", "evaluate", "trainable_subset", "balanced_class_weights", "rank_world",
+           "rank_names"]
 
 
 @dataclasses.dataclass
@@ -41,14 +42,14 @@ class FitResult:
     workers: int = 1  # processes that trained (DDP world size)
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
     """This process's rank and the world size of the DDP group it trains in (``0, 1`` outside one)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
 
-def _rank_names(rank: int) -> tuple:
+def rank_names(rank: int) -> tuple:
     """Stream-name suffix of a rank: rank 0 draws what a one-process run draws, the others their own streams."""
     return () if rank == 0 else ("rank", rank)
 
@@ -94,7 +95,7 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
     With ``config.workers > 1`` the training runs in that many processes (``medloop.training.distributed``); inside
     one of them (a DDP group is initialised) each rank trains on its share of every batch.
     """
-    rank, world = _rank_world()
+    rank, world = rank_world()
     if config.workers > 1 and world == 1:
         from medloop.training.distributed import fit_distributed
 
@@ -128,7 +129,7 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     shuffle_gen = torch_stream(config.seed, "fit", "shuffle")
-    suffix = _rank_names(rank)
+    suffix = rank_names(rank)
     loss_gen = torch_stream(config.seed, "fit", "loss", *suffix, device=device)
     for i, layer in enumerate(mc_dropout_layers(model)):
         layer.generator = torch_stream(config.seed, "fit", "dropout", i, *suffix, device=device)

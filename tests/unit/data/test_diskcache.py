@@ -3,14 +3,16 @@ in memory, no source file read again, a new store when a file changes, a store c
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from medloop.data import load_dataset
-from medloop.errors import ConfigError
+from medloop.errors import ConfigError, DataError
 from tests.conftest import gray, lung_mask, write_png
 
 
@@ -31,7 +33,8 @@ def _same(a, b):
     for x, y in zip(a, b):
         assert torch.equal(x.image, y.image) and x.image.dtype == torch.float32
         assert (x.mask is None and y.mask is None) or torch.equal(x.mask, y.mask)
-        assert x.slice_index == y.slice_index and x.source == y.source and set(x.meta) == set(y.meta)
+        assert x.slice_index == y.slice_index and x.source == y.source
+        assert json.loads(json.dumps(x.meta, default=list)) == json.loads(json.dumps(y.meta, default=list))
 
 
 def test_disk_store_holds_what_memory_holds_and_is_reused_without_reading(tmp_path, monkeypatch):
@@ -101,6 +104,31 @@ def test_skips_are_reported_again_from_the_store(tmp_path):
     assert first.sample_ids == again.sample_ids == ["000", "002", "003"]
     assert [(e.reason, e.path) for e in first.skipped] == [(e.reason, e.path) for e in again.skipped]
     assert again.skipped and again.skipped[0].path.endswith("001.png")
+
+
+def test_a_store_written_under_skip_does_not_hide_a_bad_file_from_raise(tmp_path):
+    root = _folder(tmp_path / "ds")
+    damaged = root / "images" / "001.png"
+    damaged.write_bytes(damaged.read_bytes()[:60])
+    load_dataset(str(root), size=16, cache="disk", on_error="skip", progress=False)
+    with pytest.raises(DataError, match="001.png"):
+        load_dataset(str(root), size=16, cache="disk", progress=False)  # on_error: raise
+
+
+def test_a_torn_index_is_written_again_and_stale_parts_are_swept(tmp_path):
+    from medloop.cache import cache_dir
+
+    root = _folder(tmp_path / "ds")
+    memory = load_dataset(str(root), size=16, progress=False)
+    load_dataset(str(root), size=16, cache="disk", progress=False)
+    (store,) = (cache_dir() / "pools").iterdir()
+    columns = store / "columns.npz"
+    columns.write_bytes(columns.read_bytes()[:50])  # torn by a crash
+    stale = store.with_name(f"{store.name}.part-999999999-x")  # a killed writer's part, an hour old
+    stale.mkdir()
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    _same(memory, load_dataset(str(root), size=16, cache="disk", progress=False))
+    assert not stale.exists() and sorted(p.name for p in (cache_dir() / "pools").iterdir()) == [store.name]
 
 
 def test_volumes_on_disk_are_the_slices_in_memory():

@@ -76,6 +76,8 @@ def test_experiment_config_engine_keys():
                                     "strategies": ["coreset"]})
     with pytest.raises(ConfigError, match="applies only with engine 'ray'"):
         CollaborativeConfig.from_dict({"engine_address": "auto"})
+    with pytest.raises(ConfigError, match="'ray' does not apply to this method.*mahapatra2018"):
+        CollaborativeConfig.from_dict({"engine": "ray"})
     assert ExperimentConfig.from_dict({"engine": "local"}).engine == "local"
 
 

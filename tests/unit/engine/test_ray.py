@@ -127,6 +127,7 @@ LOOP = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("strategy", ["class_balanced", "badge"])
 def test_the_loop_on_ray_scores_as_in_process_and_selects_the_same(local_ray, strategy, tmp_path):
     """engine: ray in an experiment: each round's pool scored by the Ray job gives the in-process scores (same
@@ -188,6 +189,7 @@ def test_the_loop_on_ray_scores_as_in_process_and_selects_the_same(local_ray, st
     assert len(again["sample_id"]) == len(pool) and len(list((tmp_path / "t" / "engine" / "scores").iterdir())) == 1
 
 
+@pytest.mark.integration
 def test_the_generative_loop_on_ray_renders_and_scores_variants_on_the_workers(local_ray, tmp_path):
     """engine: ray with the paper's strategy: every variant is rendered and scored on a worker; the ones that join
     the training set are rendered again in the driver from the same stream, and score there as they scored on
@@ -236,16 +238,6 @@ def test_the_generative_loop_on_ray_renders_and_scores_variants_on_the_workers(l
     chosen, _ = method.strategy.select({**inputs, "index": np.arange(len(ids))}, size.k,
                                        stream(0, "round", 0, "query"), size.per_class)
     assert sorted(s.sample_id for s in joined) == sorted(ids[int(j)] for j in chosen)
-
-
-def test_the_loop_refuses_ray_where_it_cannot_apply():
-    from medloop.errors import ConfigError
-    from medloop.loop.config import CollaborativeConfig, ExperimentConfig
-
-    with pytest.raises(ConfigError, match="'ray' cannot apply with recipe: frozen"):
-        ExperimentConfig.from_dict({**LOOP, "engine": "ray", "strategies": ["coreset"], "recipe": "frozen"})
-    with pytest.raises(ConfigError, match="'ray' does not apply to this method.*mahapatra2018"):
-        CollaborativeConfig.from_dict({"engine": "ray"})
 
 
 def test_ray_names_what_its_workers_skipped_and_leaves_out_removed_files(local_ray, checkpoint, tmp_path):

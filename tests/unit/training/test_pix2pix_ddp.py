@@ -20,16 +20,19 @@ def tiny_data(n=12, size=16):
     return x, y
 
 
-def test_two_workers_train_the_callers_networks(monkeypatch):
+@pytest.mark.parametrize("layout, discriminator", [("decoder", "graded"), ("head", "pix2pix")])
+def test_two_workers_train_the_callers_networks(monkeypatch, layout, discriminator):
     spawned = []
     start_processes = torch.multiprocessing.start_processes
     monkeypatch.setattr(torch.multiprocessing, "start_processes",
                         lambda *a, **kw: spawned.append(kw["nprocs"]) or start_processes(*a, **kw))
     x, y = tiny_data()
-    trainer = Pix2PixTrainer(1, 3, 16, Pix2PixConfig(workers=2, **TINY))
-    untrained = Pix2PixTrainer(1, 3, 16, Pix2PixConfig(**TINY))  # the same seed: the same initial networks
+    kw = dict(TINY, dropout_layout=layout, discriminator=discriminator)
+    trainer = Pix2PixTrainer(1, 3, 16, Pix2PixConfig(workers=2, **kw))
+    untrained = Pix2PixTrainer(1, 3, 16, Pix2PixConfig(**kw))  # the same seed: the same initial networks
     history = train_pix2pix(trainer, x, y, torch.ones(len(x)), seed=0, progress=False)
     assert spawned == [2]  # the two workers ran
+    assert trainer.rank_spread == 0.0  # gradients were averaged: both ranks ended with the same weights
     assert [h["epoch"] for h in history] == [0, 1]
     assert all(set(h) == {"epoch", "d_loss", "g_loss", "g_adv", "g_sup"} for h in history)
     assert all(math.isfinite(v) for h in history for v in h.values())
@@ -43,6 +46,10 @@ def test_two_workers_train_the_callers_networks(monkeypatch):
         ones = torch.ones(len(x))
         assert not torch.equal(before, after)
         assert trainer.supervised(after, y, ones) < trainer.supervised(before, y, ones)
+
+
+def test_one_worker_takes_any_batch_size():
+    assert Pix2PixConfig(batch_size=1).workers == 1
 
 
 def test_one_worker_trains_in_this_process(monkeypatch):

@@ -11,6 +11,7 @@ selected by the strategy joins the training set with its source's label (one ora
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -338,7 +339,6 @@ class Mahapatra(Method):
         self.split = ctx.splits[seed]
         self._initial: list[int] | None = None
         self._engine_dir: Path | None = None  # engine: ray
-        self._engine_columns: dict[str, np.ndarray] = {}  # engine: ray, synthetic candidates' scores
         self._synthetic_feats: dict[str, np.ndarray] = {}  # frozen recipe: variant id -> trunk features
 
     def _feats(self, pool_positions) -> np.ndarray:
@@ -498,22 +498,23 @@ class Mahapatra(Method):
         from medloop.engine.pool import model_version
 
         generator = self._engine_dir / "generators" / f"seed{self.seed}.pt"
-        if not generator.is_file():
-            sampler.save(generator)
+        sampler.save(generator)  # the sampler in hand, also when a file of an earlier one is there
         render = VariantRenderer(str(generator), strategy.per_image, self.seed, round_idx)
-        key = {"generator": model_version(generator), "per_image": strategy.per_image, "seed": self.seed,
-               "round": round_idx}
         items = [(self.pool.entry_of(int(p)), self.pool.sample_ids[int(p)], masks[j]) for j, p in enumerate(sources)]
+        drawn = hashlib.sha256()  # which sources, with which masks: a redo that draws others is another job
+        for _, sid, mask in items:
+            drawn.update(sid.encode() + b"\0" + np.packbits(mask).tobytes())
+        key = {"generator": model_version(generator), "per_image": strategy.per_image, "seed": self.seed,
+               "round": round_idx, "sources": drawn.hexdigest()[:16]}
         cols = score_model_derived(model.classifier, *self._model_build(), self.pool.config, items, render, key,
                                    self._engine_dir, f"round_{round_idx:03d}", n_mc_samples=self.cfg.n_mc_samples,
                                    seed=seed_for(self.seed, "round", round_idx, "mc"),
                                    address=self.cfg.engine_address, progress=self.ctx.progress)
         group = {sid: j for j, (_, sid, _) in enumerate(items)}
-        order = sorted(range(len(cols["sample_id"])),
+        order = sorted((i for i, src in enumerate(cols["source_sample"]) if src in group),
                        key=lambda i: (group[cols["source_sample"][i]], cols["sample_id"][i]))
-        self._engine_columns = {k: v[order] for k, v in cols.items()
-                                if k not in ("source_sample", "entry_id", "case_id", "embedding")}
-        ids = list(self._engine_columns.pop("sample_id"))
+        scores = {k: v[order] for k, v in cols.items() if k not in ("source_sample", "entry_id", "case_id", "embedding")}
+        ids = list(scores.pop("sample_id"))
         here = VariantRenderer(str(generator), strategy.per_image, self.seed, round_idx, sampler=sampler)
         cases = self.pool.case_ids
         dataset = MedDataset.derived(
@@ -521,12 +522,12 @@ class Mahapatra(Method):
             [(group[cols["source_sample"][i]], sid) for i, sid in zip(order, ids)],
             lambda j: here(self.pool[int(sources[j])], masks[j]))
         return Candidates(dataset, [cols["source_sample"][i] for i in order], join=True,
-                          labeled=self._answered(state))
+                          labeled=self._answered(state), scores=scores)
 
     def inputs(self, needs: frozenset[str], model: Models, candidates: Candidates, round_idx: int) -> dict[str, np.ndarray]:
         mc_seed = seed_for(self.seed, "round", round_idx, "mc")
-        if self.cfg.engine == "ray" and candidates.join:  # scored where they were rendered
-            return {**self._engine_columns, "index": np.arange(len(candidates))}
+        if candidates.scores is not None:  # scored where they were made
+            return {**candidates.scores, "index": np.arange(len(candidates))}
         if self.cfg.engine == "ray" and needs & {"mc", "embeddings"}:
             return self._engine_inputs(needs, model, candidates, round_idx, mc_seed)
         columns: dict[str, np.ndarray] = {}
