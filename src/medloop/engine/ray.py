@@ -36,8 +36,8 @@ from medloop.engine.pool import BatchScorer, ScoreSpec, merge_top_k, rank_column
 from medloop.errors import ConfigError, DataError, MedloopError
 from medloop.storage import write_json, write_text
 
-__all__ = ["require_ray", "ray_session", "score_ray", "score_derived_ray", "parquet_top_k", "generate_ray",
-           "INSTALL_HINT"]
+__all__ = ["require_ray", "ray_session", "score_ray", "score_derived_ray", "map_samples_ray", "parquet_top_k",
+           "generate_ray", "INSTALL_HINT"]
 
 log = logging.getLogger("medloop.engine")
 
@@ -95,13 +95,15 @@ class _RayScorer:
 
 
 def to_arrow(columns: dict[str, np.ndarray]):
-    """Scorer columns as an Arrow table: ids as strings, scores as float32, ``embedding`` as a float16 list."""
+    """Scorer columns as an Arrow table: ids as strings, scores as float32, ``embedding`` as a float16 list, any
+    other ``[N, F]`` array as a fixed-size list of its own type."""
     import pyarrow as pa
 
     fields = {}
     for name, value in columns.items():
-        if name == "embedding":
-            flat = pa.array(np.ascontiguousarray(value, dtype=np.float16).reshape(-1), type=pa.float16())
+        if name == "embedding" or value.ndim == 2:
+            value = np.ascontiguousarray(value, dtype=np.float16 if name == "embedding" else value.dtype)
+            flat = pa.array(value.reshape(-1), type=pa.from_numpy_dtype(value.dtype))
             fields[name] = pa.FixedSizeListArray.from_arrays(flat, value.shape[1])
         elif value.dtype == object:
             fields[name] = pa.array(value.tolist(), type=pa.string())
@@ -341,6 +343,60 @@ def score_derived_ray(spec: ScoreSpec, sources: Sequence[tuple[Entry, str, np.nd
     if items:
         with ray_session(address) as ray:
             _to_parquet(ray, items, _RayDerivedScorer, {"spec": spec, "derive": derive}, 1, folder, workers, progress)
+    return folder
+
+
+class _RaySampleMapper:
+    """``map_batches``' stateful callable: each row names an entry and the sample ids wanted from it; the entry is
+    read with medloop's readers and ``fn`` (loaded once per actor) maps the wanted samples to columns."""
+
+    def __init__(self, data: Any, fn: Any, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.data, self.fn, self.layout = data, fn, resolve_layout(data)
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        from medloop.data.dataset import read_entry
+
+        parts = []
+        for blob, wanted in zip(batch["entry"], batch["wanted"]):
+            entry, wanted = pickle.loads(blob), [str(w) for w in pickle.loads(wanted)]
+            samples = {s.sample_id: s for s in read_entry(self.layout, entry, self.data)}
+            missing = [w for w in wanted if w not in samples]
+            if missing:
+                raise DataError(f"samples {missing[:3]} are not in their entry any more; the data changed while it "
+                                "was read", entry.where, "changed")
+            cols = self.fn([samples[w] for w in wanted])
+            cols["entry_id"] = np.array([entry.entry_id] * len(wanted), dtype=object)
+            parts.append(cols)
+        return to_arrow({k: np.concatenate([part[k] for part in parts]) for k in parts[0]})
+
+
+def map_samples_ray(data: Any, groups: Sequence[tuple[Entry, list[str]]], fn: Any, key: dict, out: str | Path,
+                    address: str | None = None, workers: int | None = None, progress: bool = True) -> Path:
+    """``fn(samples) -> columns`` (with ``sample_id``) over the samples ``groups`` names (an entry and the ids
+    wanted from it) on Ray, into ``out/mapped/<digest of key and data>/`` as Parquet. ``fn`` must pickle and load
+    its model once per actor; ``key`` says what its output depends on (the model's hash). A rerun maps only the
+    samples no file holds. Returns the folder."""
+    import hashlib
+    import json
+
+    require_ray()
+    digest = hashlib.sha256(json.dumps({"key": key, "data": data.to_dict()}, sort_keys=True,
+                                       default=str).encode()).hexdigest()[:16]
+    folder = Path(out) / "mapped" / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "_params.json", {"key": key, "data": data.to_dict()}, indent=2)
+    finished = finished_entries(folder, "sample_id")
+    items = []
+    for entry, wanted in groups:
+        rest = [w for w in wanted if w not in finished]
+        if rest:
+            items.append({"entry": pickle.dumps(entry), "wanted": pickle.dumps(rest)})
+    if items:
+        with ray_session(address) as ray:
+            _to_parquet(ray, items, _RaySampleMapper, {"data": data, "fn": fn}, 1, folder, workers, progress)
     return folder
 
 

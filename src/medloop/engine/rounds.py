@@ -39,7 +39,7 @@ def engine_session(engine: str, address: str | None = None) -> contextlib.Abstra
 
 def read_columns(folder: str | Path) -> dict[str, np.ndarray]:
     """Every column of the Parquet files of a scoring folder: ids as object arrays, scores as float32,
-    ``embedding`` as ``[N, F]`` float32 (stored as float16)."""
+    ``embedding`` as ``[N, F]`` float32 (stored as float16), other lists as ``[N, F]`` of their own type."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -52,9 +52,9 @@ def read_columns(folder: str | Path) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name in table.column_names:
         column = table.column(name).combine_chunks()
-        if name == "embedding":
-            width = column.type.list_size
-            out[name] = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, width)
+        if pa.types.is_fixed_size_list(column.type):
+            values = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size)
+            out[name] = values.astype(np.float32) if name == "embedding" else values
         elif pa.types.is_string(column.type):
             out[name] = np.asarray(column.to_pylist(), dtype=object)
         else:

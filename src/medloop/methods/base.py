@@ -19,7 +19,7 @@ from medloop.errors import ConfigError
 from medloop.loop.round import Candidates, Method, Proposal, QuerySize
 from medloop.query import QueryStrategy, build_strategy
 
-__all__ = ["Candidates", "HINT_KEYS", "Method", "MethodSpec", "Plan", "Proposal", "QuerySize", "check_engine_keys",
+__all__ = ["Candidates", "HINT_KEYS", "Method", "MethodSpec", "Plan", "Proposal", "QuerySize",
            "finite", "strategy_specs"]
 
 # what an annotator is told, in the method's words: the task, with the model's proposal loaded, what the
@@ -112,19 +112,6 @@ def refuse_simulated_reads(config: Any) -> None:
                           "per image and their consensus, which `medloop serve` collects; `medloop run` answers from "
                           "the ground truth, which reads each image once: serve this experiment, or set "
                           "reads_per_image: 1")
-
-
-def check_engine_keys(engine: str, address: str | None) -> None:
-    """A method's ``engine`` / ``engine_address`` for a method whose loop scores in process only: ``ray`` is
-    refused with where it does apply."""
-    from medloop.engine import check_engine
-
-    check_engine(engine, address, where="engine")
-    if engine == "ray":
-        raise ConfigError("The 'engine' parameter 'ray' does not apply to this method: its loop scores the pool in "
-                          "process between retraining rounds (engine: ray applies to method mahapatra2018's pool "
-                          "strategies, and `medloop score --engine ray` scores a large pool on a cluster); set "
-                          "engine: local (or drop it) here")
 
 
 def strategy_specs(entries: tuple, provides: frozenset[str], method: str) -> list[dict]:

@@ -76,8 +76,11 @@ def test_experiment_config_engine_keys():
                                     "strategies": ["coreset"]})
     with pytest.raises(ConfigError, match="applies only with engine 'ray'"):
         CollaborativeConfig.from_dict({"engine_address": "auto"})
-    with pytest.raises(ConfigError, match="'ray' does not apply to this method.*mahapatra2018"):
-        CollaborativeConfig.from_dict({"engine": "ray"})
+    with pytest.raises(ConfigError, match="'ray' cannot apply to strategy 'entropy'.*MC-dropout"):
+        CollaborativeConfig.from_dict({"engine": "ray"})  # the default strategies include entropy
+    with pytest.raises(ConfigError, match="'ray' judges the pool on Ray's workers, and 'processes' \\(2\\)"):
+        CollaborativeConfig.from_dict({"engine": "ray", "processes": 2, "strategies": ["discriminator"]})
+    assert CollaborativeConfig.from_dict({"engine": "ray", "strategies": ["discriminator", "random"]}).engine == "ray"
     assert ExperimentConfig.from_dict({"engine": "local"}).engine == "local"
 
 

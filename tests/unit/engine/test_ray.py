@@ -17,6 +17,8 @@ from medloop.engine import ScoreSpec, top_k  # noqa: E402
 from medloop.training import load_checkpoint  # noqa: E402
 from medloop.uncertainty import score_pool  # noqa: E402
 
+import pyarrow.parquet as pq  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -29,8 +31,6 @@ def local_ray():
 
 
 def test_ray_scores_match_in_process_and_rerun_reuses_them(local_ray, checkpoint, pool, tmp_path):
-    import pyarrow.parquet as pq
-
     from medloop.engine.ray import score_ray
 
     spec = ScoreSpec.for_checkpoint(checkpoint, pool, n_mc_samples=8, batch_size=5, seed=3)
@@ -140,8 +140,6 @@ def test_the_loop_on_ray_scores_as_in_process_and_selects_the_same(local_ray, st
     from medloop.seeding import seed_for, stream
     from medloop.training.selfsup import features
 
-    import pyarrow.parquet as pq
-
     config = ExperimentConfig.from_dict({**LOOP, "engine": "ray", "strategies": [strategy]})
     ctx = prepare(config, progress=False)
     rounds = run_mahapatra_track(ctx, 0, {"name": strategy}, tmp_path / "t")
@@ -200,8 +198,6 @@ def test_the_generative_loop_on_ray_renders_and_scores_variants_on_the_workers(l
     from medloop.methods.mahapatra.method import Mahapatra
     from medloop.query import build_strategy
     from medloop.seeding import seed_for, stream
-
-    import pyarrow.parquet as pq
 
     strategy = {"name": "generative", "params": {"per_image": 3, "candidates": 4}}
     config = ExperimentConfig.from_dict({
@@ -264,3 +260,45 @@ def test_ray_names_what_its_workers_skipped_and_leaves_out_removed_files(local_r
     (root / "images" / "003.png").unlink()  # removed from the pool after it was scored
     again = score_ray(spec, tmp_path / "out", k=5, progress=False)
     assert again["stale_rows"] == 1 and again["rows"] == 3 and sorted(again["top_k"]) == ["000", "002", "004"]
+
+
+COLLAB = {"name": "collab-ray", "data": {"source": "builtin:cardiac-mr", "size": 32,
+                                        "options": {"n_volumes": 4, "min_slices": 4, "max_slices": 5}},
+          "folds": 2, "max_folds": 1, "budgets": [0.5], "cycles": [1], "strategies": ["discriminator"], "fsl": False,
+          "pix2pix": {"epochs": 2, "batch_size": 8, "g_channels": [4, 8, 8], "d_features": 4}, "engine": "ray"}
+
+
+@pytest.mark.integration
+def test_collaborative_judging_on_ray_is_the_in_process_judging(local_ray, tmp_path):
+    """engine: ray in method 2: the pool's slices read and judged on the workers give the plausibility maps and
+    label maps of the in-process judging; a second call maps only the slices not judged yet; a whole protocol runs."""
+    import torch
+
+    from medloop.data import kfold_by_case
+    from medloop.loop.config import CollaborativeConfig
+    from medloop.methods.ravanbakhsh.method import Ravanbakhsh, load_collab_data
+    from medloop.methods.ravanbakhsh.protocol import run_collaborative
+    from medloop.training.pix2pix import train_pix2pix
+
+    config = CollaborativeConfig.from_dict(COLLAB)
+    data = load_collab_data(config, progress=False)
+    train_idx, test_idx = kfold_by_case(data.dataset, k=2, seed=0)[0]
+    base_case = data.dataset.case_ids[int(train_idx[0])]
+    on_ray = Ravanbakhsh(data, train_idx, test_idx, base_case, 0.5, 1, config, 0, progress=False)
+    local = Ravanbakhsh(data, train_idx, test_idx, base_case, 0.5, 1, config.replace(engine="local"), 0, False)
+    trainer = on_ray._trainer()
+    train_pix2pix(trainer, data.images[on_ray.base], data.masks[on_ray.base], torch.ones(len(on_ray.base)), 0, False)
+    on_ray._engine_dir = tmp_path / "engine"
+    ids = [data.ids[i] for i in on_ray.pool]
+    first = on_ray._plausibility(trainer, ids[::2])
+    score, pred = on_ray._plausibility(trainer, ids)  # the rest of each volume's slices now
+    ref_score, ref_pred = local._plausibility(trainer, ids)
+    np.testing.assert_allclose(score, ref_score, atol=1e-5)
+    assert torch.equal(pred, ref_pred) and pred.max() > 0  # a model that labels structures
+    np.testing.assert_allclose(first[0], ref_score[::2], atol=1e-5)
+    (folder,) = (tmp_path / "engine" / "mapped").iterdir()
+    assert pq.read_table(folder).num_rows == len(ids)  # each slice judged once over the two calls
+
+    results = run_collaborative(config, tmp_path / "run", progress=False)
+    assert results["tracks"]["discriminator-n1"]["0.50"]["0"]
+    assert list((tmp_path / "run").rglob("engine/mapped/*/*.parquet"))

@@ -9,7 +9,8 @@ from typing import Any
 
 from medloop.config import Config, DataConfig
 from medloop.errors import ConfigError
-from medloop.methods.base import check_engine_keys, check_reads_per_image_key, strategy_specs
+from medloop.engine import check_engine
+from medloop.methods.base import check_reads_per_image_key, strategy_specs
 
 __all__ = ["CollaborativeConfig"]
 
@@ -41,7 +42,10 @@ class CollaborativeConfig(Config):
         seed, device.
         reads_per_image: different annotators who label each image under ``medloop serve`` (their consensus is
             what the model trains on; ``medloop serve --reads-per-image`` overrides it); ``medloop run`` refuses > 1.
-        engine, engine_address: ``local`` only, as in ``ExperimentConfig``.
+        engine, engine_address: where each cycle's pool slices are judged (G's label maps, D's plausibility: the
+            discriminator strategies' inputs, the pseudo-labels and their quality control): ``local`` (in process) or
+            ``ray`` (Ray workers read and judge them; ``medloop.engine.ray.map_samples_ray``). Refused with
+            ``processes`` > 1 and with the MC strategies (G's MC dropout is scored in process).
     """
 
     method: typing.Literal["ravanbakhsh2018"] = "ravanbakhsh2018"
@@ -73,7 +77,7 @@ class CollaborativeConfig(Config):
         from medloop.uncertainty.discriminator import SLICE_REDUCTIONS
 
         DataConfig.from_dict(self.data, where="data")
-        check_engine_keys(self.engine, self.engine_address)
+        check_engine(self.engine, self.engine_address, where="engine")
         check_reads_per_image_key(self.reads_per_image)
         p2p = self.pix2pix_config
         if self.folds < 2:
@@ -103,8 +107,22 @@ class CollaborativeConfig(Config):
             raise ConfigError(f"The 'processes' parameter ({self.processes}) and 'pix2pix.workers' ({p2p.workers}) "
                               "both spend the cores on processes (units of work, or data-parallel ranks of each "
                               "training); set one of them to 1")
+        if self.engine == "ray":
+            self._check_ray()
         if not 0 <= self.qc_threshold <= 1:
             raise ConfigError(f"The 'qc_threshold' parameter must be a Dice in [0, 1]; got {self.qc_threshold}")
+
+    def _check_ray(self) -> None:
+        from medloop.query import build_strategy
+
+        if self.processes > 1:
+            raise ConfigError(f"The 'engine' parameter 'ray' judges the pool on Ray's workers, and 'processes' "
+                              f"({self.processes}) would start a Ray of its own in every process; set processes: 1")
+        for spec in self.strategy_specs:
+            if "mc" in build_strategy(spec["name"], spec["params"]).needs:
+                raise ConfigError(f"The 'engine' parameter 'ray' cannot apply to strategy '{spec['label']}': it needs "
+                                  "G's MC-dropout scores, which are computed in process; use engine: local, or the "
+                                  "discriminator / random strategies")
 
     @property
     def data_config(self) -> DataConfig:

@@ -113,6 +113,8 @@ class Ravanbakhsh(Method):
         self.pos = {data.ids[i]: i for i in range(len(data.dataset))}
         self._train_ids: set[str] = set()
         self._judged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # this round's model: id -> (plausibility, map)
+        self._engine_dir: Path | None = None  # engine: ray
+        self._model_file: tuple[Path, str] | None = None  # engine: ray, this round's model as the workers load it
         self.per_cycle = query_counts(int(round(budget * len(self.pool))), cycles)
         self.p2p = config.pix2pix_config
 
@@ -125,6 +127,7 @@ class Ravanbakhsh(Method):
         return [self.data.ids[i] for i in self.base]
 
     def restore(self, state: RunState) -> Pix2PixTrainer | None:
+        self._engine_dir = state.folder / "engine"
         if not state.records:
             return None
         trainer = self._trainer()
@@ -143,7 +146,8 @@ class Ravanbakhsh(Method):
     def train(self, state: RunState, model: Pix2PixTrainer | None, round_idx: int) -> Pix2PixTrainer:
         self._trained = (0, 0.0)
         self._train_ids = set(state.labeled)  # what the model has seen expert labels of (QC calibrates on the rest)
-        self._judged = {}  # the model changes (trained in place)
+        self._judged, self._model_file = {}, None  # the model changes (trained in place)
+        self._engine_dir = state.folder / "engine"
         if round_idx == 0 and self.base_model is not None:  # S_true is the base volume: the fold's shared base model
             trainer = self._trainer()
             trainer.load_state_dict(torch.load(self.base_model, weights_only=True))
@@ -219,13 +223,47 @@ class Ravanbakhsh(Method):
         judge each slice once per round: the strategy's inputs, the pseudo-labels and their quality control all
         read the same maps."""
         missing = [s for s in ids if s not in self._judged]
-        if missing:
+        if missing and self.config.engine == "ray":
+            self._judge_on_ray(model, missing)
+        elif missing:
             _, pmaps, preds = discriminator_scores(model.G, model.D, self.data.images[[self.pos[s] for s in missing]])
             self._judged.update((s, (pmaps[j], preds[j])) for j, s in enumerate(missing))
         pmap = torch.stack([self._judged[s][0] for s in ids])
         pred = torch.stack([self._judged[s][1] for s in ids])
         score = slice_score(pmap, reduction or self.config.slice_reduction, self.config.q, pred)
         return 1.0 - score.numpy().astype(np.float64), pred
+
+    def _judge_on_ray(self, model: Pix2PixTrainer, ids: list[str]) -> None:
+        """``_plausibility``'s judging with ``engine: ray``: the slices are read and judged by G and D on Ray's
+        workers (``engine.ray.map_samples_ray``; the round's model saved once under the track's ``engine/``); D's
+        patch logits and G's label maps come back and become plausibility maps here, as in process."""
+        from medloop.engine.pool import model_version
+        from medloop.engine.ray import map_samples_ray
+        from medloop.engine.rounds import read_columns
+        from medloop.storage import save_torch
+        from medloop.uncertainty.discriminator import plausibility_map
+
+        if self._model_file is None:
+            path = save_torch(self._engine_dir / "models" / "judge.pt", {
+                "in_channels": self.data.images.shape[1], "num_classes": self.data.num_classes,
+                "size": self.data.images.shape[-1], "config": self.p2p.to_dict(), "state": model.state_dict()})
+            self._model_file = (path, model_version(path))
+        path, version = self._model_file
+        groups: dict[str, tuple[Any, list[str]]] = {}
+        for sid in ids:
+            entry = self.data.dataset.entry_of(self.pos[sid])
+            groups.setdefault(entry.entry_id, (entry, []))[1].append(sid)
+        folder = map_samples_ray(self.config.data_config, list(groups.values()), Judge(str(path)), {"model": version},
+                                 self._engine_dir, address=self.config.engine_address, progress=self.progress)
+        cols = read_columns(folder)
+        row = {sid: i for i, sid in enumerate(cols["sample_id"])}
+        at = [row[sid] for sid in ids]
+        h, w = int(cols["patch_h"][at[0]]), int(cols["patch_w"][at[0]])
+        size = tuple(self.data.images.shape[-2:])
+        logits = torch.from_numpy(cols["patch_logits"][at].astype(np.float32)).view(len(at), 1, h, w)
+        pmaps = plausibility_map(logits, size)
+        preds = torch.from_numpy(cols["pred"][at].astype(np.int64)).view(len(at), *size)
+        self._judged.update((s, (pmaps[j], preds[j])) for j, s in enumerate(ids))
 
     def quality_control(self, state: RunState, model: Pix2PixTrainer, pseudo: dict[str, np.ndarray]) -> dict:
         """Calibrate the discriminator to a Dice on the slices the expert has just labeled (G's maps from before
@@ -279,3 +317,41 @@ class Ravanbakhsh(Method):
 
     def save(self, state: RunState, model: Pix2PixTrainer, round_idx: int) -> None:
         state.save_model(round_idx, model.state_dict())
+
+
+class Judge:
+    """Picklable (it travels to Ray's workers): G's label maps and D's patch logits of slices, from a model saved by
+    ``Ravanbakhsh._judge_on_ray``; the networks are loaded once per process, dropout off, one thread."""
+
+    def __init__(self, path: str, batch_size: int = 16):
+        self.path, self.batch_size = path, batch_size
+        self._trainer: Pix2PixTrainer | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_trainer": None}
+
+    def _load(self) -> Pix2PixTrainer:
+        from medloop.training.pix2pix import Pix2PixConfig
+
+        if self._trainer is None:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            config = Pix2PixConfig.from_dict({**saved["config"], "device": "cpu", "workers": 1})
+            self._trainer = Pix2PixTrainer(saved["in_channels"], saved["num_classes"], saved["size"], config)
+            self._trainer.load_state_dict(saved["state"])
+        return self._trainer
+
+    @torch.no_grad()
+    def __call__(self, samples: list) -> dict[str, np.ndarray]:
+        trainer = self._load()
+        G, D = trainer.G.eval(), trainer.D.eval()
+        logits, preds = [], []
+        for chunk in torch.stack([s.image for s in samples]).split(self.batch_size):
+            probs = G(chunk)[0].softmax(1)
+            logits.append(D.judge(chunk, probs))
+            preds.append(probs.argmax(1))
+        logit, pred = torch.cat(logits), torch.cat(preds)
+        n = len(samples)
+        return {"sample_id": np.array([s.sample_id for s in samples], dtype=object),
+                "patch_logits": logit.flatten(1).numpy().astype(np.float32),
+                "patch_h": np.full(n, logit.shape[-2], np.int32), "patch_w": np.full(n, logit.shape[-1], np.int32),
+                "pred": pred.flatten(1).numpy().astype(np.uint8)}

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from medloop.data import kfold_by_case
+from medloop.engine.rounds import engine_session
 from medloop.errors import ConfigError
 from medloop.loop.oracle import GroundTruthOracle
 from medloop.loop.round import run_track
@@ -221,8 +222,6 @@ def run_collaborative(config: CollaborativeConfig, out: str | Path, resume: bool
     """Cross-validation by volume of Algorithm 1 and its baselines; writes results.json and the report. With
     ``config.processes`` > 1 the units of work run in that many processes first, then are read back here.
     ``observers`` get every track's events (``loop.round.Event``)."""
-    from medloop import __version__
-    from medloop.report.collaborative import build_collaborative_report, case_comparisons
     from medloop.runinfo import write_run_record
 
     out = Path(out)
@@ -237,8 +236,19 @@ def run_collaborative(config: CollaborativeConfig, out: str | Path, resume: bool
     write_run_record(out, config.seed, {"experiment": config.to_dict()}, "medloop run")
     started = time.time()
     protocol = _Protocol(config, out, data, progress, interrupt, oracle_factory, observers)
-    if config.processes > 1:
-        _run_parallel(protocol, config.processes, progress)
+    with engine_session(config.engine, config.engine_address):  # engine: ray connects once for the run
+        if config.processes > 1:
+            _run_parallel(protocol, config.processes, progress)
+        return _gather(protocol, config, data, console, started)
+
+
+def _gather(protocol: _Protocol, config: CollaborativeConfig, data: CollabData, console, started: float) -> dict:
+    """Every unit of the protocol (run here where ``processes`` did not run it), gathered into results.json and
+    the report."""
+    from medloop import __version__
+    from medloop.report.collaborative import build_collaborative_report, case_comparisons
+
+    out = protocol.out
     tracks: dict[str, dict] = {}
     fsl: dict[str, dict] = {}
     corr: dict[str, list[float]] = {"plausibility": [], "dice": []}
