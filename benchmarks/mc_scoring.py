@@ -29,7 +29,7 @@ Final line (JSON): single_s, medloop_s, baal_s, baal_cached_s, ratio_vs_single, 
       processes' start is left out), that start in seconds, and the 16-epoch call's slices/s with its start.
 
     python benchmarks/mc_scoring.py --task segment [--seg-slices 16] [--size 128] [--data ../shared/data/acdc-train]
-        [--pix2pix-workers 2]
+        [--pix2pix-workers 2] [--pix2pix-precision bf16]
 
 Final line (JSON): {layout: {single_s, mc_forward_s, score_pool_s, ratio_mc_forward, ratio_score_pool, mc_std,
 mc_std_boundary, mc_std_interior, pix2pix_train_slices_per_s, pix2pix_score_slices_per_s[,
@@ -130,7 +130,8 @@ def segmentation(args: argparse.Namespace) -> None:
         pred = mc_probs.mean(1).argmax(1, keepdim=True).float()
         edge = (F.max_pool2d(pred, 3, 1, 1) != -F.max_pool2d(-pred, 3, 1, 1))[:, 0]
 
-        trainer = Pix2PixTrainer(1, num_classes, 64, Pix2PixConfig(seed=args.seed, dropout_layout=layout))
+        trainer = Pix2PixTrainer(1, num_classes, 64, Pix2PixConfig(seed=args.seed, dropout_layout=layout,
+                                                                    precision=args.pix2pix_precision))
         weights = torch.ones(len(px))
 
         def train_epoch():
@@ -142,7 +143,8 @@ def segmentation(args: argparse.Namespace) -> None:
         parallel = {}
         if args.pix2pix_workers > 1:
             for workers in (1, args.pix2pix_workers):
-                config = Pix2PixConfig(seed=args.seed, dropout_layout=layout, workers=workers)
+                config = Pix2PixConfig(seed=args.seed, dropout_layout=layout, workers=workers,
+                                       precision=args.pix2pix_precision)
 
                 def train_s_of(epochs: int) -> float:
                     fresh = Pix2PixTrainer(1, num_classes, 64, config)
@@ -165,6 +167,7 @@ def segmentation(args: argparse.Namespace) -> None:
         print(layout, json.dumps(result[layout]), flush=True)
     result.update(slices=len(x), size=args.size, mc_samples=t_samples, train_steps=args.train_steps,
                   pix2pix_data=args.data or "builtin:cardiac-mr", pix2pix_workers=args.pix2pix_workers,
+                  pix2pix_precision=args.pix2pix_precision,
                   threads=torch.get_num_threads())
     print(json.dumps(result))
 
@@ -178,6 +181,8 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="segment: pix2pix data (default: the cardiac phantom)")
     parser.add_argument("--pix2pix-workers", type=int, default=1,
                         help="segment: also time pix2pix training in this many data-parallel processes (> 1)")
+    parser.add_argument("--pix2pix-precision", choices=("fp32", "bf16"), default="fp32",
+                        help="segment: pix2pix training precision (Pix2PixConfig.precision)")
     parser.add_argument("--n-images", type=int, default=512)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--mc-samples", type=int, default=None, help="T (default 20; 10 for --task segment)")

@@ -48,7 +48,8 @@ class Pix2PixConfig(Config):
     discriminator-Dice correlation with it are not measured yet); ``medloop.models.unet``; ``workers``: data-parallel
     training processes (PyTorch DDP over gloo, one thread each, on this machine's CPUs,
     ``medloop.training.distributed``): each takes its share of every batch, so a batch must give each at least
-    the two samples batch norm needs."""
+    the two samples batch norm needs; ``precision``: ``bf16`` trains G and D under bfloat16 autocast (losses,
+    optimizer states and scoring stay float32; refused where the hardware lacks bfloat16)."""
 
     epochs: int = 30
     min_steps: int = 0
@@ -68,6 +69,7 @@ class Pix2PixConfig(Config):
     seed: int = 0
     device: str = "auto"
     workers: int = 1
+    precision: typing.Literal["fp32", "bf16"] = "fp32"
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "damage_px", "workers"):
@@ -85,6 +87,20 @@ class Pix2PixConfig(Config):
             raise ConfigError(f"The 'workers' parameter of Pix2PixConfig must be at most batch_size // 2 "
                               f"({self.batch_size // 2}): each worker takes a share of every batch and batch norm "
                               f"needs two samples in each; got {self.workers}: lower workers or raise batch_size")
+
+
+def _cpu_has_bf16() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _check_bf16(device: torch.device) -> None:
+    """Refuse bfloat16 where the hardware would only emulate it (slower than float32, for nothing)."""
+    if device.type == "cpu" and not _cpu_has_bf16():
+        raise ConfigError("The 'precision' parameter 'bf16' of Pix2PixConfig needs a CPU with bfloat16 instructions "
+                          "(AVX512-BF16 or AMX), which this one lacks; set precision: fp32")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("The 'precision' parameter 'bf16' of Pix2PixConfig needs a GPU with bfloat16 support "
+                          "(Ampere or newer); set precision: fp32")
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -118,6 +134,8 @@ class Pix2PixTrainer:
         self.G = self.G.to(self.device)
         self.D = self.D.to(self.device, memory_format=torch.channels_last)
         self.weights = torch.ones(num_classes, device=self.device)  # class weights of the CE term
+        if config.precision == "bf16":
+            _check_bf16(self.device)
         self.seed_dropout(config.seed)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=(0.5, 0.999))
@@ -135,6 +153,10 @@ class Pix2PixTrainer:
         for i, layer in enumerate(mc_dropout_layers(self.G)):
             layer.generator = torch_stream(seed, "pix2pix", "dropout", i, *suffix, device=self.device)
         self.damage_gen = torch_stream(seed, "pix2pix", "damage", *suffix)
+
+    def _autocast(self):
+        """Where the networks run in bfloat16 (``precision: bf16``, training only); a no-op in float32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
     def _onehot(self, labels: torch.Tensor) -> torch.Tensor:
         return F.one_hot(labels.long(), self.num_classes).permute(0, 3, 1, 2).float()
@@ -159,17 +181,20 @@ class Pix2PixTrainer:
         G, D = self.parallel or (self.G, self.D)  # D's own update goes through DDP (its gradients are averaged)
         G.train()
         D.train()
-        logits, _ = G(x)
+        with self._autocast():
+            logits = G(x)[0].float()  # losses in float32 whatever the networks ran in
         probs = logits.softmax(1)
         if cfg.discriminator == "graded":
             damaged = damage_label_maps(y, self.num_classes, self.damage_gen, cfg.damage_px)
             maps = torch.cat([y, probs.argmax(1).detach(), damaged])
-            judged = D(x.repeat(3, 1, 1, 1), self._onehot(maps))
+            with self._autocast():
+                judged = D(x.repeat(3, 1, 1, 1), self._onehot(maps)).float()
             target = agreement_map(maps, y.repeat(3, 1, 1), tuple(judged.shape[-2:]))
             wd = w.repeat(3).view(-1, 1, 1, 1).expand_as(judged)
             d_loss = F.binary_cross_entropy_with_logits(judged, target, weight=wd)
         else:
-            real, fake = D(x, self._onehot(y)), D(x, probs.detach())
+            with self._autocast():
+                real, fake = D(x, self._onehot(y)).float(), D(x, probs.detach()).float()
             wd = w.view(-1, 1, 1, 1).expand_as(real)
             d_loss = 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real), weight=wd)
                             + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake), weight=wd))
@@ -180,7 +205,8 @@ class Pix2PixTrainer:
         # runs without its DDP wrapper here: no gradient of D's to average
         self.D.requires_grad_(False)
         try:
-            judged = self.D.judge(x, probs)
+            with self._autocast():
+                judged = self.D.judge(x, probs).float()
             adv = F.binary_cross_entropy_with_logits(judged, torch.ones_like(judged))
             sup = self.supervised(logits, y, w)
             g_loss = cfg.adv_weight * adv + cfg.lambda_sup * sup

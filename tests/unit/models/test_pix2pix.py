@@ -135,3 +135,32 @@ def test_min_steps_lengthens_training_on_a_handful_of_slices():
                              False)) == 2  # 10 updates an epoch: epochs already give more than min_steps
     with pytest.raises(ConfigError, match="The 'min_steps' parameter of Pix2PixConfig must be >= 0; got -1"):
         Pix2PixConfig(min_steps=-1)
+
+
+def test_bf16_training_runs_in_bfloat16_and_keeps_float32_weights():
+    import medloop.training.pix2pix as p2p_module
+
+    if not p2p_module._cpu_has_bf16():
+        pytest.skip("this CPU has no bfloat16 instructions")
+    x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0.5).long() + (x[:, 0] > 0.8).long()
+    small = dict(g_channels=(4, 8), d_features=8, batch_size=4, device="cpu")
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        t = Pix2PixTrainer(1, 3, 16, Pix2PixConfig(precision=precision, **small))
+        seen = []
+        hook = t.G.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
+        runs[precision] = t.step(x, y, torch.ones(8))
+        hook.remove()
+        assert seen == [torch.bfloat16 if precision == "bf16" else torch.float32]  # autocast reached G
+        assert all(p.dtype == torch.float32 for p in t.G.parameters())  # the weights and updates stay float32
+    for key, value in runs["fp32"].items():  # the same first step, to bfloat16's precision
+        assert abs(runs["bf16"][key] - value) <= 0.02 * abs(value) + 1e-3, key
+
+
+def test_bf16_is_refused_where_the_cpu_would_only_emulate_it(monkeypatch):
+    import medloop.training.pix2pix as p2p_module
+
+    monkeypatch.setattr(p2p_module, "_cpu_has_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="'precision' parameter 'bf16'.*needs a CPU with bfloat16.*precision: fp32"):
+        Pix2PixTrainer(1, 3, 16, Pix2PixConfig(precision="bf16", device="cpu", g_channels=(4, 8), d_features=8))
