@@ -1,4 +1,4 @@
-"""pix2pix in bfloat16 against float32 (``pix2pix.precision``): training speed, and whether the models are as good.
+"""pix2pix in bfloat16 against float32 (``pix2pix.precision``), and G's dropout layouts: speed, and model quality.
 
 The collaborative recipe's data and pix2pix settings (``experiments/ravanbakhsh2018.yaml``: 64 px, the central
 half of the field of view, graded discriminator). The volumes are split once by patient: --train-volumes train a
@@ -8,10 +8,15 @@ Pearson r between per-slice plausibility (the recipe's ``foreground`` reduction)
 method 2 rests on. Training slices per second exclude the process start and data loading. The two precisions of a
 seed run side by side (one core each), so both see the same load.
 
-    OMP_NUM_THREADS=1 python benchmarks/pix2pix_precision.py --data ../shared/data/acdc-train [--seeds 0,1,2]
-        [--out runs/pix2pix-precision] [--resume]
+--variants lists what to compare, each ``PRECISION`` or ``PRECISION-LAYOUT`` (``fp32``, ``bf16``, ``bf16-head``;
+the layout is ``Pix2PixConfig.dropout_layout``, ``decoder`` when not named). The variants of a seed run two at a
+time. The summary gives each variant's values over seeds and, against the first variant, the paired differences
+per seed with their mean and a two-sided 95% t interval (seeds are the unit; the split is fixed).
 
-Final line (JSON): {"runs": {...}, "summary": {"fp32": {...}, "bf16": {...}}, "settings": {...}}.
+    OMP_NUM_THREADS=1 python benchmarks/pix2pix_precision.py --data ../shared/data/acdc-train [--seeds 0,1,2]
+        [--variants fp32,bf16] [--out runs/pix2pix-precision] [--resume]
+
+Final line (JSON): {"runs": {...}, "summary": {"fp32": {...}, "bf16": {...}}, "paired": {...}, "settings": {...}}.
 """
 
 from __future__ import annotations
@@ -27,7 +32,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def run_one(args: argparse.Namespace, seed: int, precision: str) -> dict:
+def parse_variant(variant: str) -> tuple[str, str]:
+    precision, _, layout = variant.partition("-")
+    layout = layout or "decoder"
+    if precision not in ("fp32", "bf16") or layout not in ("decoder", "head"):
+        raise SystemExit(f"--variants: {variant!r} is not PRECISION[-LAYOUT] with PRECISION fp32 or bf16 and "
+                         "LAYOUT decoder or head; e.g. --variants fp32,bf16,bf16-head")
+    return precision, layout
+
+
+def run_one(args: argparse.Namespace, seed: int, variant: str) -> dict:
     import numpy as np
     import torch
     import yaml
@@ -39,6 +53,7 @@ def run_one(args: argparse.Namespace, seed: int, precision: str) -> dict:
     from medloop.uncertainty.discriminator import discriminator_scores, slice_score
     from medloop.uncertainty.qc import slice_dice
 
+    precision, layout = parse_variant(variant)
     torch.set_num_threads(1)
     recipe = yaml.safe_load((HERE.parent / "experiments" / "ravanbakhsh2018.yaml").read_text())
     data = {**recipe["data"], "source": args.data}
@@ -56,7 +71,7 @@ def run_one(args: argparse.Namespace, seed: int, precision: str) -> dict:
     num_classes = max(int(y.max()), int(yt.max())) + 1
     p2p = {k: v for k, v in recipe["pix2pix"].items() if k != "pseudo_weight"}
     config = Pix2PixConfig.from_dict({**p2p, "epochs": args.epochs, "seed": seed, "device": "cpu",
-                                      "precision": precision})
+                                      "precision": precision, "dropout_layout": layout})
     trainer = Pix2PixTrainer(x.shape[1], num_classes, x.shape[-1], config)
     start = time.perf_counter()
     history = train_pix2pix(trainer, x, y, torch.ones(len(x)), seed, progress=False)
@@ -66,7 +81,7 @@ def run_one(args: argparse.Namespace, seed: int, precision: str) -> dict:
     dice = slice_dice(pred, yt, num_classes)  # per slice, as method 2's quality control measures it
     per_class = {str(c): float(mask_dice(pred == c, yt == c).mean()) for c in range(1, num_classes)}
     r = float(np.corrcoef(1 - implausible, dice)[0, 1])
-    return {"seed": seed, "precision": precision, "train_slices": len(tr), "test_slices": len(te),
+    return {"seed": seed, "variant": variant, "precision": precision, "dropout_layout": layout, "train_slices": len(tr), "test_slices": len(te),
             "epochs": len(history), "seconds": round(seconds, 2),
             "slices_per_s": round(len(tr) * len(history) / seconds, 1),
             "dice_mean": round(float(dice.mean()), 4), "dice_by_class": {k: round(v, 4) for k, v in per_class.items()},
@@ -77,12 +92,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/acdc-train")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--variants", default="fp32,bf16", help="PRECISION[-LAYOUT],...; the first is the reference")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--train-volumes", type=int, default=20)
     parser.add_argument("--test-volumes", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("runs/pix2pix-precision"))
     parser.add_argument("--resume", action="store_true", help="reuse the runs finished in --out")
-    parser.add_argument("--one", nargs=2, metavar=("SEED", "PRECISION"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=2, metavar=("SEED", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args, int(args.one[0]), args.one[1])))
@@ -93,18 +109,12 @@ def main() -> None:
     write_run_record(args.out, 0, {"benchmark": "pix2pix_precision", **{k: str(v) for k, v in vars(args).items()}},
                      "benchmarks/pix2pix_precision.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    variants = [v for v in args.variants.split(",") if v]
+    for variant in variants:
+        parse_variant(variant)
     runs: dict[str, dict] = {}
-    for seed in (int(s) for s in args.seeds.split(",") if s):
-        pending = {}
-        for precision in ("fp32", "bf16"):
-            path = args.out / f"seed{seed}-{precision}.json"
-            if args.resume and path.is_file():
-                runs[path.stem] = json.loads(path.read_text())
-                continue
-            cmd = [sys.executable, __file__, "--one", str(seed), precision, "--data", args.data, "--epochs",
-                   str(args.epochs), "--train-volumes", str(args.train_volumes), "--test-volumes",
-                   str(args.test_volumes)]
-            pending[path] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finish(pending: dict) -> None:
         for path, proc in pending.items():
             out, err = proc.communicate()
             if proc.returncode:
@@ -113,16 +123,51 @@ def main() -> None:
             runs[path.stem] = json.loads(out.strip().splitlines()[-1])
             path.write_text(json.dumps(runs[path.stem]))
             print(f"{path.stem}: {json.dumps(runs[path.stem])}", flush=True)
-    summary = {}
-    for precision in ("fp32", "bf16"):
-        done = [r for r in runs.values() if r.get("precision") == precision]
-        if done:
-            summary[precision] = {key: [r[key] for r in done] for key in ("slices_per_s", "dice_mean",
-                                                                          "plausibility_dice_r")}
-    print(json.dumps({"runs": runs, "summary": summary,
-                      "settings": {"epochs": args.epochs, "train_volumes": args.train_volumes,
-                                   "test_volumes": args.test_volumes, "data": args.data}}))
 
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    for seed in seeds:
+        pending = {}
+        for variant in variants:
+            path = args.out / f"seed{seed}-{variant}.json"
+            if args.resume and path.is_file():
+                runs[path.stem] = json.loads(path.read_text())
+                continue
+            cmd = [sys.executable, __file__, "--one", str(seed), variant, "--data", args.data, "--epochs",
+                   str(args.epochs), "--train-volumes", str(args.train_volumes), "--test-volumes",
+                   str(args.test_volumes)]
+            pending[path] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            if len(pending) == 2:  # two at a time: one core each
+                finish(pending)
+                pending = {}
+        finish(pending)
+    keys = ("slices_per_s", "dice_mean", "plausibility_dice_r")
+    summary = {}
+    for variant in variants:
+        done = [runs[f"seed{s}-{variant}"] for s in seeds if "seed" in runs.get(f"seed{s}-{variant}", {})]
+        if done:
+            summary[variant] = {key: [r[key] for r in done] for key in keys}
+    paired = {}
+    for variant in variants[1:]:
+        both = [s for s in seeds if all("seed" in runs.get(f"seed{s}-{v}", {}) for v in (variants[0], variant))]
+        if len(both) < 2:
+            continue
+        paired[f"{variant} - {variants[0]}"] = {
+            key: paired_difference([runs[f"seed{s}-{variant}"][key] - runs[f"seed{s}-{variants[0]}"][key]
+                                    for s in both]) for key in keys}
+    print(json.dumps({"runs": runs, "summary": summary, "paired": paired,
+                      "settings": {"epochs": args.epochs, "train_volumes": args.train_volumes,
+                                   "test_volumes": args.test_volumes, "data": args.data, "variants": variants}}))
+
+
+def paired_difference(diffs: list[float]) -> dict:
+    """Mean of per-seed differences with a two-sided 95% t interval (seeds as the unit)."""
+    import numpy as np
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return {"diffs": [round(float(v), 4) for v in d], "mean": round(float(d.mean()), 4),
+            "ci95": [round(float(d.mean()) - half, 4), round(float(d.mean()) + half, 4)]}
 
 if __name__ == "__main__":
     main()
