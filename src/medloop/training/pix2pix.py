@@ -44,8 +44,9 @@ class Pix2PixConfig(Config):
     volume, a dozen slices, gets two updates an epoch: 30 epochs leave its discriminator unable to grade);
     ``dropout_layout``: where G's dropout (pix2pix's noise, and its MC dropout) sits: ``decoder`` (pix2pix's own
     choice: dropout in every decoder block; the layout every method-2 result so far was measured with) or ``head``
-    (channel dropout before the output, so MC scoring runs G once: about 9x faster at T = 10; method 2's Dice and
-    discriminator-Dice correlation with it are not measured yet); ``medloop.models.unet``; ``workers``: data-parallel
+    (channel dropout before the output, so MC scoring runs G once: about 9x faster at T = 10; on ACDC over five
+    seeds its test Dice and discriminator-Dice correlation stayed within seed noise, benchmarks/RESULTS.md 5.6);
+    ``medloop.models.unet``; ``workers``: data-parallel
     training processes (PyTorch DDP over gloo, one thread each, on this machine's CPUs,
     ``medloop.training.distributed``): each takes its share of every batch, so a batch must give each at least
     the two samples batch norm needs; ``precision``: ``bf16`` trains G and D under bfloat16 autocast (losses,
