@@ -5,12 +5,11 @@ half of the field of view, graded discriminator). The volumes are split once by 
 model, --test-volumes score it. For each seed and precision, in a fresh one-thread process: ``train_pix2pix`` for
 --epochs epochs, then on the test slices (float32 scoring, as always): mean Dice per class and overall, and the
 Pearson r between per-slice plausibility (the recipe's ``foreground`` reduction) and per-slice Dice, the quantity
-method 2 rests on. Training slices per second exclude the process start and data loading. The two precisions of a
-seed run side by side (one core each), so both see the same load.
+method 2 rests on. Training slices per second exclude the process start and data loading.
 
 --variants lists what to compare, each ``PRECISION`` or ``PRECISION-LAYOUT`` (``fp32``, ``bf16``, ``bf16-head``;
 the layout is ``Pix2PixConfig.dropout_layout``, ``decoder`` when not named). The variants of a seed run two at a
-time. The summary gives each variant's values over seeds and, against the first variant, the paired differences
+time, side by side (one core each), so a pair sees the same load. The summary gives each variant's values over seeds and, against the first variant, the paired differences
 per seed with their mean and a two-sided 95% t interval (seeds are the unit; the split is fixed).
 
     OMP_NUM_THREADS=1 python benchmarks/pix2pix_precision.py --data ../shared/data/acdc-train [--seeds 0,1,2]
@@ -81,8 +80,8 @@ def run_one(args: argparse.Namespace, seed: int, variant: str) -> dict:
     dice = slice_dice(pred, yt, num_classes)  # per slice, as method 2's quality control measures it
     per_class = {str(c): float(mask_dice(pred == c, yt == c).mean()) for c in range(1, num_classes)}
     r = float(np.corrcoef(1 - implausible, dice)[0, 1])
-    return {"seed": seed, "variant": variant, "precision": precision, "dropout_layout": layout, "train_slices": len(tr), "test_slices": len(te),
-            "epochs": len(history), "seconds": round(seconds, 2),
+    return {"seed": seed, "variant": variant, "precision": precision, "dropout_layout": layout,
+            "train_slices": len(tr), "test_slices": len(te), "epochs": len(history), "seconds": round(seconds, 2),
             "slices_per_s": round(len(tr) * len(history) / seconds, 1),
             "dice_mean": round(float(dice.mean()), 4), "dice_by_class": {k: round(v, 4) for k, v in per_class.items()},
             "plausibility_dice_r": round(r, 4), "final_g_sup": round(history[-1]["g_sup"], 4)}
