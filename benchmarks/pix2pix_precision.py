@@ -9,8 +9,9 @@ method 2 rests on. Training slices per second exclude the process start and data
 
 --variants lists what to compare, each ``PRECISION`` or ``PRECISION-LAYOUT`` (``fp32``, ``bf16``, ``bf16-head``;
 the layout is ``Pix2PixConfig.dropout_layout``, ``decoder`` when not named). The variants of a seed run two at a
-time, side by side (one core each), so a pair sees the same load. The summary gives each variant's values over seeds and, against the first variant, the paired differences
-per seed with their mean and a two-sided 95% t interval (seeds are the unit; the split is fixed).
+time, side by side (one core each), so a pair sees the same load. The summary gives each variant's values over
+seeds and, against the first variant, the paired differences per seed with their mean and a two-sided 95% t
+interval (seeds are the unit; the split is fixed).
 
     OMP_NUM_THREADS=1 python benchmarks/pix2pix_precision.py --data ../shared/data/acdc-train [--seeds 0,1,2]
         [--variants fp32,bf16] [--out runs/pix2pix-precision] [--resume]
