@@ -30,11 +30,12 @@ t_batch: the in-process seconds per batch (read, decode, score) at the largest p
 machine; t_start: the pipeline's fixed cost (actors start, each loads the model; first and last batches), from a
 Ray run on a pool of 2 * b * N images minus its batches' share; t_driver: the Ray run's serial per-image cost on
 the driver (scan, shipping entries, Parquet, top-k), the residual of the largest Ray run after the other terms.
-``driver_cpu_per_image_ms``: the CPU the driver process itself spent per image in that run (``time.process_time``):
-the part of t_driver that is the driver's own work; the rest is waiting (Ray's scheduling, its other processes and
-the workers sharing this machine's cores).
 The model is checked against the measured 2-worker runs and evaluated for 8 and 64 workers at 100k and 1M images
-(a cluster adds network costs the model leaves out: a lower bound on time).
+(a cluster adds network costs the model leaves out: a lower bound on time). ``driver_cpu_per_image_ms``: the CPU
+the driver process itself spent per image in that run (``time.process_time``, less the memory sampler's thread):
+the part of t_driver that is the driver's own work; the rest of the residual is waiting (the driver, Ray's other
+processes and the workers share this machine's cores). ``predicted_driver_cpu_only`` evaluates the model with that
+CPU as t_driver: a driver on cores of its own, where only its own work is serial.
 
     OMP_NUM_THREADS=1 python benchmarks/scale.py [--sizes 10000,100000] [--out runs/scale] [--resume]
 
@@ -136,15 +137,17 @@ def tree_pss_mb(root_pid: int) -> float:
 
 
 class PeakSampler:
-    """Samples the process tree's PSS in a thread; ``peak`` in MB."""
+    """Samples the process tree's PSS in a thread; ``peak`` in MB, ``cpu_s`` the CPU the sampling itself took
+    (reading every process's smaps is not free: it is taken out of the driver's CPU below)."""
 
     def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self._stop = interval, 0.0, threading.Event()
+        self.interval, self.peak, self.cpu_s, self._stop = interval, 0.0, 0.0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, tree_pss_mb(os.getpid()))
+            self.cpu_s = time.thread_time()
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakSampler":
@@ -212,14 +215,14 @@ def run_one(path: str, pool: Path, args: argparse.Namespace, out: Path) -> dict:
             with ray_session(num_cpus=args.ray_cpus) as ray:
                 ray.data.DataContext.get_current().enable_progress_bars = False
                 t_init = time.perf_counter() - start
-                cpu = time.process_time()  # the driver's own CPU (all its threads) during the job
+                cpu, sampled = time.process_time(), sampler.cpu_s  # the driver's CPU (all its threads)
                 summary = score_ray(spec, out, k=100, progress=False)
-                cpu = time.process_time() - cpu
+                cpu = time.process_time() - cpu - (sampler.cpu_s - sampled)  # less the memory sampling's
             seconds = summary["seconds"]
             result.update(n=summary["rows"], seconds=seconds, images_per_s=round(summary["rows"] / seconds, 1),
                           ray_init_s=round(t_init, 2), driver_cpu_s=round(cpu, 2), workers=summary["workers"],
                           folder=summary["folder"], top_k=summary["top_k"])
-    result.update(peak_pss_mb=round(sampler.peak, 1),
+    result.update(peak_pss_mb=round(sampler.peak, 1), sampler_cpu_s=round(sampler.cpu_s, 2),
                   peak_rss_self_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     return result
 
@@ -288,22 +291,28 @@ def scaling_model(runs: dict, small: dict, batch: int, sizes: list[int]) -> dict
     t_driver = max(0.0, (ray_big["seconds"] - t_start - t_batch * math.ceil(ray_big["n"] / (batch * workers)))
                    / ray_big["n"])
 
-    def predict(n: int, w: int) -> float:
-        return t_init + t_start + t_driver * n + t_batch * math.ceil(n / (batch * w))
+    def predict(n: int, w: int, per_image: float = t_driver) -> float:
+        return t_init + t_start + per_image * n + t_batch * math.ceil(n / (batch * w))
+
+    def table(per_image: float) -> dict:
+        rows = {}
+        for n in (100_000, 1_000_000):
+            one = predict(n, 1, per_image)
+            rows[str(n)] = {str(w): {"seconds": round(predict(n, w, per_image), 1),
+                                     "images_per_s": round(n / predict(n, w, per_image), 1),
+                                     "speedup": round(one / predict(n, w, per_image), 2),
+                                     "efficiency": round(one / (w * predict(n, w, per_image)), 3)}
+                            for w in (1, 8, 64)}
+        return rows
 
     check = {f"ray-{n}": {"measured_s": runs[f"ray-{n}"]["seconds"] + t_init,
                           "model_s": round(predict(n, workers), 1)} for n in sizes if f"ray-{n}" in runs}
-    table = {}
-    for n in (100_000, 1_000_000):
-        one = predict(n, 1)
-        table[str(n)] = {str(w): {"seconds": round(predict(n, w), 1), "images_per_s": round(n / predict(n, w), 1),
-                                  "speedup": round(one / predict(n, w), 2),
-                                  "efficiency": round(one / (w * predict(n, w)), 3)} for w in (1, 8, 64)}
+    driver_cpu = ray_big["driver_cpu_s"] / ray_big["n"] if "driver_cpu_s" in ray_big else None
     return {"t_batch_s": round(t_batch, 4), "t_init_s": round(t_init, 2), "t_start_s": round(t_start, 2),
             "t_driver_per_image_ms": round(1000 * t_driver, 4),
-            "driver_cpu_per_image_ms": round(1000 * ray_big["driver_cpu_s"] / ray_big["n"], 4)
-            if "driver_cpu_s" in ray_big else None, "batch": batch, "check_2_workers": check,
-            "predicted": table}
+            "driver_cpu_per_image_ms": None if driver_cpu is None else round(1000 * driver_cpu, 4),
+            "batch": batch, "check_2_workers": check, "predicted": table(t_driver),
+            "predicted_driver_cpu_only": None if driver_cpu is None else table(driver_cpu)}
 
 
 def main() -> None:
