@@ -11,7 +11,7 @@ method 2 rests on. Training slices per second exclude the process start and data
 the layout is ``Pix2PixConfig.dropout_layout``, ``decoder`` when not named). The variants of a seed run two at a
 time, side by side (one core each), so a pair sees the same load. The summary gives each variant's values over
 seeds and, against the first variant, the paired differences per seed with their mean and a two-sided 95% t
-interval (seeds are the unit; the split is fixed).
+interval (seeds are the unit; the split is fixed), and the ratio of mean training speeds.
 
     OMP_NUM_THREADS=1 python benchmarks/pix2pix_precision.py --data ../shared/data/acdc-train [--seeds 0,1,2]
         [--variants fp32,bf16] [--out runs/pix2pix-precision] [--resume]
@@ -151,9 +151,11 @@ def main() -> None:
         both = [s for s in seeds if all("seed" in runs.get(f"seed{s}-{v}", {}) for v in (variants[0], variant))]
         if len(both) < 2:
             continue
-        paired[f"{variant} - {variants[0]}"] = {
-            key: paired_difference([runs[f"seed{s}-{variant}"][key] - runs[f"seed{s}-{variants[0]}"][key]
-                                    for s in both]) for key in keys}
+        pair = {key: paired_difference([runs[f"seed{s}-{variant}"][key] - runs[f"seed{s}-{variants[0]}"][key]
+                                        for s in both]) for key in keys}
+        speeds = [sum(runs[f"seed{s}-{v}"]["slices_per_s"] for s in both) for v in (variant, variants[0])]
+        pair["speed_ratio_of_means"] = round(speeds[0] / speeds[1], 3)
+        paired[f"{variant} - {variants[0]}"] = pair
     print(json.dumps({"runs": runs, "summary": summary, "paired": paired,
                       "settings": {"epochs": args.epochs, "train_volumes": args.train_volumes,
                                    "test_volumes": args.test_volumes, "data": args.data, "variants": variants}}))

@@ -297,12 +297,10 @@ def scaling_model(runs: dict, small: dict, batch: int, sizes: list[int]) -> dict
     def table(per_image: float) -> dict:
         rows = {}
         for n in (100_000, 1_000_000):
-            one = predict(n, 1, per_image)
-            rows[str(n)] = {str(w): {"seconds": round(predict(n, w, per_image), 1),
-                                     "images_per_s": round(n / predict(n, w, per_image), 1),
-                                     "speedup": round(one / predict(n, w, per_image), 2),
-                                     "efficiency": round(one / (w * predict(n, w, per_image)), 3)}
-                            for w in (1, 8, 64)}
+            times = {w: predict(n, w, per_image) for w in (1, 8, 64)}
+            rows[str(n)] = {str(w): {"seconds": round(t, 1), "images_per_s": round(n / t, 1),
+                                     "speedup": round(times[1] / t, 2), "efficiency": round(times[1] / (w * t), 3)}
+                            for w, t in times.items()}
         return rows
 
     check = {f"ray-{n}": {"measured_s": runs[f"ray-{n}"]["seconds"] + t_init,

@@ -46,11 +46,10 @@ class Pix2PixConfig(Config):
     choice: dropout in every decoder block; the layout every method-2 result so far was measured with) or ``head``
     (channel dropout before the output, so MC scoring runs G once: about 9x faster at T = 10; on ACDC over five
     seeds its test Dice and discriminator-Dice correlation stayed within seed noise, benchmarks/RESULTS.md 5.6);
-    ``medloop.models.unet``; ``workers``: data-parallel
-    training processes (PyTorch DDP over gloo, one thread each, on this machine's CPUs,
-    ``medloop.training.distributed``): each takes its share of every batch, so a batch must give each at least
-    the two samples batch norm needs; ``precision``: ``bf16`` trains G and D under bfloat16 autocast (losses,
-    optimizer states and scoring stay float32; refused where the hardware lacks bfloat16)."""
+    ``medloop.models.unet``; ``workers``: data-parallel training processes (PyTorch DDP over gloo, one thread each,
+    on this machine's CPUs, ``medloop.training.distributed``): each takes its share of every batch, so a batch must
+    give each at least the two samples batch norm needs; ``precision``: ``bf16`` trains G and D under bfloat16
+    autocast (losses, optimizer states and scoring stay float32; refused where the hardware lacks bfloat16)."""
 
     epochs: int = 30
     min_steps: int = 0
