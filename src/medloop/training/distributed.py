@@ -93,9 +93,11 @@ def rank_spread(*modules: nn.Module) -> float:
     return float((high - low).max())
 
 
-def _member(rank: int, world: int, rendezvous: str, result: str, train: Callable[..., dict], args: tuple) -> None:
-    """One process of the group: ``train(*args)`` inside it; rank 0 saves what it returns to ``result``."""
+def _member(rank: int, world: int, rendezvous: str, result: str, train: Callable[..., dict], inputs: str) -> None:
+    """One process of the group: ``train(*args)`` inside it, the arguments read from ``inputs`` (memory-mapped, so
+    the ranks share the pages of the samples without copying them); rank 0 saves what it returns to ``result``."""
     torch.set_num_threads(1)
+    args = torch.load(inputs, mmap=True, weights_only=False)
     torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         record = train(*args)
@@ -107,11 +109,16 @@ def _member(rank: int, world: int, rendezvous: str, result: str, train: Callable
 
 
 def _run_group(world: int, train: Callable[..., dict], *args: Any) -> dict:
-    """``train(*args)`` (a module-level function) in ``world`` spawned processes of one DDP group; rank 0's record."""
+    """``train(*args)`` (a module-level function) in ``world`` spawned processes of one DDP group; rank 0's record.
+
+    The arguments travel in a file, not through the spawn pickler: that pickler would move every tensor of the
+    caller's to shared memory (``/dev/shm``, 64 MB in a default container) and hand all ranks the same storage,
+    so a rank writing a tensor would write every rank's."""
     with tempfile.TemporaryDirectory(prefix="medloop-ddp-") as tmp:
-        rendezvous, result = str(Path(tmp) / "rendezvous"), str(Path(tmp) / "result.pt")
-        torch.multiprocessing.start_processes(_member, args=(world, rendezvous, result, train, args), nprocs=world,
-                                              join=True, start_method="spawn")
+        rendezvous, result, inputs = (str(Path(tmp) / name) for name in ("rendezvous", "result.pt", "inputs.pt"))
+        torch.save(args, inputs)
+        torch.multiprocessing.start_processes(_member, args=(world, rendezvous, result, train, inputs),
+                                              nprocs=world, join=True, start_method="spawn")
         return torch.load(result, weights_only=False)
 
 
@@ -119,10 +126,27 @@ def _samples(ds: MedDataset | None) -> list[Sample] | None:
     return None if ds is None else [ds[i] for i in range(len(ds))]
 
 
-def _fit_rank(model: nn.Module, train: list[Sample], val: list[Sample] | None, info: DatasetInfo,
+def _module_bytes(model: nn.Module) -> bytes:
+    """``model`` serialised for the ranks, each of which reads it back into weights of its own (a rank's optimizer
+    steps only its own weights; DDP keeps them equal)."""
+    layers = mc_dropout_layers(model)
+    generators = [layer.generator for layer in layers]
+    for layer in layers:
+        layer.generator = None  # each rank seeds its own (a generator does not travel between processes)
+    try:
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        return buffer.getvalue()
+    finally:
+        for layer, generator in zip(layers, generators):
+            layer.generator = generator
+
+
+def _fit_rank(model_bytes: bytes, train: list[Sample], val: list[Sample] | None, info: DatasetInfo,
               config: TrainConfig) -> dict:
     from medloop.training.trainer import fit
 
+    model = torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=False)
     train_ds = MedDataset.from_samples(train, info)
     val_ds = MedDataset.from_samples(val, info) if val else None
     out = fit(model, train_ds, val_ds, dataclasses.replace(config, device="cpu"), progress=False)
@@ -139,11 +163,8 @@ def fit_distributed(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset |
 
     train_ds = trainable_subset(train_ds, config.task)
     val_ds = trainable_subset(val_ds, config.task) if val_ds is not None and len(val_ds) else None
-    shipped = model.cpu()
-    for layer in mc_dropout_layers(shipped):
-        layer.generator = None  # each rank seeds its own (a generator does not travel between processes)
-    record = _run_group(config.workers, _fit_rank, shipped, _samples(train_ds), _samples(val_ds), train_ds.info,
-                        config)
+    record = _run_group(config.workers, _fit_rank, _module_bytes(model), _samples(train_ds), _samples(val_ds),
+                        train_ds.info, config)
     model.load_state_dict(record["state_dict"])
     model.eval()
     return FitResult(**record["fit"])
