@@ -13,13 +13,16 @@ their order.
 
 Summary: AUC per worker count over seeds; the paired difference (2 workers - 1 worker) per seed with its mean and
 a two-sided 95% t interval (seeds are the unit); images per second of training (train images x epochs run /
-seconds) and the ratio of the means.
+seconds) and the ratio of the means; the start-up of a 2-worker ``fit`` (the same group started with the same
+model and samples, its ranks training nothing; three times) and the ratio with that mean start-up taken out of
+each 2-worker run's seconds.
 
     OMP_NUM_THREADS=1 python benchmarks/ddp_training.py --data ../shared/data/cxr-tb-256 [--seeds 0,1,...,9]
         [--out runs/ddp-training] [--resume]
 
 Final line (JSON): {"runs": {...}, "auc": {"1": [...], "2": [...]}, "paired_auc": {...}, "images_per_s": {...},
-"throughput_ratio": ..., "repeat_identical": ..., "settings": {...}}.
+"throughput_ratio": ..., "startup_s_2_workers": [...],
+"throughput_ratio_without_startup": ..., "repeat_identical": ..., "settings": {...}}.
 """
 
 from __future__ import annotations
@@ -70,6 +73,39 @@ def run_one(args: argparse.Namespace, seed: int, workers: int) -> dict:
             "images_per_s": round(len(split.train) * epochs / seconds, 1), "weights_sha256": digest}
 
 
+def _imports_only(*args) -> dict:
+    """A rank that trains nothing: what remains of a 2-worker ``fit`` is its start-up (spawn, imports, reading the
+    samples, joining the group)."""
+    import medloop.training.trainer  # noqa: F401  (what a real rank imports before training)
+
+    return {}
+
+
+def startup(args: argparse.Namespace, seed: int, repeats: int = 3) -> list[float]:
+    """Seconds a 2-worker ``fit`` of ``seed``'s run spends outside training: the same group, started with the same
+    model and samples, running a rank that trains nothing."""
+    import torch
+
+    from medloop.config import DataConfig
+    from medloop.data import load_dataset
+    from medloop.data.splits import split_by_case
+    from medloop.models import build_model
+    from medloop.training.distributed import _module_bytes, _run_group
+
+    torch.set_num_threads(1)
+    ds = load_dataset(DataConfig.from_dict({"source": args.data, "size": args.size}), progress=False)
+    split = split_by_case(ds, val=0.15, test=0.2, seed=seed)
+    model = build_model("resnet18", in_channels=1, num_classes=ds.num_classes, width=16)
+    train = [ds[int(i)] for i in split.train]
+    val = [ds[int(i)] for i in split.val]
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _run_group(2, _imports_only, _module_bytes(model), train, val)
+        out.append(round(time.perf_counter() - start, 2))
+    return out
+
+
 def paired_difference(diffs: list[float]) -> dict:
     """Mean of per-seed differences with a two-sided 95% t interval (seeds as the unit)."""
     import numpy as np
@@ -92,9 +128,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/ddp-training"))
     parser.add_argument("--resume", action="store_true", help="reuse the runs finished in --out")
     parser.add_argument("--one", nargs=2, type=int, metavar=("SEED", "WORKERS"), help=argparse.SUPPRESS)
+    parser.add_argument("--startup", type=int, metavar="SEED", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args, *args.one)))
+        return
+    if args.startup is not None:
+        print(json.dumps(startup(args, args.startup)))
         return
     from medloop.progress import make_progress
     from medloop.runinfo import write_run_record
@@ -124,14 +164,28 @@ def main() -> None:
                 path.write_text(json.dumps(runs[name]))
                 bar.console.print(f"{name}: {json.dumps(runs[name])}")
             bar.update(task, advance=1)
+    path = args.out / "startup.json"
+    if seeds and not (args.resume and path.is_file()):
+        proc = subprocess.run([sys.executable, __file__, "--startup", str(seeds[0]), "--data", args.data, "--size",
+                               str(args.size)], env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit("start-up timing failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-8:]))
+        path.write_text(proc.stdout.strip().splitlines()[-1])
+    start_s = json.loads(path.read_text()) if seeds else []
     auc = {str(w): [runs[f"seed{s}-w{w}"]["test_auc"] for s in seeds] for w in (1, 2)}
     speed = {str(w): [runs[f"seed{s}-w{w}"]["images_per_s"] for s in seeds] for w in (1, 2)}
+    # training speed of 2 workers with the mean start-up taken out of each run's seconds
+    mean_start = sum(start_s) / len(start_s) if start_s else 0.0
+    steady_2 = [r["train_images"] * r["epochs_run"] / (r["seconds"] - mean_start)
+                for r in (runs[f"seed{s}-w2"] for s in seeds)]
+    steady = round(sum(steady_2) / sum(speed["1"]), 3) if seeds else None
     paired = paired_difference([b - a for a, b in zip(auc["1"], auc["2"])]) if len(seeds) > 1 else None
     repeat = runs.get(f"seed{seeds[0]}-w2-repeat") if seeds else None
     print(json.dumps({
         "runs": runs, "auc": auc, "auc_mean": {w: round(sum(v) / len(v), 4) for w, v in auc.items()},
         "paired_auc": paired, "images_per_s": speed,
         "throughput_ratio": round(sum(speed["2"]) / sum(speed["1"]), 3),
+        "startup_s_2_workers": start_s, "throughput_ratio_without_startup": steady,
         "repeat_identical": None if repeat is None else
         repeat["weights_sha256"] == runs[f"seed{seeds[0]}-w2"]["weights_sha256"],
         "settings": {"data": args.data, "size": args.size, "seeds": seeds,
