@@ -279,3 +279,18 @@ def test_selfsup_pretraining_runs_once_per_seed_and_initialises_every_classifier
         tiny(selfsup={"epochs": 1})
     with pytest.raises(ConfigError, match="selfsup.seed"):
         tiny(classifier={**TINY["classifier"], "pretrained": "selfsup"}, selfsup={"seed": 3})
+
+
+def test_rounds_trained_by_two_ddp_workers_repeat_exactly(tmp_path):
+    """``classifier.workers: 2``: every round's classifier is trained by two DDP processes, and a rerun of the track
+    gives the same picks and test probabilities (each rank steps weights of its own; two-rank sums do not depend on
+    timing)."""
+    config = tiny(max_rounds=1, segmenter=None, record_at=[],
+                  classifier={**TINY["classifier"], "epochs": 2, "workers": 2})
+    runs = []
+    for name in ("a", "b"):
+        ctx = prepare(config, progress=False)
+        runs.append(run_mahapatra_track(ctx, 0, {"name": "class_balanced"}, tmp_path / name))
+    assert [r["round"] for r in runs[0]] == [0, 1]
+    assert [r["queried"] for r in runs[0]] == [r["queried"] for r in runs[1]]
+    assert [r["test_probs"] for r in runs[0]] == [r["test_probs"] for r in runs[1]]

@@ -35,6 +35,8 @@ def test_frozen_recipe_settings_that_cannot_apply_are_refused():
         frozen(classifier={**FROZEN["classifier"], "augment": {"prob": 0.5}})
     with pytest.raises(ConfigError, match="'classifier.fine_tune' parameter must be 'head'"):
         frozen(classifier={**FROZEN["classifier"], "fine_tune": "all"})
+    with pytest.raises(ConfigError, match="'classifier.workers' parameter must be 1 with recipe: frozen"):
+        frozen(classifier={**FROZEN["classifier"], "workers": 2})
     with pytest.raises(ConfigError, match="needs only embeddings"):
         frozen(initial="label_free", initial_strategy="badge")
     with pytest.raises(ConfigError, match="pool_positive_share"):

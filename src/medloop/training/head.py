@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from medloop.config import TrainConfig
-from medloop.errors import DataError
+from medloop.errors import ConfigError, DataError
 from medloop.metrics.bootstrap import rank_auc
 from medloop.models.dropout import mc_dropout_layers
 from medloop.progress import make_progress
@@ -89,6 +89,9 @@ def fit_head(classifier: nn.Module, feats: np.ndarray, labels: np.ndarray, val_f
 
     Shape: ``feats [N, F]``, ``labels [N]`` (negative = unlabeled, dropped), ``val_feats [M, F]``.
     """
+    if config.workers != 1:
+        raise ConfigError(f"The 'workers' parameter ({config.workers}) cannot apply to fit_head, which trains a head on "
+                          "cached features in one process; set workers: 1")
     keep = np.asarray(labels) >= 0
     x = torch.as_tensor(np.asarray(feats)[keep], dtype=torch.float32)
     y = torch.as_tensor(np.asarray(labels)[keep], dtype=torch.long)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from medloop.config import DataConfig, TrainConfig
+from medloop.errors import ConfigError
 from medloop.data import load_dataset
 from medloop.metrics import classification_metrics
 from medloop.models import build_model
@@ -74,3 +75,9 @@ def test_checkpoints_without_the_standardising_buffers_load_as_identity():
     fresh.load_state_dict(old)
     assert torch.equal(fresh.head.feat_shift, torch.zeros_like(fresh.head.feat_shift))
     assert torch.equal(fresh.head.feat_scale, torch.ones_like(fresh.head.feat_scale))
+
+
+def test_fit_head_refuses_workers_it_cannot_honour():
+    feats, labels = np.zeros((4, 8), np.float32), np.array([0, 1, 0, 1])
+    with pytest.raises(ConfigError, match="'workers' parameter \\(2\\) cannot apply to fit_head"):
+        fit_head(classifier(), feats, labels, None, None, TrainConfig(workers=2, batch_size=8))

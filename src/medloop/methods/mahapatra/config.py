@@ -75,7 +75,8 @@ class ExperimentConfig(Config):
             its features of every image are computed once per seed (synthetic variants when rendered) and only
             the head (MC dropout + log-variance) trains on them (``medloop.training.head``): the seed paper's
             last-layer fine-tuning at a small fraction of the cost. Augmentation cannot apply to cached
-            features, so ``augment_copies`` must be 1 and ``classifier.augment`` unset.
+            features, so ``augment_copies`` must be 1 and ``classifier.augment`` unset; the head trains in one
+            process, so ``classifier.workers`` must be 1.
         split_seed: draw the train/val/test split (and the screening pool) once from this seed for every seed
             (``null``: each seed draws its own). Seeds then vary the initial set, the queries and training; the
             test split and a self-supervised trunk (``classifier.pretrained: selfsup``, pretrained with this
@@ -225,6 +226,10 @@ class ExperimentConfig(Config):
                 raise ConfigError("The 'classifier.augment' parameter cannot apply with recipe: frozen (the head trains "
                                   "on features computed once per image); remove it (classifier.augment: {}) or use "
                                   "recipe: finetune")
+            if self.classifier.get("workers", 1) != 1:
+                raise ConfigError(f"The 'classifier.workers' parameter must be 1 with recipe: frozen (each round trains "
+                                  f"the head on trunk features computed once, in one process); got "
+                                  f"{self.classifier['workers']}: set classifier.workers: 1 or recipe: finetune")
             if self.classifier.get("fine_tune", "head") != "head":
                 raise ConfigError("The 'classifier.fine_tune' parameter must be 'head' (or unset) with recipe: frozen, "
                                   f"which trains the head only; got {self.classifier['fine_tune']!r}")
