@@ -38,26 +38,34 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def recipe_config(seed: int, workers: int):
+    """The recipe's classifier as ``medloop train`` would train it for ``seed`` on ``workers`` processes."""
+    import yaml
+
+    from medloop.config import TrainConfig
+
+    recipe = yaml.safe_load((HERE.parent / "experiments" / "mahapatra2018.yaml").read_text())
+    return TrainConfig.from_dict({**recipe["classifier"], "task": "classify", "seed": seed, "device": "cpu",
+                                  "workers": workers, "val_fraction": recipe["val_fraction"],
+                                  "test_fraction": recipe["test_fraction"]})
+
+
 def run_one(args: argparse.Namespace, seed: int, workers: int) -> dict:
     import hashlib
 
     import torch
-    import yaml
 
-    from medloop.config import DataConfig, TrainConfig
+    from medloop.config import DataConfig
     from medloop.data import load_dataset
     from medloop.data.splits import split_by_case
+    from medloop.jobs import model_params_for
     from medloop.models import build_model
     from medloop.seeding import torch_init
     from medloop.training import evaluate, fit
-    from medloop.jobs import model_params_for
 
     torch.set_num_threads(1)
-    recipe = yaml.safe_load((HERE.parent / "experiments" / "mahapatra2018.yaml").read_text())
     ds = load_dataset(DataConfig.from_dict({"source": args.data, "size": args.size}), progress=False)
-    config = TrainConfig.from_dict({**recipe["classifier"], "task": "classify", "seed": seed, "device": "cpu",
-                                    "workers": workers, "val_fraction": recipe["val_fraction"],
-                                    "test_fraction": recipe["test_fraction"]})
+    config = recipe_config(seed, workers)
     split = split_by_case(ds, val=config.val_fraction, test=config.test_fraction, seed=seed)
     with torch_init(seed):
         model = build_model(config.model, **model_params_for(ds, config))
@@ -89,13 +97,15 @@ def startup(args: argparse.Namespace, seed: int, repeats: int = 3) -> list[float
     from medloop.config import DataConfig
     from medloop.data import load_dataset
     from medloop.data.splits import split_by_case
+    from medloop.jobs import model_params_for
     from medloop.models import build_model
     from medloop.training.distributed import _module_bytes, _run_group
 
     torch.set_num_threads(1)
     ds = load_dataset(DataConfig.from_dict({"source": args.data, "size": args.size}), progress=False)
-    split = split_by_case(ds, val=0.15, test=0.2, seed=seed)
-    model = build_model("resnet18", in_channels=1, num_classes=ds.num_classes, width=16)
+    config = recipe_config(seed, 2)
+    split = split_by_case(ds, val=config.val_fraction, test=config.test_fraction, seed=seed)
+    model = build_model(config.model, **model_params_for(ds, config))
     train = [ds[int(i)] for i in split.train]
     val = [ds[int(i)] for i in split.val]
     out = []

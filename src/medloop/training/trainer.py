@@ -150,7 +150,7 @@ def fit(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset | None, confi
         # no buffer broadcast at each forward (7% of a step on 2 CPUs): batch norm in training mode normalises by the
         # batch, so a rank's running statistics never touch its gradients; they are made rank 0's before validation
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                  broadcast_buffers=False)
+                                                  forward_sync_buffers=False)
     scheduler = None
     if config.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs * len(loader), 1))
