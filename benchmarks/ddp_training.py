@@ -99,7 +99,7 @@ def startup(args: argparse.Namespace, seed: int, repeats: int = 3) -> list[float
     from medloop.data.splits import split_by_case
     from medloop.jobs import model_params_for
     from medloop.models import build_model
-    from medloop.training.distributed import _module_bytes, _run_group
+    from medloop.training.distributed import _run_group
 
     torch.set_num_threads(1)
     ds = load_dataset(DataConfig.from_dict({"source": args.data, "size": args.size}), progress=False)
@@ -111,21 +111,19 @@ def startup(args: argparse.Namespace, seed: int, repeats: int = 3) -> list[float
     out = []
     for _ in range(repeats):
         start = time.perf_counter()
-        _run_group(2, _imports_only, _module_bytes(model), train, val)
+        _run_group(2, _imports_only, model, train, val)
         out.append(round(time.perf_counter() - start, 2))
     return out
 
 
 def paired_difference(diffs: list[float]) -> dict:
     """Mean of per-seed differences with a two-sided 95% t interval (seeds as the unit)."""
-    import numpy as np
-    from scipy import stats
+    from medloop.metrics.bootstrap import paired_t_interval
 
-    d = np.asarray(diffs, dtype=float)
-    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
-    return {"diffs": [round(float(v), 4) for v in d], "mean": round(float(d.mean()), 4),
-            "ci95": [round(float(d.mean()) - half, 4), round(float(d.mean()) + half, 4)],
-            "ci95_width": round(2 * half, 4)}
+    t = paired_t_interval(diffs)
+    return {"diffs": [round(float(v), 4) for v in diffs], "mean": round(t["diff"], 4),
+            "ci95": [round(v, 4) for v in t["ci"]],
+            "ci95_width": round(t["ci"][1] - t["ci"][0], 4)}
 
 
 def main() -> None:

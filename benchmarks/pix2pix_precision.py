@@ -163,13 +163,12 @@ def main() -> None:
 
 def paired_difference(diffs: list[float]) -> dict:
     """Mean of per-seed differences with a two-sided 95% t interval (seeds as the unit)."""
-    import numpy as np
-    from scipy import stats
+    from medloop.metrics.bootstrap import paired_t_interval
 
-    d = np.asarray(diffs, dtype=float)
-    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
-    return {"diffs": [round(float(v), 4) for v in d], "mean": round(float(d.mean()), 4),
-            "ci95": [round(float(d.mean()) - half, 4), round(float(d.mean()) + half, 4)]}
+    t = paired_t_interval(diffs)
+    return {"diffs": [round(float(v), 4) for v in diffs], "mean": round(t["diff"], 4),
+            "ci95": [round(v, 4) for v in t["ci"]]}
+
 
 if __name__ == "__main__":
     main()

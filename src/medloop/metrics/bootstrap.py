@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import rankdata, ttest_1samp
 
 from medloop.seeding import stream
 
 __all__ = ["UNAVAILABLE", "area_weights", "auc_ci", "curve_area", "curve_area_diff_ci", "fraction_range", "holm",
-           "mean_auc_ci", "paired_mean_diff", "pairwise_curve_areas", "rank_auc", "saving_verdict", "stored_probs"]
+           "mean_auc_ci", "paired_mean_diff", "paired_t_interval", "pairwise_curve_areas", "rank_auc", "saving_verdict", "stored_probs"]
 
 N_GRID = 200  # points over the fraction range, as benchmarks/label_efficiency.py's curve_area_*
 
@@ -199,6 +199,19 @@ def paired_mean_diff(diffs: Sequence[float], n_boot: int = 10000, seed: int = 0,
     p = max(2 * min((means <= 0).mean(), (means >= 0).mean()), 1 / n_boot)
     return {"diff": float(d.mean()), "ci": [float(v) for v in np.percentile(means, [tail, 100 - tail])],
             "p_value": float(min(p, 1.0)), "n": int(len(d))}
+
+
+def paired_t_interval(diffs: Sequence[float], level: float = 0.95) -> dict:
+    """The mean of paired differences (one per unit, e.g. a seed's test AUC under two settings) with a two-sided
+    Student's t interval (scipy's ``ttest_1samp``). For a handful of units, where :func:`paired_mean_diff`'s
+    bootstrap has too few distinct resamples to mean anything; it assumes roughly normal differences. Fewer than
+    two finite differences: no interval."""
+    d = np.asarray(diffs, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return {"diff": float(d.mean()) if len(d) else None, "ci": None, "n": int(len(d))}
+    ci = ttest_1samp(d, 0.0).confidence_interval(level)
+    return {"diff": float(d.mean()), "ci": [float(ci.low), float(ci.high)], "n": int(len(d))}
 
 
 def holm(p_values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

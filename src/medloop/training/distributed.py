@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -36,7 +35,6 @@ from medloop.config import TrainConfig
 from medloop.errors import ConfigError
 from medloop.data.dataset import MedDataset
 from medloop.data.record import DatasetInfo, Sample
-from medloop.models.dropout import mc_dropout_layers
 from medloop.training.pix2pix import Pix2PixConfig, Pix2PixTrainer, train_pix2pix
 
 __all__ = ["fit_distributed", "train_pix2pix_distributed", "launched", "launched_group"]
@@ -94,10 +92,11 @@ def rank_spread(*modules: nn.Module) -> float:
 
 
 def _member(rank: int, world: int, rendezvous: str, result: str, train: Callable[..., dict], inputs: str) -> None:
-    """One process of the group: ``train(*args)`` inside it, the arguments read from ``inputs`` (memory-mapped, so
-    the ranks share the pages of the samples without copying them); rank 0 saves what it returns to ``result``."""
+    """One process of the group: ``train(*args)`` inside it, the arguments read from ``inputs`` onto the CPU,
+    memory-mapped copy-on-write: the ranks share the pages they only read (the samples) and each gets its own copy
+    of what it writes (the model's weights); rank 0 saves what it returns to ``result``."""
     torch.set_num_threads(1)
-    args = torch.load(inputs, mmap=True, weights_only=False)
+    args = torch.load(inputs, mmap=True, map_location="cpu", weights_only=False)
     torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         record = train(*args)
@@ -113,7 +112,7 @@ def _run_group(world: int, train: Callable[..., dict], *args: Any) -> dict:
 
     The arguments travel in a file, not through the spawn pickler: that pickler would move every tensor of the
     caller's to shared memory (``/dev/shm``, 64 MB in a default container) and hand all ranks the same storage,
-    so a rank writing a tensor would write every rank's."""
+    so a rank writing a tensor (an optimizer stepping the weights) would write every rank's."""
     with tempfile.TemporaryDirectory(prefix="medloop-ddp-") as tmp:
         rendezvous, result, inputs = (str(Path(tmp) / name) for name in ("rendezvous", "result.pt", "inputs.pt"))
         torch.save(args, inputs)
@@ -126,27 +125,10 @@ def _samples(ds: MedDataset | None) -> list[Sample] | None:
     return None if ds is None else [ds[i] for i in range(len(ds))]
 
 
-def _module_bytes(model: nn.Module) -> bytes:
-    """``model`` serialised for the ranks, each of which reads it back into weights of its own (a rank's optimizer
-    steps only its own weights; DDP keeps them equal)."""
-    layers = mc_dropout_layers(model)
-    generators = [layer.generator for layer in layers]
-    for layer in layers:
-        layer.generator = None  # each rank seeds its own (a generator does not travel between processes)
-    try:
-        buffer = io.BytesIO()
-        torch.save(model, buffer)
-        return buffer.getvalue()
-    finally:
-        for layer, generator in zip(layers, generators):
-            layer.generator = generator
-
-
-def _fit_rank(model_bytes: bytes, train: list[Sample], val: list[Sample] | None, info: DatasetInfo,
+def _fit_rank(model: nn.Module, train: list[Sample], val: list[Sample] | None, info: DatasetInfo,
               config: TrainConfig) -> dict:
     from medloop.training.trainer import fit
 
-    model = torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=False)
     train_ds = MedDataset.from_samples(train, info)
     val_ds = MedDataset.from_samples(val, info) if val else None
     out = fit(model, train_ds, val_ds, dataclasses.replace(config, device="cpu"), progress=False)
@@ -163,18 +145,18 @@ def fit_distributed(model: nn.Module, train_ds: MedDataset, val_ds: MedDataset |
 
     train_ds = trainable_subset(train_ds, config.task)
     val_ds = trainable_subset(val_ds, config.task) if val_ds is not None and len(val_ds) else None
-    record = _run_group(config.workers, _fit_rank, _module_bytes(model), _samples(train_ds), _samples(val_ds),
-                        train_ds.info, config)
+    record = _run_group(config.workers, _fit_rank, model, _samples(train_ds), _samples(val_ds), train_ds.info,
+                        config)
     model.load_state_dict(record["state_dict"])
     model.eval()
     return FitResult(**record["fit"])
 
 
-def _pix2pix_rank(state: bytes, in_channels: int, num_classes: int, size: int, config: Pix2PixConfig,
+def _pix2pix_rank(state: dict, in_channels: int, num_classes: int, size: int, config: Pix2PixConfig,
                   images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, seed: int, progress: bool,
                   epochs: int | None) -> dict:
     trainer = Pix2PixTrainer(in_channels, num_classes, size, config.replace(device="cpu"))
-    trainer.load_state_dict(torch.load(io.BytesIO(state), map_location="cpu", weights_only=False))
+    trainer.load_state_dict(state)
     history = train_pix2pix(trainer, images, labels, weights, seed, progress, epochs)
     return {"state": trainer.state_dict(), "history": history, "rank_spread": rank_spread(trainer.G, trainer.D)}
 
@@ -184,12 +166,10 @@ def train_pix2pix_distributed(trainer: Pix2PixTrainer, images: torch.Tensor, lab
                               epochs: int | None = None) -> list[dict[str, float]]:
     """``train_pix2pix`` in ``trainer.config.workers`` processes (DDP over gloo); ``trainer`` gets the trained
     networks, optimizer states and class weights, as from ``train_pix2pix``. Returns the history."""
-    state = io.BytesIO()
-    torch.save(trainer.state_dict(), state)  # read back on the CPU in every rank, whatever device the caller uses
     trainer.seed_dropout(seed)  # the caller's streams restart from ``seed``, as in a one-process call
-    record = _run_group(trainer.config.workers, _pix2pix_rank, state.getvalue(), trainer.in_channels,
-                        trainer.num_classes, trainer.size, trainer.config, images.cpu(), labels.cpu(), weights.cpu(),
-                        seed, progress, epochs)
+    record = _run_group(trainer.config.workers, _pix2pix_rank, trainer.state_dict(), trainer.in_channels,
+                        trainer.num_classes, trainer.size, trainer.config, images, labels, weights, seed, progress,
+                        epochs)
     trainer.load_state_dict(record["state"])
     trainer.G.eval()
     trainer.D.eval()

@@ -159,3 +159,13 @@ def test_paired_mean_diff_resolves_a_consistent_shift_and_not_noise():
     assert paired_mean_diff([0.1], n_boot=500)["ci"] is None
     few = paired_mean_diff([0.1, 0.11], n_boot=500)  # two patients: no interval worth the name
     assert few["ci"] is None and few["p_value"] is None and few["diff"] == pytest.approx(0.105)
+
+
+def test_paired_t_interval_is_students_interval_on_the_differences():
+    from medloop.metrics.bootstrap import paired_t_interval
+
+    out = paired_t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1: half width t(0.975, 2) / sqrt(3) = 4.3027 / 1.7321
+    assert out["diff"] == pytest.approx(2.0) and out["n"] == 3
+    assert out["ci"] == pytest.approx([2 - 2.48414, 2 + 2.48414], abs=1e-4)
+    assert paired_t_interval([1.0, 2.0, 3.0], level=0.5)["ci"][1] < out["ci"][1]
+    assert paired_t_interval([0.1, float("nan")]) == {"diff": pytest.approx(0.1), "ci": None, "n": 1}
